@@ -1,0 +1,246 @@
+"""Frozen, validated configuration dataclasses for CLIP models.
+
+A model is built from a `CLIPConfig` alone (DESIGN.md: models never import weights/). Every choice
+that open_clip infers from substrings of a model name is an explicit field here (STYLE.md rule 2).
+Field names follow open_clip's JSON model configs where they mean the same thing, so its
+`open_clip_config.json` files translate field by field (see `weights/openclip.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Activation = Literal["gelu", "quick_gelu"]
+VisionPool = Literal["tok", "avg", "none"]
+TextPool = Literal["argmax", "eos", "first", "last", "none"]
+ResizeMode = Literal["shortest", "longest", "squash"]
+Interpolation = Literal["bicubic", "bilinear", "nearest"]
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ConfigError(ValueError):
+    """A configuration field has a value the model cannot be built from."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _check_choice(name: str, value: Any, choices: tuple) -> None:
+    _check(value in choices, f"{name}={value!r} is not one of {list(choices)}")
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """Image tower.
+
+    Fields:
+        image_size: input resolution in pixels (square).
+        layers: transformer depth (int) for a ViT; four stage depths (tuple) for a ModifiedResNet.
+        width: transformer width for a ViT; stem width for a ModifiedResNet (64 for RN50).
+        heads: attention heads; None means width // head_width.
+        head_width: width per head used when heads is None (64 as in CLIP).
+        patch_size: ViT patch size; None selects the ModifiedResNet tower.
+        mlp_ratio: MLP hidden width / width.
+        act: "gelu" or "quick_gelu" (OpenAI's sigmoid approximation used by its checkpoints).
+        ls_init_value: LayerScale init; None disables LayerScale.
+        pool_type: "tok" (class token), "avg" (mean of patch tokens) or "none".
+        final_ln_after_pool: apply ln_post after pooling instead of before.
+        no_ln_pre: drop the LayerNorm before the transformer.
+        attentional_pool: replace token pooling by a learned-query attention pooler (CoCa style).
+        attn_pooler_queries / attn_pooler_heads: its query count and heads.
+        patch_dropout: fraction of patch tokens dropped in training (FLIP); 0 disables.
+        layer_norm_eps: LayerNorm epsilon.
+    """
+
+    image_size: int = 224
+    layers: int | tuple[int, int, int, int] = 12
+    width: int = 768
+    heads: int | None = None
+    head_width: int = 64
+    patch_size: int | None = 16
+    mlp_ratio: float = 4.0
+    act: Activation = "gelu"
+    ls_init_value: float | None = None
+    pool_type: VisionPool = "tok"
+    final_ln_after_pool: bool = False
+    no_ln_pre: bool = False
+    attentional_pool: bool = False
+    attn_pooler_queries: int = 256
+    attn_pooler_heads: int = 8
+    patch_dropout: float = 0.0
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layers, list):
+            object.__setattr__(self, "layers", tuple(self.layers))
+        _check_choice("vision.act", self.act, ("gelu", "quick_gelu"))
+        _check_choice("vision.pool_type", self.pool_type, ("tok", "avg", "none"))
+        _check(self.image_size > 0, f"vision.image_size must be positive, got {self.image_size}")
+        _check(self.width > 0, f"vision.width must be positive, got {self.width}")
+        _check(0.0 <= self.patch_dropout < 1.0, f"vision.patch_dropout must be in [0, 1), got {self.patch_dropout}")
+        if self.is_resnet:
+            _check(
+                isinstance(self.layers, tuple) and len(self.layers) == 4,
+                f"a ModifiedResNet (patch_size=None) needs layers as four stage depths, got {self.layers!r}",
+            )
+            _check(self.image_size % 32 == 0, f"ModifiedResNet needs image_size divisible by 32, got {self.image_size}")
+        else:
+            _check(isinstance(self.layers, int) and self.layers > 0, f"vision.layers must be a positive int for a ViT, got {self.layers!r}")
+            _check(
+                self.image_size % self.patch_size == 0,
+                f"vision.image_size {self.image_size} is not divisible by patch_size {self.patch_size}",
+            )
+            _check(self.width % self.num_heads == 0, f"vision.width {self.width} not divisible by heads {self.num_heads}")
+
+    @property
+    def is_resnet(self) -> bool:
+        return self.patch_size is None
+
+    @property
+    def num_heads(self) -> int:
+        return self.heads if self.heads is not None else max(1, self.width // self.head_width)
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size if self.patch_size else self.image_size // 32
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """Text tower.
+
+    Fields:
+        context_length: number of token positions (77 in CLIP).
+        vocab_size: token embedding rows (49408 for CLIP's BPE).
+        width / heads / layers / mlp_ratio: transformer shape; heads None means width // 64.
+        act: "gelu" or "quick_gelu".
+        ls_init_value: LayerScale init; None disables it.
+        causal_mask: causal attention (CLIP); False gives bidirectional attention (SigLIP-style).
+        pad_mask: with causal_mask False, also mask padding keys (pad_id).
+        pool_type: "argmax" (the end token has the highest id, OpenAI), "eos" (first eos_id),
+            "first", "last" or "none".
+        pad_id / eos_id: token ids used by pool_type "eos" and pad_mask.
+        proj_bias: text projection as a Linear with bias (SigLIP); otherwise a bias-free matrix.
+        layer_norm_eps: LayerNorm epsilon.
+    """
+
+    context_length: int = 77
+    vocab_size: int = 49408
+    width: int = 512
+    heads: int | None = None
+    layers: int = 12
+    mlp_ratio: float = 4.0
+    act: Activation = "gelu"
+    ls_init_value: float | None = None
+    causal_mask: bool = True
+    pad_mask: bool = False
+    pool_type: TextPool = "argmax"
+    pad_id: int = 0
+    eos_id: int = 49407
+    proj_bias: bool = False
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        _check_choice("text.act", self.act, ("gelu", "quick_gelu"))
+        _check_choice("text.pool_type", self.pool_type, ("argmax", "eos", "first", "last", "none"))
+        _check(self.context_length > 0, f"text.context_length must be positive, got {self.context_length}")
+        _check(self.vocab_size > 0, f"text.vocab_size must be positive, got {self.vocab_size}")
+        _check(self.layers > 0, f"text.layers must be positive, got {self.layers}")
+        _check(self.width % self.num_heads == 0, f"text.width {self.width} not divisible by heads {self.num_heads}")
+
+    @property
+    def num_heads(self) -> int:
+        return self.heads if self.heads is not None else max(1, self.width // 64)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How images are prepared for this model (what open_clip calls preprocess_cfg).
+
+    Fields:
+        size: output side in pixels (the model's image_size).
+        mean / std: per-channel normalisation, RGB order.
+        interpolation: resize filter.
+        resize_mode: "shortest" (resize shortest side, centre crop: CLIP), "longest" (fit inside,
+            pad with fill_color), "squash" (resize both sides, ignoring aspect ratio).
+        fill_color: padding grey level for "longest".
+    """
+
+    size: int = 224
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
+    interpolation: Interpolation = "bicubic"
+    resize_mode: ResizeMode = "shortest"
+    fill_color: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        _check(len(self.mean) == 3 and len(self.std) == 3, "preprocess mean and std need three values (RGB)")
+        _check(all(s > 0 for s in self.std), f"preprocess std must be positive, got {self.std}")
+        _check_choice("preprocess.interpolation", self.interpolation, ("bicubic", "bilinear", "nearest"))
+        _check_choice("preprocess.resize_mode", self.resize_mode, ("shortest", "longest", "squash"))
+        _check(self.size > 0, f"preprocess.size must be positive, got {self.size}")
+
+
+@dataclass(frozen=True)
+class CLIPConfig:
+    """A whole CLIP model.
+
+    Fields:
+        embed_dim: shared embedding width both towers project into.
+        vision / text: tower configs.
+        init_logit_scale: initial log temperature (log(1/0.07) as in CLIP).
+        init_logit_bias: initial logit bias; None means the model has no bias (softmax-loss CLIP),
+            a value adds the learnable bias that sigmoid-loss (SigLIP) models use.
+        preprocess: image preprocessing that goes with the model.
+    """
+
+    embed_dim: int = 512
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    init_logit_scale: float = 2.6592600369262695  # log(1 / 0.07)
+    init_logit_bias: float | None = None
+    preprocess: PreprocessConfig | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.embed_dim > 0, f"embed_dim must be positive, got {self.embed_dim}")
+        if self.preprocess is None:
+            object.__setattr__(self, "preprocess", PreprocessConfig(size=self.vision.image_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        if isinstance(out["vision"]["layers"], tuple):
+            out["vision"]["layers"] = list(out["vision"]["layers"])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CLIPConfig:
+        """Build from a plain dict (a JSON file); unknown keys are an error naming them."""
+        data = dict(data)
+        try:
+            vision = _build(VisionConfig, data.pop("vision", {}), "vision")
+            text = _build(TextConfig, data.pop("text", {}), "text")
+            pre = data.pop("preprocess", None)
+            preprocess = _build(PreprocessConfig, pre, "preprocess") if pre is not None else None
+        except TypeError as exc:  # pragma: no cover - _build reports unknown keys itself
+            raise ConfigError(str(exc)) from exc
+        return _build(cls, {**data, "vision": vision, "text": text, "preprocess": preprocess}, "model")
+
+    def replace(self, **changes: Any) -> CLIPConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _build(cls: type, values: dict[str, Any], where: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown {where} config field(s) {unknown}; valid fields: {sorted(names)}")
+    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items()}
+    return cls(**values)

@@ -1,0 +1,84 @@
+"""Vision Transformer image tower (Dosovitskiy et al. 2021) as used by CLIP (Radford et al. 2021).
+
+Pre-norm ViT with a class token, learned positional embedding, a LayerNorm before the transformer
+(`ln_pre`, a CLIP addition), then pooling and a bias-free projection into the joint space. Pooling
+options mirror open_clip's VisionTransformer: class token, mean of patch tokens, none, LayerNorm
+after pooling, and an attentional pooler. Reference: openai/CLIP `model.py`, open_clip `transformer.py`.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+
+from .config import VisionConfig
+from .layers import AttentionalPooler, PatchDropout, Transformer
+
+
+class VisionTransformer(nn.Module):
+    """ViT image encoder: images (B, 3, H, W) -> embeddings (B, output_dim)."""
+
+    def __init__(self, cfg: VisionConfig, output_dim: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.output_dim = output_dim
+        width = cfg.width
+        scale = width**-0.5
+        norm = partial(nn.LayerNorm, eps=cfg.layer_norm_eps)
+
+        self.conv1 = nn.Conv2d(3, width, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn(cfg.grid_size**2 + 1, width))
+        self.patch_dropout = PatchDropout(cfg.patch_dropout) if cfg.patch_dropout > 0 else nn.Identity()
+        self.ln_pre = nn.Identity() if cfg.no_ln_pre else norm(width)
+        self.transformer = Transformer(
+            width, cfg.layers, cfg.num_heads, cfg.mlp_ratio, cfg.act, cfg.ls_init_value, cfg.layer_norm_eps
+        )
+        if cfg.attentional_pool:
+            self.attn_pool = AttentionalPooler(output_dim, width, cfg.attn_pooler_heads, cfg.attn_pooler_queries, norm)
+            pool_dim = output_dim
+        else:
+            self.attn_pool = None
+            pool_dim = width
+        self.ln_post = norm(pool_dim)
+        self.proj = nn.Parameter(scale * torch.randn(pool_dim, output_dim))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.transformer.grad_checkpointing = enable
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Patchify and add class token and positions: (B, 3, H, W) -> (B, 1 + N, width)."""
+        x = self.conv1(images)  # (B, width, g, g)
+        x = x.flatten(2).transpose(1, 2)  # (B, N, width)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # (B, 1 + N, width)
+        x = self.patch_dropout(x)
+        return self.ln_pre(x)
+
+    def _global_pool(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cfg.pool_type == "avg":
+            return x[:, 1:].mean(dim=1), x[:, 1:]
+        if self.cfg.pool_type == "tok":
+            return x[:, 0], x[:, 1:]
+        return x, x
+
+    def pool(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Transformer output (B, L, width) -> (pooled (B, width|D), tokens (B, N, width|D))."""
+        if self.attn_pool is not None:
+            x = self.ln_post(self.attn_pool(x))  # (B, queries, D)
+            return self._global_pool(x)
+        if self.cfg.final_ln_after_pool:
+            pooled, tokens = self._global_pool(x)
+            return self.ln_post(pooled), tokens
+        return self._global_pool(self.ln_post(x))
+
+    def forward_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected pooled embedding (B, D) and the un-projected patch tokens (B, N, width)."""
+        x = self.transformer(self.embed(images))
+        pooled, tokens = self.pool(x)
+        return pooled @ self.proj, tokens
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_tokens(images)[0]
