@@ -76,7 +76,9 @@ class CLIP(nn.Module):
         features = self.text(tokens)
         return F.normalize(features, dim=-1) if normalize else features
 
-    def forward(self, images: torch.Tensor | None = None, tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor | None = None, tokens: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {"logit_scale": self.logit_scale.exp()}
         if images is not None:
             out["image_features"] = self.encode_image(images, normalize=True)

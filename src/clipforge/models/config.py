@@ -91,12 +91,17 @@ class VisionConfig:
             )
             _check(self.image_size % 32 == 0, f"ModifiedResNet needs image_size divisible by 32, got {self.image_size}")
         else:
-            _check(isinstance(self.layers, int) and self.layers > 0, f"vision.layers must be a positive int for a ViT, got {self.layers!r}")
+            _check(
+                isinstance(self.layers, int) and self.layers > 0,
+                f"vision.layers must be a positive int for a ViT, got {self.layers!r}",
+            )
             _check(
                 self.image_size % self.patch_size == 0,
                 f"vision.image_size {self.image_size} is not divisible by patch_size {self.patch_size}",
             )
-            _check(self.width % self.num_heads == 0, f"vision.width {self.width} not divisible by heads {self.num_heads}")
+            _check(
+                self.width % self.num_heads == 0, f"vision.width {self.width} not divisible by heads {self.num_heads}"
+            )
 
     @property
     def is_resnet(self) -> bool:

@@ -60,9 +60,7 @@ class Attention(nn.Module):
         self.fused = True  # SDPA; False selects the explicit softmax path (kept for equivalence tests)
         nn.init.normal_(self.in_proj_weight, std=dim**-0.5)
 
-    def forward(
-        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         # x: (B, L, D); attn_mask: additive float or boolean keep-mask broadcastable to (B, H, L, L)
         b, length, dim = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, L, 3D)
@@ -111,13 +109,17 @@ class ResidualAttentionBlock(nn.Module):
         self.ls_1 = LayerScale(width, ls_init_value) if ls_init_value is not None else nn.Identity()
         self.ln_2 = nn.LayerNorm(width, eps=norm_eps)
         self.mlp = nn.Sequential(
-            OrderedDict([("c_fc", nn.Linear(width, hidden)), ("gelu", make_activation(act)), ("c_proj", nn.Linear(hidden, width))])
+            OrderedDict(
+                [
+                    ("c_fc", nn.Linear(width, hidden)),
+                    ("gelu", make_activation(act)),
+                    ("c_proj", nn.Linear(hidden, width)),
+                ]
+            )
         )
         self.ls_2 = LayerScale(width, ls_init_value) if ls_init_value is not None else nn.Identity()
 
-    def forward(
-        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         x = x + self.ls_1(self.attn(self.ln_1(x), attn_mask=attn_mask, is_causal=is_causal))
         return x + self.ls_2(self.mlp(self.ln_2(x)))
 
@@ -154,9 +156,7 @@ class Transformer(nn.Module):
             nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
             nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
 
-    def forward(
-        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         for block in self.resblocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, attn_mask, is_causal, use_reentrant=False)
@@ -195,7 +195,9 @@ class AttentionalPooler(nn.Module):
     Uses nn.MultiheadAttention so that its parameter layout equals open_clip's (kdim != dim).
     """
 
-    def __init__(self, dim: int, context_dim: int, heads: int, n_queries: int, norm: Callable[[int], nn.Module]) -> None:
+    def __init__(
+        self, dim: int, context_dim: int, heads: int, n_queries: int, norm: Callable[[int], nn.Module]
+    ) -> None:
         super().__init__()
         self.query = nn.Parameter(torch.randn(n_queries, dim))
         self.attn = nn.MultiheadAttention(dim, heads, kdim=context_dim, vdim=context_dim, batch_first=True)
