@@ -3,5 +3,3 @@
 from .models import CLIP, CLIPConfig, ConfigError, PreprocessConfig, TextConfig, VisionConfig, list_models
 
 __version__ = "0.1.0"
-
-__all__ = ["CLIP", "CLIPConfig", "ConfigError", "PreprocessConfig", "TextConfig", "VisionConfig", "list_models"]

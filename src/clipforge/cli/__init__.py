@@ -1,0 +1,1 @@
+"""The `clipforge` command: one module per subcommand, each exposing `main(argv) -> int`."""

@@ -1,0 +1,38 @@
+"""`clipforge convert`: rewrite a checkpoint in clipforge, OpenCLIP or Hugging Face format."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import fail
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clipforge convert",
+        description="Read any checkpoint clipforge loads (OpenAI .pt/TorchScript, OpenCLIP .pt/.bin/.safetensors "
+        "or hub folder, HF CLIPModel folder, clipforge folder) and write it as a folder in another format.",
+        epilog="example: clipforge convert ViT-B-32.pt vitb32-hf --to hf",
+    )
+    parser.add_argument("source", help="checkpoint file, folder, ARCH:TAG or hub id")
+    parser.add_argument("destination", help="output folder (created)")
+    parser.add_argument("--to", choices=["clipforge", "openclip", "hf"], default="clipforge", help="output format")
+    parser.add_argument("--arch", default=None, help="architecture of a bare state dict (e.g. ViT-B-32-quickgelu)")
+    parser.add_argument("--allow-unsafe-pickle", action="store_true", help="trust a legacy pickle (full unpickling)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ..models.config import ConfigError
+    from ..weights.formats import CheckpointError
+    from ..weights.loading import convert
+
+    try:
+        out = convert(
+            args.source, args.destination, args.to, arch=args.arch, allow_unsafe_pickle=args.allow_unsafe_pickle
+        )
+    except (CheckpointError, ConfigError, OSError) as exc:
+        return fail(str(exc))
+    print(f"wrote {args.to} checkpoint to {out}")
+    return 0

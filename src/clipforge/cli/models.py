@@ -1,0 +1,43 @@
+"""`clipforge models`: the architectures clipforge builds and the pretrained weights it can fetch."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import print_json
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clipforge models",
+        description="List model architectures (for --model) and pretrained tags (for --pretrained).",
+    )
+    parser.add_argument("--pretrained", action="store_true", help="list (architecture, tag) pairs with weights")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..models.registry import get_model_config, list_models
+    from ..weights.pretrained import PRETRAINED
+
+    args = build_parser().parse_args(argv)
+    if args.pretrained:
+        rows = [{"model": p.arch, "tag": p.tag, "hub": p.hub_id} for p in PRETRAINED]
+        if args.json:
+            print_json(rows, None)
+        else:
+            for row in rows:
+                print(f"{row['model']:<24} {row['tag']:<24} {row['hub']}")
+        return 0
+    rows = []
+    for name in list_models():
+        cfg = get_model_config(name)
+        tower = "ModifiedResNet" if cfg.vision.is_resnet else f"ViT/{cfg.vision.patch_size}"
+        rows.append({"model": name, "image": tower, "image_size": cfg.vision.image_size, "embed_dim": cfg.embed_dim})
+    if args.json:
+        print_json(rows, None)
+    else:
+        for row in rows:
+            print(f"{row['model']:<24} {row['image']:<16} {row['image_size']:>4}px  dim {row['embed_dim']}")
+    return 0

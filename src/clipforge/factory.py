@@ -1,0 +1,44 @@
+"""`get_tokenizer` and `get_preprocess`: the text and image front ends that belong to a model.
+
+Both accept a model, a config, or an architecture name, so that `get_preprocess(model)` after
+`load_model(...)` gives the preprocessing stored with the checkpoint (mean/std, resize mode) and
+`get_preprocess("ViT-B-32")` the architecture's default.
+"""
+
+from __future__ import annotations
+
+
+from .image import build_transform
+from .models.clip import CLIP
+from .models.config import CLIPConfig, PreprocessConfig
+from .models.registry import get_model_config
+from .text import CLIPTokenizer
+
+ModelLike = CLIP | CLIPConfig | str
+
+
+def _config(name_or_model: ModelLike) -> CLIPConfig:
+    if isinstance(name_or_model, CLIP):
+        return name_or_model.config
+    if isinstance(name_or_model, CLIPConfig):
+        return name_or_model
+    if isinstance(name_or_model, str):
+        return get_model_config(name_or_model)
+    raise TypeError(f"expected a CLIP model, a CLIPConfig or an architecture name, got {type(name_or_model).__name__}")
+
+
+def get_tokenizer(name_or_model: ModelLike = "ViT-B-32", context_length: int | None = None) -> CLIPTokenizer:
+    """A callable `texts -> LongTensor[N, context_length]` matching the model's text tower."""
+    config = _config(name_or_model)
+    if config.text.vocab_size != 49408:
+        raise ValueError(
+            f"this model's text tower has vocab_size {config.text.vocab_size}; only CLIP's BPE (49408) ships "
+            "with clipforge"
+        )
+    return CLIPTokenizer(context_length=context_length or config.text.context_length)
+
+
+def get_preprocess(name_or_model: ModelLike | PreprocessConfig = "ViT-B-32", train: bool = False, **train_options):
+    """The image transform (PIL image -> FloatTensor[3, S, S]) the model expects."""
+    cfg = name_or_model if isinstance(name_or_model, PreprocessConfig) else _config(name_or_model).preprocess
+    return build_transform(cfg, train=train, **train_options)

@@ -1,0 +1,346 @@
+"""One entry point for every checkpoint: `load_model`, `create_model`, `save_model`, `convert`.
+
+Resolution order of `load_model(x)`:
+1. `x` is a folder: clipforge (`clipforge_config.json`), OpenCLIP hub layout
+   (`open_clip_config.json`) or Hugging Face `CLIPModel` (`config.json`).
+2. `x` is a file: safetensors / pickle / OpenAI TorchScript, read without unpickling code. The
+   architecture comes from the file's embedded clipforge config, an `open_clip_config.json` beside
+   it, an explicit `arch=` name, or is inferred from tensor shapes.
+3. `x` is `ARCH:TAG` from the pretrained table, or a hub id (`org/repo`, `hf-hub:org/repo`),
+   downloaded through huggingface_hub and then read as in 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ..models.clip import CLIP
+from ..models.config import CLIPConfig, ConfigError, PreprocessConfig
+from ..models.registry import get_model_config
+from . import hf, native, openclip
+from .formats import CheckpointError, detect_checkpoint_format, read_tensors
+from .hub import HUB_PREFIX, download_first, download_optional
+from .openai import config_from_openai_state_dict, openai_to_clipforge
+from .pretrained import PretrainedWeights, find_pretrained, tags_for
+
+SaveFormat = Literal["clipforge", "openclip", "hf"]
+OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def _apply_overrides(config: CLIPConfig, overrides: dict[str, Any]) -> CLIPConfig:
+    """Top-level CLIPConfig fields by name; tower fields as `vision={...}` / `text={...}` dicts."""
+    if not overrides:
+        return config
+    data = config.to_dict()
+    for key, value in overrides.items():
+        if key in ("vision", "text", "preprocess") and isinstance(value, dict):
+            data[key] = {**(data[key] or {}), **value}
+        else:
+            data[key] = value
+    return CLIPConfig.from_dict(data)
+
+
+def _place(model: CLIP, device: str | torch.device | None, dtype: torch.dtype | None) -> CLIP:
+    if device is not None or dtype is not None:
+        model = model.to(device=device, dtype=dtype)
+    return model.eval()
+
+
+def build_model(config: CLIPConfig, state_dict: dict[str, torch.Tensor] | None = None, source: str = "") -> CLIP:
+    """A CLIP model for `config`, with `state_dict` loaded strictly (errors name the keys)."""
+    model = CLIP(config)
+    if state_dict is not None:
+        load_state_dict_checked(model, state_dict, source)
+    return model
+
+
+def load_state_dict_checked(model: CLIP, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append(f"{len(wrong)} shape mismatch(es): " + "; ".join(wrong[:5]))
+        if missing:
+            parts.append(f"{len(missing)} missing key(s): {missing[:5]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s): {unexpected[:5]}")
+        raise CheckpointError(
+            f"{source or 'checkpoint'} does not match the model configuration: "
+            + " | ".join(parts)
+            + ". Check that the architecture (arch=...) or config.json belongs to these weights."
+        )
+    # Checkpoint dtypes (fp16 OpenAI files) are cast to the model's dtype by load_state_dict's copy_.
+    model.load_state_dict(state_dict, strict=True)
+
+
+def create_model(
+    name: str,
+    pretrained: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    cache_dir: str | Path | None = None,
+    **overrides: Any,
+) -> CLIP:
+    """Build a named architecture, optionally with pretrained weights.
+
+    `pretrained` is a tag from `list_pretrained()` for this architecture, or a path / hub id that
+    `load_model` reads (its tensors must fit the architecture). `overrides` change config fields:
+    top-level ones by name (`embed_dim=256`), tower fields as dicts (`vision={"patch_dropout": 0.5}`).
+    """
+    config = _apply_overrides(get_model_config(name), overrides)
+    if pretrained is None:
+        return _place(CLIP(config), device, dtype)
+    entry = find_pretrained(name, pretrained)
+    if entry is not None:
+        config = _apply_overrides(get_model_config(entry.arch), overrides)
+        loaded_cfg, state_dict, source = _download_pretrained(entry, cache_dir)
+        config = config.replace(preprocess=loaded_cfg.preprocess)
+        return _place(build_model(config, state_dict, source), device, dtype)
+    if _looks_like_source(pretrained):
+        _, state_dict, source = read_checkpoint(pretrained, arch=name, cache_dir=cache_dir)
+        return _place(build_model(config, state_dict, source), device, dtype)
+    known = tags_for(name)
+    raise CheckpointError(
+        f"pretrained={pretrained!r} is neither a known tag for {name!r} (known: {known or 'none'}) "
+        "nor an existing file, folder or hub id"
+    )
+
+
+def load_model(
+    path_or_id: str | Path,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    *,
+    arch: str | None = None,
+    allow_unsafe_pickle: bool = False,
+    cache_dir: str | Path | None = None,
+    revision: str | None = None,
+) -> CLIP:
+    """Load any supported checkpoint; the architecture comes from the checkpoint itself.
+
+    `arch` names the architecture for a bare state dict whose activation cannot be read from its
+    tensors (open_clip files trained with QuickGELU: pass e.g. `arch="ViT-B-32-quickgelu"`).
+    `allow_unsafe_pickle=True` is the opt-in for trusted legacy pickles that `weights_only` refuses.
+    """
+    config, state_dict, source = read_checkpoint(
+        path_or_id, arch=arch, allow_unsafe_pickle=allow_unsafe_pickle, cache_dir=cache_dir, revision=revision
+    )
+    return _place(build_model(config, state_dict, source), device, dtype)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _looks_like_source(value: str | Path) -> bool:
+    text = str(value)
+    return Path(text).exists() or text.startswith(HUB_PREFIX) or _is_hub_id(text)
+
+
+def _is_hub_id(text: str) -> bool:
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "/", "~")) and ":" not in text
+
+
+def read_checkpoint(
+    path_or_id: str | Path,
+    *,
+    arch: str | None = None,
+    allow_unsafe_pickle: bool = False,
+    cache_dir: str | Path | None = None,
+    revision: str | None = None,
+) -> tuple[CLIPConfig, dict[str, torch.Tensor], str]:
+    """(config, clipforge-named state dict, description of the source) for any supported input."""
+    text = str(path_or_id)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return _read_dir(path, arch, allow_unsafe_pickle)
+    if path.exists():
+        return _read_file(path, arch, allow_unsafe_pickle)
+    if ":" in text and not text.startswith(HUB_PREFIX):
+        name, tag = text.rsplit(":", 1)
+        entry = find_pretrained(name, tag)
+        if entry is None:
+            raise CheckpointError(
+                f"{text!r}: no such file, and {tag!r} is not a known pretrained tag for {name!r} "
+                f"(known tags: {tags_for(name) or 'none'}; see clipforge.list_pretrained())"
+            )
+        return _download_pretrained(entry, cache_dir)
+    if text.startswith(HUB_PREFIX) or _is_hub_id(text):
+        repo = text.removeprefix(HUB_PREFIX)
+        return _read_hub_repo(repo, arch, allow_unsafe_pickle, cache_dir, revision)
+    raise CheckpointError(
+        f"{text!r} is not an existing file or folder, an ARCH:TAG pretrained name, or a hub id (org/repo)"
+    )
+
+
+def _read_dir(folder: Path, arch: str | None, allow_unsafe_pickle: bool):
+    if (folder / native.CONFIG_NAME).exists():
+        config, weights = native.read_native_dir(folder)
+        _require(weights, folder, [native.WEIGHTS_NAME])
+        return config, read_tensors(weights), str(folder)
+    if (folder / openclip.CONFIG_NAME).exists():
+        candidates = [openclip.SAFE_WEIGHTS_NAME, openclip.PICKLE_WEIGHTS_NAME]
+        weights = next((folder / c for c in candidates if (folder / c).exists()), None)
+        _require(weights, folder, candidates)
+        return _read_file(weights, arch, allow_unsafe_pickle)
+    if (folder / "config.json").exists():
+        config, state_dict = hf.read_hf_dir(folder)
+        return config, state_dict, str(folder)
+    raise CheckpointError(
+        f"{folder} is a folder but holds no known checkpoint layout: expected {native.CONFIG_NAME} (clipforge), "
+        f"{openclip.CONFIG_NAME} (OpenCLIP hub layout) or config.json (Hugging Face CLIPModel)"
+    )
+
+
+def _require(weights: Path | None, folder: Path, names: list[str]) -> None:
+    if weights is None or not weights.exists():
+        raise CheckpointError(f"{folder}: config found but no weights file; expected one of {names}")
+
+
+def _read_file(path: Path, arch: str | None, allow_unsafe_pickle: bool):
+    fmt = detect_checkpoint_format(path)
+    if fmt == "safetensors":
+        embedded = native.embedded_config(path)
+        if embedded is not None:
+            return embedded, read_tensors(path), str(path)
+    tensors = read_tensors(path, allow_unsafe_pickle=allow_unsafe_pickle)
+    if any(k.startswith(("vision_model.", "text_model.")) for k in tensors):
+        if (path.parent / "config.json").exists():
+            config, state_dict = hf.read_hf_dir(path.parent)
+            return config, state_dict, str(path)
+        raise CheckpointError(
+            f"{path} holds Hugging Face CLIPModel weights; load the folder that also has its config.json"
+        )
+    from_openai = fmt == "torchscript" or "input_resolution" in tensors
+    state_dict = openai_to_clipforge(tensors) if from_openai else _to_clipforge_names(tensors)
+    sidecar = path.parent / openclip.CONFIG_NAME
+    if arch is not None:
+        config = get_model_config(arch)
+    elif sidecar.exists():
+        data = json.loads(sidecar.read_text())
+        config = openclip.config_from_openclip(data.get("model_cfg", data), data.get("preprocess_cfg"))
+    else:
+        config = _infer_config(state_dict, from_openai, path)
+    return config, state_dict, str(path)
+
+
+def _to_clipforge_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    tensors = {k: v for k, v in tensors.items() if k not in OPENAI_EXTRA_KEYS}
+    return openclip.openclip_to_clipforge_keys(tensors)
+
+
+def _infer_config(state_dict: dict[str, torch.Tensor], from_openai: bool, path: Path) -> CLIPConfig:
+    """Shape-based inference; OpenAI's own files are known to use QuickGELU, others cannot tell."""
+    if any(k.startswith("visual.attn_pool") or k.startswith("text.text_projection.") for k in state_dict):
+        raise CheckpointError(
+            f"{path}: this checkpoint's architecture cannot be inferred from its tensors alone "
+            "(attentional pooler / projection bias); pass arch=... or keep its open_clip_config.json beside it"
+        )
+    config = config_from_openai_state_dict(openclip.clipforge_to_openclip_keys(state_dict))
+    if not from_openai:
+        config = config.replace(
+            vision=dataclasses.replace(config.vision, act="gelu"), text=dataclasses.replace(config.text, act="gelu")
+        )
+        warnings.warn(
+            f"{path}: architecture inferred from tensor shapes with GELU activations; the activation cannot be "
+            "read from weights. If the model was trained with QuickGELU pass arch='<name>-quickgelu'.",
+            stacklevel=4,
+        )
+    if "logit_bias" in state_dict and config.init_logit_bias is None:
+        config = config.replace(init_logit_bias=float(state_dict["logit_bias"]))
+    return config
+
+
+def _download_pretrained(entry: PretrainedWeights, cache_dir) -> tuple[CLIPConfig, dict[str, torch.Tensor], str]:
+    what = f"pretrained {entry.arch}:{entry.tag}"
+    weights = download_first(
+        entry.hub_id, [openclip.SAFE_WEIGHTS_NAME, openclip.PICKLE_WEIGHTS_NAME], what=what, cache=cache_dir
+    )
+    tensors = read_tensors(weights)
+    config = get_model_config(entry.arch).replace(
+        preprocess=PreprocessConfig(
+            size=get_model_config(entry.arch).vision.image_size,
+            mean=entry.mean,
+            std=entry.std,
+            interpolation=entry.interpolation,
+            resize_mode=entry.resize_mode,
+        )
+    )
+    return config, _to_clipforge_names(tensors), f"{what} ({weights})"
+
+
+def _read_hub_repo(repo: str, arch, allow_unsafe_pickle, cache_dir, revision):
+    """A hub repository in any of the three folder layouts, fetched file by file."""
+    for config_name, weight_names in (
+        (native.CONFIG_NAME, [native.WEIGHTS_NAME]),
+        (openclip.CONFIG_NAME, [openclip.SAFE_WEIGHTS_NAME, openclip.PICKLE_WEIGHTS_NAME]),
+        ("config.json", ["model.safetensors", "pytorch_model.bin"]),
+    ):
+        config_path = download_optional(repo, config_name, revision=revision, cache=cache_dir)
+        if config_path is None:
+            continue
+        weights = download_first(repo, weight_names, what=f"hub model {repo}", revision=revision, cache=cache_dir)
+        if weights.parent != config_path.parent:  # pragma: no cover - huggingface_hub keeps one snapshot folder
+            raise CheckpointError(f"hub model {repo}: config and weights landed in different snapshot folders")
+        return _read_dir(config_path.parent, arch, allow_unsafe_pickle)
+    raise CheckpointError(
+        f"hub model {repo}: none of {native.CONFIG_NAME}, {openclip.CONFIG_NAME} or config.json could be found "
+        "(not a CLIP repository, or offline without a cached copy)"
+    )
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def save_model(model: CLIP, path: str | Path, format: SaveFormat = "clipforge") -> Path:
+    """Write `model` to folder `path` as clipforge (default), OpenCLIP hub layout, or HF `CLIPModel`."""
+    folder = Path(path)
+    state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if format == "clipforge":
+        return native.write_native(model.config, state_dict, folder)
+    if format == "openclip":
+        cfg = openclip.config_to_openclip(model.config)
+        native.atomic_save_safetensors(
+            openclip.clipforge_to_openclip_keys(state_dict), folder / openclip.SAFE_WEIGHTS_NAME, None
+        )
+        native.atomic_write_bytes(folder / openclip.CONFIG_NAME, (json.dumps(cfg, indent=2) + "\n").encode())
+        return folder
+    if format == "hf":
+        hf.write_hf_dir((model.config, state_dict), folder)
+        return folder
+    raise ValueError(f"unknown save format {format!r}; expected 'clipforge', 'openclip' or 'hf'")
+
+
+def convert(source: str | Path, destination: str | Path, format: SaveFormat = "clipforge", **load_kwargs) -> Path:
+    """Read any supported checkpoint and write it in `format` (tensors copied exactly, fp32 kept as is)."""
+    config, state_dict, src = read_checkpoint(source, **load_kwargs)
+    model = build_model(config, state_dict, src)
+    return save_model(model, destination, format)
+
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "build_model",
+    "convert",
+    "create_model",
+    "load_model",
+    "read_checkpoint",
+    "save_model",
+]

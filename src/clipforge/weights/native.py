@@ -1,0 +1,92 @@
+"""clipforge's own checkpoint format: a folder with `clipforge_config.json` and
+`clipforge_model.safetensors`.
+
+The safetensors header also carries the config (metadata key `clipforge_config`), so the weights
+file alone is self-describing when it is copied out of its folder. Both files are written to a
+temporary name and renamed into place, so a crash mid-write never leaves a half-written checkpoint
+where a good one was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..models.config import CLIPConfig
+
+CONFIG_NAME = "clipforge_config.json"
+WEIGHTS_NAME = "clipforge_model.safetensors"
+METADATA_KEY = "clipforge_config"
+FORMAT_VERSION = 1
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        save_file(contiguous, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def config_json(config: CLIPConfig) -> str:
+    return json.dumps({"format": "clipforge", "version": FORMAT_VERSION, "model": config.to_dict()}, indent=2)
+
+
+def parse_config_json(text: str, source: str) -> CLIPConfig:
+    from .formats import CheckpointError
+
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{source}: config is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict) or data.get("format") != "clipforge" or "model" not in data:
+        raise CheckpointError(f"{source}: not a clipforge config (expected keys 'format': 'clipforge' and 'model')")
+    return CLIPConfig.from_dict(data["model"])
+
+
+def write_native(config: CLIPConfig, state_dict: dict[str, torch.Tensor], folder: str | Path) -> Path:
+    folder = Path(folder)
+    text = config_json(config)
+    atomic_save_safetensors(state_dict, folder / WEIGHTS_NAME, metadata={METADATA_KEY: text})
+    atomic_write_bytes(folder / CONFIG_NAME, (text + "\n").encode())
+    return folder
+
+
+def embedded_config(path: str | Path) -> CLIPConfig | None:
+    """The config stored in a safetensors file's header by `write_native`, if any."""
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    text = metadata.get(METADATA_KEY)
+    return parse_config_json(text, str(path)) if text else None
+
+
+def read_native_dir(folder: str | Path) -> tuple[CLIPConfig, Path]:
+    folder = Path(folder)
+    config = parse_config_json((folder / CONFIG_NAME).read_text(), str(folder / CONFIG_NAME))
+    return config, folder / WEIGHTS_NAME

@@ -1,0 +1,235 @@
+"""OpenCLIP checkpoints: key map and config reader (Ilharco et al. 2021, mlfoundations/open_clip).
+
+open_clip's `CLIP` class keeps the text tower's parameters at the top level (OpenAI's layout:
+`token_embedding.weight`, `transformer.*`, `ln_final.*`, `text_projection`, `positional_embedding`),
+while its `CustomTextCLIP` nests them under `text.`; clipforge always nests them under `text.`.
+The image tower (`visual.*`) has identical names. A hub repository pushed by open_clip holds
+`open_clip_config.json` (`model_cfg` + `preprocess_cfg`) beside `open_clip_model.safetensors` or
+`open_clip_pytorch_model.bin`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ..models.config import CLIPConfig, ConfigError, PreprocessConfig, TextConfig, VisionConfig
+
+CONFIG_NAME = "open_clip_config.json"
+SAFE_WEIGHTS_NAME = "open_clip_model.safetensors"
+PICKLE_WEIGHTS_NAME = "open_clip_pytorch_model.bin"
+
+# Top-level text-tower keys of open_clip's CLIP (and OpenAI's state dicts).
+_TEXT_TOP_LEVEL = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
+# open_clip config fields clipforge cannot build; anything here set to a non-default value is refused.
+_UNSUPPORTED_VISION = {
+    "timm_model_name": None,
+    "pos_embed_type": "learnable",
+    "block_type": None,
+    "qk_norm": False,
+    "scaled_cosine_attn": False,
+    "scale_heads": False,
+    "scale_attn_inner": False,
+    "scale_attn": False,
+    "scale_fc": False,
+    "act_kwargs": None,
+}
+_UNSUPPORTED_TEXT = {
+    "hf_model_name": None,
+    "embed_cls": False,
+    "final_ln_after_pool": False,
+    "proj_type": "linear",
+    "block_type": None,
+    "qk_norm": False,
+    "scaled_cosine_attn": False,
+    "scale_heads": False,
+    "scale_attn_inner": False,
+    "scale_attn": False,
+    "scale_fc": False,
+    "act_kwargs": None,
+}
+# Fields that only affect tokenisation or outputs, not the architecture.
+_IGNORED = {"output_tokens", "tokenizer_mode", "tokenizer_kwargs", "hf_tokenizer_name", "timm_model_pretrained"}
+
+
+def openclip_to_clipforge_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename an open_clip (or OpenAI) state dict to clipforge's names; tensors are not copied."""
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith(_TEXT_TOP_LEVEL):
+            key = "text." + key
+        if key in ("logit_scale", "logit_bias") and value.ndim > 0:
+            value = value.reshape(())  # open_clip's nonscalar_logit_scale stores shape [1]
+        out[key] = value
+    return out
+
+
+def clipforge_to_openclip_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename clipforge's state dict to open_clip's `CLIP` layout (text tower at top level)."""
+    return {(key[len("text.") :] if key.startswith("text.") else key): value for key, value in state_dict.items()}
+
+
+def _norm_eps(norm_kwargs: dict | None, where: str) -> float:
+    kwargs = dict(norm_kwargs or {})
+    eps = kwargs.pop("eps", 1e-5)
+    if kwargs:
+        raise ConfigError(f"open_clip {where}.norm_kwargs {sorted(kwargs)} are not supported (only eps)")
+    return float(eps)
+
+
+def _refuse_unsupported(cfg: dict[str, Any], unsupported: dict[str, Any], where: str) -> None:
+    for name, default in unsupported.items():
+        if cfg.get(name, default) != default:
+            raise ConfigError(
+                f"open_clip {where}.{name}={cfg[name]!r} is not supported by clipforge's architectures "
+                "(standard ViT / ModifiedResNet image towers and CLIP text transformers only)"
+            )
+
+
+def config_from_openclip(model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any] | None = None) -> CLIPConfig:
+    """Translate open_clip's `model_cfg` (a model_configs/*.json or `open_clip_config.json`'s entry)."""
+    v = dict(model_cfg.get("vision_cfg", {}))
+    t = dict(model_cfg.get("text_cfg", {}))
+    if model_cfg.get("custom_text") and t.get("hf_model_name"):
+        raise ConfigError("open_clip models with a Hugging Face text tower (hf_model_name) are not supported")
+    _refuse_unsupported(v, _UNSUPPORTED_VISION, "vision_cfg")
+    _refuse_unsupported(t, _UNSUPPORTED_TEXT, "text_cfg")
+    act = "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"
+    image_size = v.get("image_size", 224)
+    if isinstance(image_size, (list, tuple)):
+        if len(set(image_size)) != 1:
+            raise ConfigError(f"open_clip vision_cfg.image_size={image_size} is not square; clipforge needs square")
+        image_size = image_size[0]
+    width = v.get("width", 768)
+    head_width = v.get("head_width", 64)
+    patch_size = v.get("patch_size", 16)
+    layers = v.get("layers", 12)
+    is_resnet = isinstance(layers, (list, tuple))
+    if is_resnet:
+        patch_size = None
+    vision = VisionConfig(
+        image_size=image_size,
+        layers=tuple(layers) if is_resnet else layers,
+        width=width,
+        heads=(width * 32 // head_width) if is_resnet else (width // head_width),
+        patch_size=patch_size,
+        mlp_ratio=v.get("mlp_ratio", 4.0),
+        act=act,
+        ls_init_value=v.get("ls_init_value"),
+        pool_type=v.get("pool_type", "tok"),
+        final_ln_after_pool=v.get("final_ln_after_pool", False),
+        no_ln_pre=v.get("no_ln_pre", False),
+        attentional_pool=bool(v.get("attentional_pool", False)),
+        attn_pooler_queries=v.get("attn_pooler_queries", 256),
+        attn_pooler_heads=v.get("attn_pooler_heads", 8),
+        patch_dropout=v.get("patch_dropout", 0.0),
+        layer_norm_eps=_norm_eps(v.get("norm_kwargs"), "vision_cfg"),
+    )
+    if isinstance(v.get("attentional_pool"), str):
+        raise ConfigError(f"open_clip attentional_pool={v['attentional_pool']!r} (parallel/cascade) is not supported")
+    no_causal = t.get("no_causal_mask", False)
+    text = TextConfig(
+        context_length=t.get("context_length", 77),
+        vocab_size=t.get("vocab_size", 49408),
+        width=t.get("width", 512),
+        heads=t.get("heads", 8),
+        layers=t.get("layers", 12),
+        mlp_ratio=t.get("mlp_ratio", 4.0),
+        act=act,
+        ls_init_value=t.get("ls_init_value"),
+        causal_mask=not no_causal,
+        pad_mask=bool(t.get("use_pad_mask", False)) and no_causal,
+        pool_type=t.get("pool_type", "argmax"),
+        pad_id=t.get("pad_id", 0),
+        eos_id=t.get("eos_id", 2),
+        proj_bias=t.get("proj_bias", False),
+        layer_norm_eps=_norm_eps(t.get("norm_kwargs"), "text_cfg"),
+    )
+    pre = dict(preprocess_cfg or {})
+    preprocess = PreprocessConfig(
+        size=image_size,
+        mean=tuple(pre.get("mean", PreprocessConfig.mean)),
+        std=tuple(pre.get("std", PreprocessConfig.std)),
+        interpolation=pre.get("interpolation", "bicubic"),
+        resize_mode=pre.get("resize_mode", "shortest"),
+        fill_color=pre.get("fill_color", 0),
+    )
+    bias = model_cfg.get("init_logit_bias")
+    return CLIPConfig(
+        embed_dim=model_cfg.get("embed_dim", 512),
+        vision=vision,
+        text=text,
+        init_logit_scale=model_cfg.get("init_logit_scale", math.log(1 / 0.07)),
+        init_logit_bias=None if bias is None else float(bias),
+        preprocess=preprocess,
+    )
+
+
+def config_to_openclip(config: CLIPConfig) -> dict[str, Any]:
+    """`open_clip_config.json` content (model_cfg + preprocess_cfg) for a clipforge config."""
+    v, t = config.vision, config.text
+    if v.act != t.act:
+        raise ConfigError("open_clip has one quick_gelu flag for both towers; this model mixes activations")
+    vision_cfg: dict[str, Any] = {"image_size": v.image_size, "width": v.width, "mlp_ratio": v.mlp_ratio}
+    if v.is_resnet:
+        vision_cfg.update(layers=list(v.layers), patch_size=None, head_width=v.width * 32 // v.num_heads)
+    else:
+        vision_cfg.update(layers=v.layers, patch_size=v.patch_size, head_width=v.width // v.num_heads)
+    optional_vision = {
+        "ls_init_value": (v.ls_init_value, None),
+        "pool_type": (v.pool_type, "tok"),
+        "final_ln_after_pool": (v.final_ln_after_pool, False),
+        "no_ln_pre": (v.no_ln_pre, False),
+        "attentional_pool": (v.attentional_pool, False),
+        "patch_dropout": (v.patch_dropout, 0.0),
+    }
+    vision_cfg.update({k: val for k, (val, default) in optional_vision.items() if val != default})
+    if v.attentional_pool:
+        vision_cfg.update(attn_pooler_queries=v.attn_pooler_queries, attn_pooler_heads=v.attn_pooler_heads)
+    if v.layer_norm_eps != 1e-5:
+        vision_cfg["norm_kwargs"] = {"eps": v.layer_norm_eps}
+    text_cfg: dict[str, Any] = {
+        "context_length": t.context_length,
+        "vocab_size": t.vocab_size,
+        "width": t.width,
+        "heads": t.num_heads,
+        "layers": t.layers,
+        "mlp_ratio": t.mlp_ratio,
+        "pool_type": t.pool_type,
+        "eos_id": t.eos_id,
+        "pad_id": t.pad_id,
+    }
+    if t.ls_init_value is not None:
+        text_cfg["ls_init_value"] = t.ls_init_value
+    if not t.causal_mask:
+        text_cfg["no_causal_mask"] = True
+        text_cfg["use_pad_mask"] = t.pad_mask
+    elif t.pad_mask:
+        raise ConfigError("open_clip supports a text padding mask only with no_causal_mask")
+    if t.proj_bias:
+        text_cfg["proj_bias"] = True
+    if t.layer_norm_eps != 1e-5:
+        text_cfg["norm_kwargs"] = {"eps": t.layer_norm_eps}
+    model_cfg: dict[str, Any] = {"embed_dim": config.embed_dim, "vision_cfg": vision_cfg, "text_cfg": text_cfg}
+    if v.act == "quick_gelu":
+        model_cfg["quick_gelu"] = True
+    if config.init_logit_bias is not None:
+        model_cfg["init_logit_bias"] = config.init_logit_bias
+    if t.proj_bias or not t.causal_mask:
+        model_cfg["custom_text"] = True  # open_clip builds these text options only in CustomTextCLIP
+    p = config.preprocess
+    preprocess_cfg = {
+        "mean": list(p.mean),
+        "std": list(p.std),
+        "interpolation": p.interpolation,
+        "resize_mode": p.resize_mode,
+        "fill_color": p.fill_color,
+    }
+    return {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
+
+
+def uses_custom_text(model_cfg: dict[str, Any]) -> bool:
+    """Whether open_clip builds this config as CustomTextCLIP (text keys under `text.`)."""
+    return bool(model_cfg.get("custom_text", False))

@@ -1,0 +1,163 @@
+"""Every registered architecture: builds, runs, trains, and matches open_clip's parameter layout."""
+
+import pytest
+import torch
+
+from clipforge.models import CLIP, CLIPConfig, ConfigError, get_model_config, list_models
+from clipforge.models.registry import OPENAI_NAMES
+
+TINY = [name for name in list_models() if name.startswith("tiny")]
+FULL = [name for name in list_models() if not name.startswith("tiny")]
+
+
+def _inputs(model: CLIP, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    size = model.image_size
+    images = torch.randn(batch, 3, size, size, generator=g)
+    tokens = torch.zeros(batch + 1, model.context_length, dtype=torch.long)
+    for row in range(batch + 1):
+        n = 3 + row * 4
+        tokens[row, 0] = 49406
+        tokens[row, 1 : n + 1] = torch.randint(1, 49000, (n,), generator=g)
+        tokens[row, n + 1] = 49407
+    return images, tokens
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_forward_backward_every_parameter_gets_gradient(name):
+    torch.manual_seed(0)
+    model = CLIP(get_model_config(name)).train()
+    with torch.no_grad():  # ResNet blocks start with zero bn3 gains, which would block their branch's gradient
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    images, tokens = _inputs(model)
+    out = model(images, tokens)
+    assert out["image_features"].shape == (2, model.embed_dim)
+    assert out["text_features"].shape == (3, model.embed_dim)
+    assert torch.allclose(out["image_features"].norm(dim=-1), torch.ones(2), atol=1e-5)
+    logits = out["logit_scale"] * out["image_features"] @ out["text_features"].T
+    if "logit_bias" in out:
+        logits = logits + out["logit_bias"]
+    loss = logits.logsumexp(dim=-1).mean() - logits[:, 0].mean()
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, f"parameters without a finite gradient: {missing}"
+    zero = [n for n, p in model.named_parameters() if p.grad.abs().sum() == 0]
+    assert not zero, f"parameters with an all-zero gradient: {zero}"
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_grad_checkpointing_gives_same_outputs_and_grads(name):
+    torch.manual_seed(0)
+    model = CLIP(get_model_config(name)).eval()
+    images, tokens = _inputs(model)
+
+    def run():
+        model.zero_grad()
+        out = model(images, tokens)
+        (out["image_features"].sum() + out["text_features"].pow(2).sum()).backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    ref_out, ref_grads = run()
+    model.set_grad_checkpointing(True)
+    ck_out, ck_grads = run()
+    for key in ("image_features", "text_features"):
+        torch.testing.assert_close(ck_out[key], ref_out[key], rtol=0, atol=1e-6)
+    for n in ref_grads:
+        torch.testing.assert_close(ck_grads[n], ref_grads[n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_fused_and_plain_attention_agree(name):
+    torch.manual_seed(0)
+    model = CLIP(get_model_config(name)).eval()
+    images, tokens = _inputs(model)
+    with torch.no_grad():
+        fused = model(images, tokens)
+        model.set_fused_attention(False)
+        plain = model(images, tokens)
+    for key in ("image_features", "text_features"):
+        torch.testing.assert_close(fused[key], plain[key], rtol=0, atol=1e-5)
+
+
+def test_text_padding_mask_variant_ignores_padding():
+    cfg = get_model_config("tiny-siglip")
+    cfg = cfg.replace(text=cfg.text.__class__(**{**cfg.text.__dict__, "pad_mask": True, "pool_type": "first"}))
+    torch.manual_seed(0)
+    model = CLIP(cfg).eval()
+    tokens = torch.zeros(1, 77, dtype=torch.long)
+    tokens[0, :4] = torch.tensor([49406, 320, 1929, 49407])
+    with torch.no_grad():
+        full = model.encode_text(tokens)
+        short = model.encode_text(tokens[:, :10])  # padding removed: identical with a padding mask
+    torch.testing.assert_close(full, short, rtol=0, atol=1e-5)
+
+
+def test_patch_dropout_only_in_training():
+    cfg = get_model_config("tiny-vit")
+    cfg = cfg.replace(vision=cfg.vision.__class__(**{**cfg.vision.__dict__, "patch_dropout": 0.5}))
+    torch.manual_seed(0)
+    model = CLIP(cfg)
+    images, _ = _inputs(model)
+    model.eval()
+    with torch.no_grad():
+        a, b = model.encode_image(images), model.encode_image(images)
+    torch.testing.assert_close(a, b)
+    embedded = model.visual.patch_dropout(model.visual.embed(images))
+    model.train()
+    dropped = model.visual.patch_dropout(torch.randn(2, 17, 64))
+    assert embedded.shape[1] == 17 and dropped.shape[1] == 1 + 8
+
+
+def _openclip_model(cf_name: str):
+    """open_clip's own model for a clipforge architecture name, built from open_clip's config files."""
+    open_clip = pytest.importorskip("open_clip")
+    quick_gelu = cf_name.endswith("-quickgelu") or "/" in cf_name
+    base = OPENAI_NAMES.get(cf_name, cf_name).removesuffix("-quickgelu")
+    cfg = dict(open_clip.get_model_config(base))
+    cfg["quick_gelu"] = quick_gelu
+    with torch.device("meta"):
+        return open_clip.model.CLIP(**cfg)
+
+
+@pytest.mark.parametrize("name", FULL)
+def test_full_size_layout_matches_open_clip(name):
+    """Built on the meta device: same parameter names (modulo the text prefix) and shapes as open_clip."""
+    from clipforge.weights.openclip import openclip_to_clipforge_keys
+
+    with torch.device("meta"):
+        ours = CLIP(get_model_config(name))
+    theirs = _openclip_model(name)
+    their_shapes = {k: tuple(v.shape) for k, v in openclip_to_clipforge_keys(theirs.state_dict()).items()}
+    our_shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+    assert our_shapes == their_shapes
+    acts = {type(m).__name__ for m in theirs.modules()}
+    want_quick = name.endswith("-quickgelu") or "/" in name
+    assert ("QuickGELU" in acts) == want_quick
+    assert ours.config.vision.act == ours.config.text.act == ("quick_gelu" if want_quick else "gelu")
+
+
+def test_unknown_model_name_is_a_clear_error():
+    with pytest.raises(ConfigError, match=r"unknown model architecture 'ViT-B-33'.*Did you mean"):
+        get_model_config("ViT-B-33")
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ConfigError, match="vision.act"):
+        CLIPConfig.from_dict({"vision": {"act": "relu"}})
+    with pytest.raises(ConfigError, match=r"unknown vision config field\(s\) \['widht'\]"):
+        CLIPConfig.from_dict({"vision": {"widht": 10}})
+    with pytest.raises(ConfigError, match="not divisible by patch_size"):
+        CLIPConfig.from_dict({"vision": {"image_size": 225, "patch_size": 16}})
+
+
+def test_config_dict_round_trip():
+    for name in ["ViT-B-32", "RN50", "tiny-siglip"]:
+        cfg = get_model_config(name)
+        assert CLIPConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_sequence_longer_than_context_is_rejected():
+    model = CLIP(get_model_config("tiny-vit"))
+    with pytest.raises(ValueError, match="exceeds the model's context_length 77"):
+        model.encode_text(torch.zeros(1, 78, dtype=torch.long))
