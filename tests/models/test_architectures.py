@@ -161,3 +161,15 @@ def test_sequence_longer_than_context_is_rejected():
     model = CLIP(get_model_config("tiny-vit"))
     with pytest.raises(ValueError, match="exceeds the model's context_length 77"):
         model.encode_text(torch.zeros(1, 78, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name", ["tiny-vit", "tiny-vit-attnpool"])
+def test_text_trimming_after_last_end_token_changes_nothing(name):
+    """encode_text skips positions after the batch's last end token; the full-length pass agrees."""
+    torch.manual_seed(0)
+    model = CLIP(get_model_config(name)).eval()
+    _, tokens = _inputs(model)
+    with torch.no_grad():
+        trimmed = model.text(tokens)
+        full = model.text.forward_tokens(tokens)[0]
+    torch.testing.assert_close(trimmed, full, rtol=0, atol=1e-5)

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 tensors.append(preprocess(load_image(path)))
                 paths.append(path)
-            except ImageLoadError as exc:
+            except (ImageLoadError, OSError) as exc:
                 errors.append({"image": path, "error": str(exc)})
         if not tensors:
             continue

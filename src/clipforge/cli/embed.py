@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                     try:
                         batch.append(preprocess(load_image(path)))
                         kept.append(path)
-                    except ImageLoadError as exc:
+                    except (ImageLoadError, OSError) as exc:
                         skipped.append({"image": path, "error": str(exc)})
                 if batch:
                     rows.append(model.encode_image(torch.stack(batch).to(args.device), normalize=True).float().cpu())

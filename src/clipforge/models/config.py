@@ -9,6 +9,7 @@ Field names follow open_clip's JSON model configs where they mean the same thing
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -210,7 +211,7 @@ class CLIPConfig:
     embed_dim: int = 512
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
-    init_logit_scale: float = 2.6592600369262695  # log(1 / 0.07)
+    init_logit_scale: float = math.log(1 / 0.07)
     init_logit_bias: float | None = None
     preprocess: PreprocessConfig | None = None
 

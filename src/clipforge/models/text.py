@@ -97,4 +97,20 @@ class TextTransformer(nn.Module):
         return pooled, x
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Pooled, projected text embedding (B, D).
+
+        With causal attention and end-token pooling, positions after the last end token of the batch
+        cannot influence any pooled feature, so they are not computed: captions are short (~15 of 77
+        tokens), which makes this several times faster than running the padded length, with the
+        same result.
+        """
+        cfg = self.cfg
+        if cfg.causal_mask and not cfg.pad_mask and cfg.pool_type in ("argmax", "eos") and tokens.shape[0] > 0:
+            if cfg.pool_type == "argmax":
+                last = int(tokens.argmax(dim=-1).max())
+            else:
+                is_eos = tokens == cfg.eos_id
+                # rows without an eos pool at position 0 (argmax of all-false), so they need nothing extra
+                last = int(is_eos.int().argmax(dim=-1).max())
+            tokens = tokens[:, : last + 1]
         return self.forward_tokens(tokens)[0]

@@ -258,8 +258,9 @@ def _infer_config(state_dict: dict[str, torch.Tensor], from_openai: bool, path: 
             vision=dataclasses.replace(config.vision, act="gelu"), text=dataclasses.replace(config.text, act="gelu")
         )
         warnings.warn(
-            f"{path}: architecture inferred from tensor shapes with GELU activations; the activation cannot be "
-            "read from weights. If the model was trained with QuickGELU pass arch='<name>-quickgelu'.",
+            f"{path}: architecture inferred from tensor shapes, assuming GELU activations and width/64 attention "
+            "heads (OpenAI's rule); neither can be read from weights. Pass arch=NAME (e.g. 'ViT-B-32-quickgelu') "
+            "or keep the checkpoint's open_clip_config.json beside it if that is wrong.",
             stacklevel=4,
         )
     if "logit_bias" in state_dict and config.init_logit_bias is None:

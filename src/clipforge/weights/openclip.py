@@ -203,11 +203,10 @@ def config_to_openclip(config: CLIPConfig) -> dict[str, Any]:
     }
     if t.ls_init_value is not None:
         text_cfg["ls_init_value"] = t.ls_init_value
+    if t.pad_mask:
+        raise ConfigError("open_clip's model configs (CLIPTextCfg) cannot express a text padding mask")
     if not t.causal_mask:
         text_cfg["no_causal_mask"] = True
-        text_cfg["use_pad_mask"] = t.pad_mask
-    elif t.pad_mask:
-        raise ConfigError("open_clip supports a text padding mask only with no_causal_mask")
     if t.proj_bias:
         text_cfg["proj_bias"] = True
     if t.layer_norm_eps != 1e-5:
@@ -217,6 +216,8 @@ def config_to_openclip(config: CLIPConfig) -> dict[str, Any]:
         model_cfg["quick_gelu"] = True
     if config.init_logit_bias is not None:
         model_cfg["init_logit_bias"] = config.init_logit_bias
+    if config.init_logit_scale != math.log(1 / 0.07):
+        model_cfg["init_logit_scale"] = config.init_logit_scale
     if t.proj_bias or not t.causal_mask:
         model_cfg["custom_text"] = True  # open_clip builds these text options only in CustomTextCLIP
     p = config.preprocess
