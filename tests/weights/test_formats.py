@@ -230,7 +230,9 @@ def test_directory_lists_accepted_layouts(tmp_path):
         assert layout in message
 
 
-@pytest.mark.parametrize("content", [b"", os.urandom(64), b"not a checkpoint at all\n"], ids=["empty", "random", "text"])
+@pytest.mark.parametrize(
+    "content", [b"", os.urandom(64), b"not a checkpoint at all\n"], ids=["empty", "random", "text"]
+)
 def test_corrupt_files(tmp_path, content):
     path = tmp_path / "model.pt"
     path.write_bytes(content)

@@ -7,8 +7,6 @@ Tolerance: 1e-4 max abs difference on L2-normalised image and text features (flo
 """
 
 import copy
-import dataclasses
-import time
 
 import open_clip
 import pytest
@@ -91,7 +89,14 @@ def test_config_inference_vit():
     config = config_from_openai_state_dict(_openai_state_dict(_reference("vit"), torch.float16))
     v, t = config.vision, config.text
     assert (v.patch_size, v.image_size, v.width, v.layers, v.num_heads, v.act) == (8, 32, 128, 2, 2, "quick_gelu")
-    assert (t.context_length, t.vocab_size, t.width, t.layers, t.num_heads, t.act) == (16, 1000, 128, 2, 2, "quick_gelu")
+    assert (t.context_length, t.vocab_size, t.width, t.layers, t.num_heads, t.act) == (
+        16,
+        1000,
+        128,
+        2,
+        2,
+        "quick_gelu",
+    )
     assert config.embed_dim == 48 and config.preprocess.size == 32
 
 
@@ -194,23 +199,25 @@ def test_torchscript_archive_end_to_end(tmp_path, tower):
 
 @pytest.mark.slow
 def test_full_size_vit_b_32_matches_open_clip():
-    start = time.perf_counter()
+    """ViT-B/32 at full size with fp16 weights, as in OpenAI's file (~10 s on two CPU cores)."""
     torch.manual_seed(0)
     reference = open_clip.create_model("ViT-B-32-quickgelu").eval()
     sd = {k: v.half() if v.is_floating_point() else v for k, v in reference.state_dict().items()}
     reference.load_state_dict(sd)
     sd.update(input_resolution=torch.tensor(224), context_length=torch.tensor(77), vocab_size=torch.tensor(49408))
     config = config_from_openai_state_dict(sd)
-    assert config.vision == dataclasses.replace(get_model_config("ViT-B/32").vision)
-    ours = CLIP(config).eval()
-    ours.load_state_dict(openai_to_clipforge(sd), strict=True)
+    assert config.vision == get_model_config("ViT-B/32").vision
+    assert config.text == get_model_config("ViT-B/32").text
+    with torch.device("meta"):  # skip random init: every tensor is assigned from the checkpoint
+        ours = CLIP(config)
+    ours.load_state_dict(openai_to_clipforge(sd), strict=True, assign=True)
+    ours.eval()
     images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     tokens = open_clip.tokenize(["a photo of a cat", "a diagram"])
     with torch.no_grad():
         image_diff = (ours.encode_image(images, True) - reference.encode_image(images, normalize=True)).abs().max()
         text_diff = (ours.encode_text(tokens, True) - reference.encode_text(tokens, normalize=True)).abs().max()
     assert image_diff <= ATOL and text_diff <= ATOL, (image_diff, text_diff)
-    assert time.perf_counter() - start < 60
 
 
 # ----------------------------------------------------------------------------- bad input

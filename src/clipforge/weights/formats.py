@@ -1,0 +1,215 @@
+"""Checkpoint files: detect their format and read their tensors safely.
+
+Every public CLIP checkpoint (Radford et al. 2021 and its reproductions) comes as one of three
+containers: safetensors (OpenCLIP hub, Hugging Face, clipforge), a pickled `torch.save` file
+(`.bin` / `.pt` training checkpoints) or an OpenAI TorchScript archive (the `.pt` files of
+openai/CLIP's `clip.load`). This file owns telling them apart and reading them without running
+code from the file: safetensors holds no code; pickles go through `torch.load(weights_only=True)`
+unless the caller opts in with `allow_unsafe_pickle=True`; TorchScript archives are read by the
+restricted unpickler in `torchscript.py`. Key names are left as stored (apart from training
+wrappers); the per-format key maps live in `openai.py`, `openclip.py` and `hf.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import sys
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+CheckpointFormat = Literal["safetensors", "torchscript", "pickle"]
+
+# Dicts that training code wraps a state dict in: {"state_dict": ...} (Lightning, many trainers),
+# {"model": ...} (DeiT/timm-style checkpoints), {"module": ...} (DeepSpeed).
+_WRAPPER_KEYS = ("state_dict", "model", "module")
+_DDP_PREFIX = "module."
+_MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read or does not fit: missing, corrupt, unsafe, or the wrong architecture."""
+
+
+def _corrupt(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path}: the checkpoint file is corrupt or truncated ({why}); re-download it (or re-save it) and try again"
+    )
+
+
+def _directory_error(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is a directory, not a checkpoint file. Model directories are read by clipforge.load_model in "
+        "three layouts: a clipforge directory (clipforge_config.json + clipforge_model.safetensors), an open_clip "
+        "hub directory (open_clip_config.json + open_clip_model.safetensors or open_clip_pytorch_model.bin), or a "
+        "Hugging Face CLIPModel directory (config.json + model.safetensors or pytorch_model.bin). To read tensors "
+        "here, pass the weights file inside the directory."
+    )
+
+
+def _safetensors_problem(path: Path, head: bytes, size: int) -> str | None:
+    """None when the file is a complete safetensors file; else why not. Caller checked the '{' at byte 8."""
+    header_len = int.from_bytes(head[:8], "little")
+    if header_len > _MAX_SAFETENSORS_HEADER:
+        return f"a safetensors header length of {header_len} bytes is implausible"
+    if 8 + header_len > size:
+        return f"the safetensors header ({header_len} bytes) runs past the end of the {size}-byte file"
+    with open(path, "rb") as f:
+        f.seek(8)
+        raw = f.read(header_len)
+    try:
+        header = json.loads(raw)
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        return f"the safetensors header is not valid ({exc})"
+    if 8 + header_len + end > size:
+        return f"the tensors need {8 + header_len + end} bytes but the file has {size}"
+    return None
+
+
+def detect_checkpoint_format(path: str | os.PathLike) -> CheckpointFormat:
+    """The format of a checkpoint file, "safetensors", "torchscript" or "pickle", read from its content.
+
+    Raises `CheckpointError` for a missing path, a directory (listing the directory layouts the
+    loaders accept), and empty, truncated or unrecognisable files.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise _directory_error(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise _corrupt(path, "the file is empty")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:2] == b"PK":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise _corrupt(path, f"a zip archive whose directory cannot be read: {exc}") from exc
+        from .torchscript import is_torchscript_archive
+
+        if is_torchscript_archive(names):
+            return "torchscript"
+        if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            return "pickle"
+        raise CheckpointError(f"{path}: a zip archive, but not a PyTorch checkpoint (it has no data.pkl record)")
+    if len(head) == 9 and head[8:9] == b"{":
+        problem = _safetensors_problem(path, head, size)
+        if problem is not None:
+            raise _corrupt(path, problem)
+        return "safetensors"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle PROTO opcode: legacy torch.save
+        return "pickle"
+    hint = f" although its name ends in {path.suffix}" if path.suffix else ""
+    raise _corrupt(path, f"its content is not safetensors, a PyTorch zip archive or a pickle{hint}")
+
+
+def _refused_global(message: str) -> str | None:
+    """The global torch's weights_only unpickler refused, from its message (two phrasings in torch 2.x)."""
+    match = re.search(r"GLOBAL ([\w.]+)", message)
+    return match.group(1) if match else None
+
+
+def _weights_only_reason(message: str) -> str:
+    match = re.search(r"WeightsUnpickler error: ([^\n]+)", message)
+    if match:
+        return match.group(1).strip()
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(("Weights only load failed", "Check the documentation"))]
+    return (useful or lines or ["unreadable pickle"])[0]
+
+
+def _is_cut_name(qualified: str) -> bool:
+    """A refused global inside an already-imported module that lacks it: a truncated name, not a real class."""
+    module, _, name = qualified.rpartition(".")
+    return module in sys.modules and not hasattr(sys.modules[module], name)
+
+
+def _load_pickle(path: Path, allow_unsafe_pickle: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        message = str(exc)
+        refused = _refused_global(message)
+        if refused is not None and _is_cut_name(refused):
+            raise _corrupt(path, f"the pickle names {refused}, which does not exist: the data ends mid-name") from exc
+        if "Weights only load failed" not in message or refused is None:
+            raise _corrupt(path, _weights_only_reason(message)) from exc
+        if not allow_unsafe_pickle:
+            raise CheckpointError(
+                f"{path}: refused to unpickle: the file references {refused}, which is not a tensor, container or "
+                "other type that torch.load(weights_only=True) allows. Unpickling arbitrary objects can run code "
+                "from the file, so clipforge never does it by default. If you trust this file (a legacy training "
+                "checkpoint you made yourself, say), pass allow_unsafe_pickle=True to load it with "
+                "torch.load(weights_only=False), then re-save it as safetensors."
+            ) from None
+    except Exception as exc:  # torch reports corruption as RuntimeError, EOFError, UnicodeDecodeError, ...
+        raise _corrupt(path, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}") from exc
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (ImportError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: unpickling needs code that is not importable here ({exc})") from exc
+    except Exception as exc:
+        raise _corrupt(path, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """Peel training wrappers ({"state_dict": ...}, {"model": ...}, {"module": ...}, a module) off a loaded object."""
+    for _ in range(4):  # wrappers nest at most a few deep ({"model": {"module": ...}})
+        if isinstance(obj, torch.nn.Module):
+            obj = obj.state_dict()
+        if not isinstance(obj, Mapping):
+            break
+        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), (Mapping, torch.nn.Module))), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict of tensors")
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        keys = sorted(str(k) for k in obj)[:10]
+        raise CheckpointError(
+            f"{path}: no tensors found; top-level keys are {keys} (expected a state dict, or one wrapped in "
+            f"one of {list(_WRAPPER_KEYS)})"
+        )
+    if all(k.startswith(_DDP_PREFIX) for k in tensors):  # saved from a DistributedDataParallel wrapper
+        tensors = {k[len(_DDP_PREFIX) :]: v for k, v in tensors.items()}
+    return tensors
+
+
+def read_tensors(path: str | os.PathLike, *, allow_unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint file as a flat {name: CPU tensor} dict, dtypes as stored.
+
+    safetensors files are read as they are; pickled torch files through `torch.load(weights_only=True)`
+    with training wrappers and a DDP `module.` prefix removed; TorchScript archives without executing
+    their code (`torchscript.read_torchscript`). `allow_unsafe_pickle=True` is the opt-in for trusted
+    legacy pickles that weights_only refuses. Every failure is a `CheckpointError` naming the file.
+    """
+    path = Path(path)
+    fmt = detect_checkpoint_format(path)
+    if fmt == "safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path, device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise _corrupt(path, str(exc)) from exc
+    if fmt == "torchscript":
+        from .torchscript import read_torchscript
+
+        return read_torchscript(path)
+    return _unwrap_state_dict(_load_pickle(path, allow_unsafe_pickle), path)
+
+
+__all__ = ["CheckpointError", "CheckpointFormat", "detect_checkpoint_format", "read_tensors"]
