@@ -25,7 +25,8 @@ PUNCT = ["!!!", "???", "...", "--->", "$$$", "(c)", "#tag", "@user", "1,234.56",
 CONTRACTIONS = ["it's", "I'M", "they'LL", "we've", "don't", "'s", "'self'", "rock'n'roll", "''s", "y'all'd", "'ſ"]
 SPACES = [" ", "  ", "\t", "\n", "\r\n", "\x0b", "\x0c", "\x1c", "\x85", "\xa0", "\u2028", "\u3000"]
 SPECIALS = ["<start_of_text>", "<END_OF_TEXT>", "<Start_Of_Text>", "<ſtart_of_text>", "!!<end_of_text>"]
-MISC = ["“quoted”", "‘single’", "ﬁne ﬂow", "ＬＯＵＤ", "—dash–", "½", "²", "Ⅻ", "٣", "\x00\x01\x7f", "\x1b[31mred\x1b[0m"]
+MISC = ["“quoted”", "‘single’", "ﬁne ﬂow", "ＬＯＵＤ", "—dash–", "½", "²", "Ⅻ", "٣"]
+MISC += ["\x00\x01\x7f", "\x1b[31mred\x1b[0m", "\ufeffbom", "a\u200bb", "\U0001d400\U0001d41a"]
 
 
 def _caption(rng: random.Random) -> str:
