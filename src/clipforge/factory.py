@@ -7,7 +7,6 @@ Both accept a model, a config, or an architecture name, so that `get_preprocess(
 
 from __future__ import annotations
 
-
 from .image import build_transform
 from .models.clip import CLIP
 from .models.config import CLIPConfig, PreprocessConfig
