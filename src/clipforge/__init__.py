@@ -1,9 +1,9 @@
 """clipforge: one toolkit for CLIP-style contrastive language-image models.
 
-    import clipforge
-    model = clipforge.create_model("ViT-B-32", pretrained="laion2b_s34b_b79k")   # or load_model(path)
-    tokenizer, preprocess = clipforge.get_tokenizer(model), clipforge.get_preprocess(model)
-    classifier = clipforge.ZeroShotClassifier(model, tokenizer, ["cat", "dog"], clipforge.get_templates("simple"))
+import clipforge
+model = clipforge.create_model("ViT-B-32", pretrained="laion2b_s34b_b79k")   # or load_model(path)
+tokenizer, preprocess = clipforge.get_tokenizer(model), clipforge.get_preprocess(model)
+classifier = clipforge.ZeroShotClassifier(model, tokenizer, ["cat", "dog"], clipforge.get_templates("simple"))
 """
 
 from .factory import get_preprocess, get_tokenizer

@@ -77,14 +77,17 @@ class TextTransformer(nn.Module):
             return x[:, -1]
         return x
 
+    def _check_length(self, tokens: torch.Tensor) -> None:
+        if tokens.shape[1] > self.cfg.context_length:
+            raise ValueError(
+                f"token sequence length {tokens.shape[1]} exceeds the model's context_length "
+                f"{self.cfg.context_length}; tokenize with the model's tokenizer (get_tokenizer(model)) to truncate"
+            )
+
     def forward_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Projected pooled embedding (B, D) and the normalised token features (B, L, width)."""
         length = tokens.shape[1]
-        if length > self.cfg.context_length:
-            raise ValueError(
-                f"token sequence length {length} exceeds the model's context_length {self.cfg.context_length}; "
-                "tokenize with the model's tokenizer (get_tokenizer(model)) to truncate"
-            )
+        self._check_length(tokens)
         dtype = self.positional_embedding.dtype
         x = self.token_embedding(tokens).to(dtype) + self.positional_embedding[:length]  # (B, L, width)
         mask, is_causal = self._attention_mask(tokens)
@@ -105,6 +108,7 @@ class TextTransformer(nn.Module):
         same result.
         """
         cfg = self.cfg
+        self._check_length(tokens)
         if cfg.causal_mask and not cfg.pad_mask and cfg.pool_type in ("argmax", "eos") and tokens.shape[0] > 0:
             if cfg.pool_type == "argmax":
                 last = int(tokens.argmax(dim=-1).max())
