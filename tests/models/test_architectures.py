@@ -173,3 +173,19 @@ def test_text_trimming_after_last_end_token_changes_nothing(name):
         trimmed = model.text(tokens)
         full = model.text.forward_tokens(tokens)[0]
     torch.testing.assert_close(trimmed, full, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("final_ln_after_pool", [False, True])
+def test_class_token_shortcut_in_last_block_changes_nothing(final_ln_after_pool):
+    """encode_image runs the last ViT block for the class token only; the full pass agrees."""
+    cfg = get_model_config("tiny-vit")
+    cfg = cfg.replace(
+        vision=cfg.vision.__class__(**{**cfg.vision.__dict__, "final_ln_after_pool": final_ln_after_pool})
+    )
+    torch.manual_seed(0)
+    model = CLIP(cfg).eval()
+    images, _ = _inputs(model)
+    with torch.no_grad():
+        short = model.visual(images)
+        full = model.visual.forward_tokens(images)[0]
+    torch.testing.assert_close(short, full, rtol=0, atol=1e-5)

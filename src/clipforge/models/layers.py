@@ -60,17 +60,35 @@ class Attention(nn.Module):
         self.fused = True  # SDPA; False selects the explicit softmax path (kept for equivalence tests)
         nn.init.normal_(self.in_proj_weight, std=dim**-0.5)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
-        # x: (B, L, D); attn_mask: additive float or boolean keep-mask broadcastable to (B, H, L, L)
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        num_queries: int | None = None,
+    ) -> torch.Tensor:
+        """x (B, L, D) -> (B, Q, D), where Q = num_queries (the first Q positions) or L.
+
+        attn_mask is an additive float or boolean keep-mask broadcastable to (B, H, Q, L).
+        """
         b, length, dim = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, L, 3D)
-        q, k, v = qkv.view(b, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        # q, k, v: (B, H, L, Dh)
+        if num_queries is None:
+            qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, L, 3D)
+            q, k, v = qkv.view(b, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            # Only the first positions' outputs are needed: project queries for those alone.
+            w_q, w_kv = self.in_proj_weight.split([dim, 2 * dim])
+            b_q, b_kv = self.in_proj_bias.split([dim, 2 * dim])
+            q = F.linear(x[:, :num_queries], w_q, b_q).view(b, num_queries, self.num_heads, self.head_dim)
+            q = q.transpose(1, 2)
+            kv = F.linear(x, w_kv, b_kv).view(b, length, 2, self.num_heads, self.head_dim)
+            k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+        # q: (B, H, Q, Dh); k, v: (B, H, L, Dh)
         if self.fused:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
         else:
             out = _plain_attention(q, k, v, attn_mask, is_causal)
-        out = out.transpose(1, 2).reshape(b, length, dim)  # (B, L, D)
+        out = out.transpose(1, 2).reshape(b, q.shape[2], dim)  # (B, Q, D)
         return self.out_proj(out)
 
 
@@ -119,8 +137,16 @@ class ResidualAttentionBlock(nn.Module):
         )
         self.ls_2 = LayerScale(width, ls_init_value) if ls_init_value is not None else nn.Identity()
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
-        x = x + self.ls_1(self.attn(self.ln_1(x), attn_mask=attn_mask, is_causal=is_causal))
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        num_queries: int | None = None,
+    ) -> torch.Tensor:
+        """(B, L, D) -> (B, L, D), or (B, Q, D) for the first Q positions only when num_queries is set."""
+        attn = self.attn(self.ln_1(x), attn_mask=attn_mask, is_causal=is_causal, num_queries=num_queries)
+        x = (x if num_queries is None else x[:, :num_queries]) + self.ls_1(attn)
         return x + self.ls_2(self.mlp(self.ln_2(x)))
 
 
@@ -156,12 +182,25 @@ class Transformer(nn.Module):
             nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
             nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
-        for block in self.resblocks:
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        last_block_queries: int | None = None,
+    ) -> torch.Tensor:
+        """(B, L, D) -> (B, L, D); with last_block_queries=Q the last block computes only the first Q outputs.
+
+        A class-token-pooled ViT needs only position 0 after the last block, so the last block's query
+        projection, attention rows and MLP shrink from L positions to 1 (exact, and ~1/depth cheaper).
+        """
+        last = len(self.resblocks) - 1
+        for i, block in enumerate(self.resblocks):
+            queries = last_block_queries if i == last else None
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, attn_mask, is_causal, use_reentrant=False)
+                x = checkpoint(block, x, attn_mask, is_causal, queries, use_reentrant=False)
             else:
-                x = block(x, attn_mask=attn_mask, is_causal=is_causal)
+                x = block(x, attn_mask=attn_mask, is_causal=is_causal, num_queries=queries)
         return x
 
 

@@ -81,4 +81,12 @@ class VisionTransformer(nn.Module):
         return pooled @ self.proj, tokens
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Projected pooled embedding (B, D).
+
+        With class-token pooling only the class token leaves the last block, so that block is run
+        for the class token's query alone (see Transformer.forward); outputs are unchanged.
+        """
+        if self.cfg.pool_type == "tok" and self.attn_pool is None:
+            x = self.transformer(self.embed(images), last_block_queries=1)[:, 0]  # (B, width)
+            return self.ln_post(x) @ self.proj  # LayerNorm is per token: before or after pooling is the same
         return self.forward_tokens(images)[0]
