@@ -189,3 +189,24 @@ def test_class_token_shortcut_in_last_block_changes_nothing(final_ln_after_pool)
         short = model.visual(images)
         full = model.visual.forward_tokens(images)[0]
     torch.testing.assert_close(short, full, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", FULL)
+def test_full_size_forward_backward_on_meta_device(name):
+    """Full-size towers (up to ViT-bigG) run forward and backward with shapes only: every parameter gets a gradient.
+
+    The meta device propagates shapes without memory or FLOPs, so the whole registry is checked here
+    while the numeric forward/backward checks run on the tiny variants above.
+    """
+    with torch.device("meta"):
+        model = CLIP(get_model_config(name)).train()
+        size = model.image_size
+        images = torch.randn(2, 3, size, size)
+        tokens = torch.randint(0, 49408, (3, model.context_length))
+        image_features = model.visual(images)  # (2, D)
+        text_features = model.text.forward_tokens(tokens)[0]  # (3, D); meta ids cannot drive the trimmed path
+        logits = model.logit_scale.exp() * image_features @ text_features.T
+        logits.sum().backward()
+    assert image_features.shape == (2, model.embed_dim) and text_features.shape == (3, model.embed_dim)
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"parameters without a gradient: {missing[:5]}"
