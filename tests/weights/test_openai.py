@@ -230,7 +230,7 @@ def test_wrong_shape_names_key_and_shapes():
     with pytest.raises(CheckpointError) as info:
         config_from_openai_state_dict(sd)
     message = str(info.value)
-    assert key in message and "expected shape (512, 128)" in message and "found (100, 128)" in message
+    assert f"{key!r} has shape (100, 128), expected (512, 128)" in message
 
 
 def test_missing_and_unexpected_keys_are_named():

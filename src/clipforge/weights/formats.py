@@ -37,6 +37,43 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be read or does not fit: missing, corrupt, unsafe, or the wrong architecture."""
 
 
+def _shortened(items: list[str], limit: int) -> str:
+    shown = "; ".join(items[:limit])
+    return shown + (f" (and {len(items) - limit} more)" if len(items) > limit else "")
+
+
+def raise_on_mismatch(
+    expected: Mapping[str, tuple[int, ...]],
+    tensors: Mapping[str, torch.Tensor],
+    what: str,
+    *,
+    ignored: tuple[str, ...] = (),
+    hint: str = "",
+    limit: int = 6,
+) -> None:
+    """Raise a CheckpointError listing shape mismatches, missing and unexpected keys, if there are any.
+
+    One wording for every format, so a user reads the same kind of message whichever file they load:
+    `'key' has shape (a, b), expected (c, d)`.
+    """
+    wrong = [
+        f"{key!r} has shape {tuple(tensors[key].shape)}, expected {tuple(shape)}"
+        for key, shape in expected.items()
+        if key in tensors and tuple(tensors[key].shape) != tuple(shape)
+    ]
+    missing = [repr(k) for k in sorted(set(expected) - set(tensors))]
+    unexpected = [repr(k) for k in sorted(set(tensors) - set(expected) - set(ignored))]
+    problems = []
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatch(es): " + _shortened(wrong, limit))
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): " + _shortened(missing, limit))
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): " + _shortened(unexpected, limit))
+    if problems:
+        raise CheckpointError(f"{what}: " + " | ".join(problems) + (f". {hint}" if hint else ""))
+
+
 def _corrupt(path: Path, why: str) -> CheckpointError:
     return CheckpointError(
         f"{path}: the checkpoint file is corrupt or truncated ({why}); re-download it (or re-save it) and try again"

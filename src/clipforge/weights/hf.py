@@ -27,7 +27,7 @@ import torch
 
 from ..models.clip import CLIP
 from ..models.config import CLIPConfig, ConfigError, TextConfig, VisionConfig
-from .formats import CheckpointError, read_tensors
+from .formats import CheckpointError, raise_on_mismatch, read_tensors
 from .native import atomic_save_safetensors, atomic_write_bytes
 
 CONFIG_NAME = "config.json"
@@ -334,36 +334,14 @@ def _list(keys: list[str], limit: int = 8) -> str:
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
-def _check_keys(have: set[str], expected: set[str], ignored: tuple[str, ...], what: str) -> None:
-    missing = sorted(expected - have)
-    unexpected = sorted(have - expected - set(ignored))
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} key(s): {_list(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)} key(s): {_list(unexpected)}")
-    if problems:
-        raise CheckpointError(f"{what} does not match the config: " + "; ".join(problems))
-
-
-def _raise_shape_errors(errors: list[str], what: str) -> None:
-    if errors:
-        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-        raise CheckpointError(f"{what} does not match the config: " + "; ".join(errors[:5]) + more)
-
-
 def hf_to_clipforge(sd: Mapping[str, torch.Tensor], cfg: CLIPConfig) -> dict[str, torch.Tensor]:
     """transformers `CLIPModel` state dict -> clipforge `CLIP` state dict for `cfg` (dtypes kept).
 
     Raises `CheckpointError` naming every missing or unexpected key and each shape that disagrees with `cfg`.
     """
     plan = _plan(cfg)
-    _check_keys(set(sd), {h for _, hf, _, _ in plan for h in hf}, _IGNORED_HF_KEYS, "HF CLIP state dict")
-    errors = []
-    for _, hf, how, shape in plan:
-        want = _hf_shape(shape, how)
-        errors += [f"{h!r} has shape {tuple(sd[h].shape)}, expected {want}" for h in hf if tuple(sd[h].shape) != want]
-    _raise_shape_errors(errors, "HF CLIP state dict")
+    expected = {h: _hf_shape(shape, how) for _, hf, how, shape in plan for h in hf}
+    raise_on_mismatch(expected, sd, "HF CLIP state dict does not match the config", ignored=_IGNORED_HF_KEYS)
     out: dict[str, torch.Tensor] = {}
     for cf, hf, how, _ in plan:
         if how == _QKV:
@@ -378,13 +356,8 @@ def hf_to_clipforge(sd: Mapping[str, torch.Tensor], cfg: CLIPConfig) -> dict[str
 def clipforge_to_hf(sd: Mapping[str, torch.Tensor], cfg: CLIPConfig) -> dict[str, torch.Tensor]:
     """clipforge `CLIP` state dict -> transformers `CLIPModel` state dict (dtypes kept, no shared storage)."""
     plan = _plan(cfg)
-    _check_keys(set(sd), {cf for cf, _, _, _ in plan}, (), "clipforge state dict")
-    errors = [
-        f"{cf!r} has shape {tuple(sd[cf].shape)}, expected {tuple(shape)}"
-        for cf, _, _, shape in plan
-        if sd[cf].shape != shape
-    ]
-    _raise_shape_errors(errors, "clipforge state dict")
+    expected = {cf: tuple(shape) for cf, _, _, shape in plan}
+    raise_on_mismatch(expected, sd, "clipforge state dict does not match the config")
     out: dict[str, torch.Tensor] = {}
     for cf, hf, how, _ in plan:
         tensor = sd[cf].detach()

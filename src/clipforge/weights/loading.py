@@ -24,7 +24,7 @@ from ..models.clip import CLIP
 from ..models.config import CLIPConfig, ConfigError, PreprocessConfig
 from ..models.registry import get_model_config
 from . import hf, native, openclip
-from .formats import CheckpointError, detect_checkpoint_format, read_tensors
+from .formats import CheckpointError, detect_checkpoint_format, raise_on_mismatch, read_tensors
 from .hub import HUB_PREFIX, download_first, download_optional
 from .openai import config_from_openai_state_dict, openai_to_clipforge
 from .pretrained import PretrainedWeights, find_pretrained, tags_for
@@ -64,27 +64,12 @@ def build_model(config: CLIPConfig, state_dict: dict[str, torch.Tensor] | None =
 
 
 def load_state_dict_checked(model: CLIP, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    wrong = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or wrong:
-        parts = []
-        if wrong:
-            parts.append(f"{len(wrong)} shape mismatch(es): " + "; ".join(wrong[:5]))
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): {missing[:5]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {unexpected[:5]}")
-        raise CheckpointError(
-            f"{source or 'checkpoint'} does not match the model configuration: "
-            + " | ".join(parts)
-            + ". Check that the architecture (arch=...) or config.json belongs to these weights."
-        )
+    raise_on_mismatch(
+        {k: tuple(v.shape) for k, v in model.state_dict().items()},
+        state_dict,
+        f"{source or 'checkpoint'} does not match the model configuration",
+        hint="Check that the architecture (arch=...) or config file belongs to these weights.",
+    )
     # Checkpoint dtypes (fp16 OpenAI files) are cast to the model's dtype by load_state_dict's copy_.
     model.load_state_dict(state_dict, strict=True)
 

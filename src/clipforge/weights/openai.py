@@ -22,7 +22,7 @@ import torch
 
 from ..models.clip import CLIP
 from ..models.config import CLIPConfig, ConfigError, TextConfig, VisionConfig
-from .formats import CheckpointError, read_tensors
+from .formats import CheckpointError, raise_on_mismatch, read_tensors
 
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 # The causal mask is a buffer of open_clip-built (and re-traced) OpenAI-layout models; clipforge derives it.
@@ -195,33 +195,17 @@ def expected_openai_shapes(config: CLIPConfig) -> dict[str, tuple[int, ...]]:
 
 
 def _check_shapes(state_dict: Mapping[str, torch.Tensor], config: CLIPConfig) -> None:
-    expected = expected_openai_shapes(config)
-    present = {k: v for k, v in state_dict.items() if not _skipped(k)}
-    wrong = []
-    for key, shape in expected.items():
-        if key in present:
-            found = tuple(present[key].shape)
-            if key in _SCALARS and present[key].numel() == 1:
-                found = ()
-            if found != shape:
-                wrong.append(f"{key}: expected shape {shape}, found {found}")
-    missing = sorted(set(expected) - set(present))
-    unexpected = sorted(set(present) - set(expected))
-    problems = []
-    if wrong:
-        problems.append(f"{len(wrong)} shape mismatch(es): " + "; ".join(wrong[:6]))
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {missing[:6]}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {unexpected[:6]}")
-    if problems:
-        v, t = config.vision, config.text
-        tower = f"ModifiedResNet layers={v.layers}" if v.is_resnet else f"ViT patch={v.patch_size} layers={v.layers}"
-        raise CheckpointError(
-            f"OpenAI CLIP state dict is inconsistent with the architecture its shapes imply ({tower}, width={v.width}, "
-            f"image_size={v.image_size}; text width={t.width} layers={t.layers}; embed_dim={config.embed_dim}): "
-            + " | ".join(problems)
-        )
+    present = {
+        k: (v.reshape(()) if k in _SCALARS and v.numel() == 1 else v) for k, v in state_dict.items() if not _skipped(k)
+    }
+    v, t = config.vision, config.text
+    tower = f"ModifiedResNet layers={v.layers}" if v.is_resnet else f"ViT patch={v.patch_size} layers={v.layers}"
+    raise_on_mismatch(
+        expected_openai_shapes(config),
+        present,
+        f"OpenAI CLIP state dict is inconsistent with the architecture its shapes imply ({tower}, width={v.width}, "
+        f"image_size={v.image_size}; text width={t.width} layers={t.layers}; embed_dim={config.embed_dim})",
+    )
 
 
 def config_from_openai_state_dict(state_dict: Mapping[str, torch.Tensor]) -> CLIPConfig:
