@@ -210,3 +210,15 @@ def test_full_size_forward_backward_on_meta_device(name):
     assert image_features.shape == (2, model.embed_dim) and text_features.shape == (3, model.embed_dim)
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, f"parameters without a gradient: {missing[:5]}"
+
+
+def test_vit_accepts_a_smaller_image_by_resizing_positions():
+    """Reduced-resolution training phases (CLIPA) feed smaller images; the configured size is unchanged."""
+    torch.manual_seed(0)
+    model = CLIP(get_model_config("tiny-vit")).eval()
+    with torch.no_grad():
+        small = model.encode_image(torch.randn(2, 3, 16, 16))
+        full = model.encode_image(torch.randn(2, 3, 32, 32))
+        pos = model.visual._positions(torch.Size([32, 32]))
+    assert small.shape == full.shape == (2, model.embed_dim)
+    assert pos is model.visual.positional_embedding

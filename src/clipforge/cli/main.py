@@ -10,6 +10,8 @@ COMMANDS = {
     "classify": "zero-shot classify images among text labels (JSON out)",
     "embed": "embed images or texts into a .npy file",
     "convert": "convert a checkpoint between clipforge, OpenCLIP and Hugging Face formats",
+    "train": "train or fine-tune a CLIP model from a recipe (configs/*.py)",
+    "data": "data tools: write WebDataset shards from a folder or CSV",
 }
 
 USAGE = "usage: clipforge COMMAND [options]   (clipforge COMMAND --help for details)\n\ncommands:\n" + "\n".join(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import VisionConfig
@@ -53,9 +54,22 @@ class VisionTransformer(nn.Module):
         x = self.conv1(images)  # (B, width, g, g)
         x = x.flatten(2).transpose(1, 2)  # (B, N, width)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # (B, 1 + N, width)
+        x = torch.cat([cls, x], dim=1) + self._positions(images.shape[-2:]).to(x.dtype)  # (B, 1 + N, width)
         x = self.patch_dropout(x)
         return self.ln_pre(x)
+
+    def _positions(self, hw: torch.Size) -> torch.Tensor:
+        """Positional embedding for an input of size hw: the learned grid, bicubically resized when the
+        input differs from the configured image size (reduced-resolution phases, CLIPA; Li et al. 2023)."""
+        grid = (hw[0] // self.cfg.patch_size, hw[1] // self.cfg.patch_size)
+        n = self.cfg.grid_size
+        if grid == (n, n):
+            return self.positional_embedding
+        cls_pos, patch_pos = self.positional_embedding[:1], self.positional_embedding[1:]
+        patch_pos = patch_pos.reshape(1, n, n, -1).permute(0, 3, 1, 2)  # (1, width, n, n)
+        patch_pos = F.interpolate(patch_pos.float(), size=grid, mode="bicubic", align_corners=False, antialias=True)
+        patch_pos = patch_pos.to(self.positional_embedding.dtype).permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
+        return torch.cat([cls_pos, patch_pos])  # (1 + g_h * g_w, width)
 
     def _global_pool(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cfg.pool_type == "avg":

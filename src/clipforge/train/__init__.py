@@ -1,0 +1,1 @@
+"""Training: configuration, loop, losses, distributed helpers, checkpoints, schedules and logging."""

@@ -1,0 +1,150 @@
+"""Training checkpoints: atomic writes, keep-last-K, and everything exact resume needs.
+
+A checkpoint holds the model, optimizer, scheduler, RNG states (torch CPU/CUDA, numpy, python) and
+the data position (epoch, batches consumed in it), so a run killed mid-epoch and resumed produces
+the same losses as an uninterrupted one. Files are written to a temporary name, fsynced and renamed,
+so a crash during a write leaves the previous checkpoint intact; they load with
+`torch.load(weights_only=True)` (only tensors and plain containers are stored).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINT_RE = re.compile(r"^step_(\d{9})\.pt$")
+
+
+@dataclass
+class TrainState:
+    """Where a run is: optimizer steps done, and the data position of the next batch."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches of `epoch` already consumed
+    samples_seen: int = 0
+    skipped_nan_steps: int = 0
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": _python_state_to_list(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _python_state_to_list(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoints in `folder`, oldest first (temporary files of interrupted writes are ignored)."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def save_checkpoint(
+    folder: Path,
+    state: TrainState,
+    model_state: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    keep_last: int,
+) -> Path:
+    path = folder / f"step_{state.step:09d}.pt"
+    payload = {
+        "format": "clipforge-train-checkpoint",
+        "version": 1,
+        "state": vars(state).copy(),
+        "model": model_state,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_state(),
+    }
+    atomic_torch_save(payload, path)
+    for old in list_checkpoints(folder)[:-keep_last]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint safely (weights_only). A damaged file is a clear error naming it."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling/zip failure means a damaged file
+        raise RuntimeError(
+            f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); delete it to resume from the previous one"
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != "clipforge-train-checkpoint":
+        raise RuntimeError(f"{path} is not a clipforge training checkpoint")
+    return payload
+
+
+def find_resume_checkpoint(folder: Path, resume: str | None) -> tuple[Path, dict[str, Any]] | None:
+    """(path, payload) to resume from: `resume="auto"` picks the newest readable checkpoint in `folder`."""
+    if resume is None:
+        return None
+    if resume != "auto":
+        path = Path(resume)
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint.resume={resume!r} does not exist")
+        return path, load_checkpoint(path)
+    for path in reversed(list_checkpoints(folder)):
+        try:
+            return path, load_checkpoint(path)
+        except RuntimeError:
+            continue  # a damaged newest file (crash mid-write of a non-atomic copy): use the one before
+    return None

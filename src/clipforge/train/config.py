@@ -1,0 +1,222 @@
+"""TrainConfig: every choice of a training run as frozen, validated dataclasses (STYLE.md rules 2, 5, 6).
+
+Recipes in `configs/*.py` return a TrainConfig; the CLI only applies `--section.field=value`
+overrides (train/overrides.py) and writes the resolved config beside the outputs. Run state (rank,
+paths, loggers) lives in `RunContext`, never in here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..data import DataConfig, SourceConfig
+from ..models.config import ConfigError
+
+Precision = Literal["fp32", "bf16", "pure_bf16"]
+LossKind = Literal["clip", "siglip"]
+NanPolicy = Literal["stop", "skip"]
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to train.
+
+    Fields:
+        name: architecture name from `clipforge.list_models()`.
+        pretrained: initialise from a pretrained tag, checkpoint file/folder or hub id (anything
+            `load_model` reads whose tensors fit `name`); None starts from random weights.
+        overrides: CLIPConfig overrides as for `create_model` (e.g. {"vision": {"patch_dropout": 0.5}}).
+        lock_image: freeze the image tower (LiT, Zhai et al. 2022).
+        lock_image_unlocked_groups: with lock_image, leave the last N transformer blocks (ViT) or
+            stages (ResNet) trainable.
+        lock_text / lock_text_unlocked_layers: the same for the text tower.
+        grad_checkpointing: recompute activations in backward (memory for compute).
+        compile: wrap the model with torch.compile.
+        teacher: a frozen teacher model for distillation (`load_model` source or `NAME:TAG`); None: no distillation.
+    """
+
+    name: str = "tiny-vit"
+    pretrained: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    lock_image: bool = False
+    lock_image_unlocked_groups: int = 0
+    lock_text: bool = False
+    lock_text_unlocked_layers: int = 0
+    grad_checkpointing: bool = False
+    compile: bool = False
+    teacher: str | None = None
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW. Weight decay skips gains, biases, embeddings and the temperature (CLIP paper, App. F).
+
+    Fields: lr (peak), weight_decay, beta1, beta2, eps, grad_clip (max global grad norm; None: off).
+    """
+
+    lr: float = 5e-4
+    weight_decay: float = 0.2
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    grad_clip: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, f"optim.lr must be positive, got {self.lr}")
+        _check(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(
+            self.grad_clip is None or self.grad_clip > 0,
+            f"optim.grad_clip must be positive or null, got {self.grad_clip}",
+        )
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Length and learning-rate schedule.
+
+    Fields:
+        epochs: passes over the data (a pass = `TrainData.batches_per_epoch()` optimizer steps x accum).
+        max_steps: cap on optimizer steps (None: epochs decide).
+        warmup_steps: linear warm-up from 0 to the peak lr.
+        kind: "cosine" (to min_lr_ratio * lr at the end) or "constant" after warm-up.
+        accum_steps: micro-batches per optimizer step; the loss sees all accum x batch samples as
+            negatives (features of the other micro-batches are cached, as in open_clip).
+    """
+
+    epochs: int = 1
+    max_steps: int | None = None
+    warmup_steps: int = 0
+    kind: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = 0.0
+    accum_steps: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, f"schedule.epochs must be >= 1, got {self.epochs}")
+        _check(self.accum_steps >= 1, f"schedule.accum_steps must be >= 1, got {self.accum_steps}")
+        _check(self.kind in ("cosine", "constant"), f"schedule.kind must be 'cosine' or 'constant', got {self.kind!r}")
+        _check(self.max_steps is None or self.max_steps >= 1, f"schedule.max_steps must be >= 1, got {self.max_steps}")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Fields:
+    kind: "clip" (InfoNCE) or "siglip" (sigmoid; the model needs a logit_bias, init_logit_bias set).
+    local_loss / gather_with_grad: open_clip's options for multi-rank InfoNCE. Both on (the default)
+        is the exact full-batch gradient under DDP with each rank computing only its rows; with
+        gather_with_grad off, tower gradients are 1/world_size of the full-batch ones (open_clip's
+        default behaviour). No effect on one process.
+    distill_weight: weight of the distillation term (with model.teacher); distill_feature_weight: feature MSE term.
+    max_logit_scale: the temperature clamp (100 in the CLIP paper).
+    """
+
+    kind: LossKind = "clip"
+    local_loss: bool = True
+    gather_with_grad: bool = True
+    distill_weight: float = 1.0
+    distill_feature_weight: float = 0.0
+    max_logit_scale: float = 100.0
+
+    def __post_init__(self) -> None:
+        _check(self.kind in ("clip", "siglip"), f"loss.kind must be 'clip' or 'siglip', got {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    """A CLIPA-style phase (Li et al. 2023): train at a reduced image size / text length first.
+
+    Fields: fraction (of all steps spent in this phase, taken in order), image_size, context_length
+    (None keeps the model's), patch_dropout (None keeps the model's).
+    """
+
+    fraction: float = 1.0
+    image_size: int | None = None
+    context_length: int | None = None
+    patch_dropout: float | None = None
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Fields: every_steps (None: only at the end and on SIGTERM/SIGINT), keep_last (older ones are
+    deleted), resume ("auto": the newest checkpoint in the output folder if any; a path; None: never)."""
+
+    every_steps: int | None = 500
+    keep_last: int = 2
+    resume: str | None = "auto"
+
+    def __post_init__(self) -> None:
+        _check(self.keep_last >= 1, f"checkpoint.keep_last must be >= 1, got {self.keep_last}")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Fields: every_steps (JSONL + progress refresh), progress (bar on rank 0), tensorboard, wandb
+    (project name; None: off), plot (PNG of the curves at the end)."""
+
+    every_steps: int = 10
+    progress: bool = True
+    tensorboard: bool = False
+    wandb: str | None = None
+    plot: bool = True
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Periodic evaluation.
+
+    Fields:
+        every_steps: run during training every N steps (None: only at the end).
+        zeroshot: "fashion_mnist" evaluates zero-shot top-1/top-5 on its 10,000-image test split
+            with FASHION_TEST_TEMPLATES (never used in training captions); None: off.
+        zeroshot_max_samples: cap on evaluated images (None: all).
+        retrieval: a held-out image-caption source for image<->text recall@1/5/10; None: off.
+        retrieval_max_samples: cap on held-out pairs.
+    """
+
+    every_steps: int | None = None
+    zeroshot: str | None = None
+    zeroshot_max_samples: int | None = None
+    retrieval: SourceConfig | None = None
+    retrieval_max_samples: int | None = 1000
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole training run. `output_dir` receives config.json, metrics.jsonl, checkpoints/, model/, curves.png."""
+
+    output_dir: str = "runs/default"
+    seed: int = 0
+    device: str | None = None
+    precision: Precision = "fp32"
+    nan_policy: NanPolicy = "stop"
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataConfig = field(default_factory=lambda: DataConfig(sources=(SourceConfig(kind="fashion_mnist"),)))
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    phases: tuple[PhaseConfig, ...] = ()
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LogConfig = field(default_factory=LogConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        _check(
+            self.precision in ("fp32", "bf16", "pure_bf16"),
+            f"precision must be fp32|bf16|pure_bf16, got {self.precision!r}",
+        )
+        _check(self.nan_policy in ("stop", "skip"), f"nan_policy must be 'stop' or 'skip', got {self.nan_policy!r}")
+        if self.phases:
+            total = sum(p.fraction for p in self.phases)
+            _check(abs(total - 1.0) < 1e-6, f"phases fractions must sum to 1, got {total}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,98 @@
+"""Evaluation during training: zero-shot accuracy on a labelled set, retrieval recall on held-out pairs.
+
+Datasets are loaded once per run (the first evaluation) and reused; the model is evaluated in eval
+mode and put back in train mode by `eval/` (see `encoding_context`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..data import DataConfig, TrainData
+from ..eval.metrics import retrieval_recall
+from ..eval.zeroshot import zeroshot_evaluate
+from ..factory import get_preprocess
+from ..models.clip import CLIP
+from .config import EvalConfig
+
+
+class PeriodicEvaluator:
+    """`evaluator() -> {"zeroshot_top1": ..., "retrieval_image_to_text_R@1": ...}` for the configured sets."""
+
+    def __init__(
+        self, cfg: EvalConfig, model: CLIP, tokenizer: Callable, device: torch.device, dtype: torch.dtype | None
+    ) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.dtype = dtype
+        self._zeroshot_set = None
+        self._retrieval_set = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cfg.zeroshot is not None or self.cfg.retrieval is not None
+
+    def _load_zeroshot(self):
+        if self.cfg.zeroshot != "fashion_mnist":
+            raise ValueError(f"eval.zeroshot={self.cfg.zeroshot!r} is not a known labelled set (known: fashion_mnist)")
+        from ..data import FASHION_TEST_TEMPLATES, fashion_mnist_eval_set
+
+        images, labels, classnames = fashion_mnist_eval_set(self.model.config.preprocess)
+        if self.cfg.zeroshot_max_samples is not None:
+            images, labels = images[: self.cfg.zeroshot_max_samples], labels[: self.cfg.zeroshot_max_samples]
+        return images, torch.as_tensor(labels), classnames, list(FASHION_TEST_TEMPLATES)
+
+    def _load_retrieval(self) -> tuple[torch.Tensor, torch.Tensor]:
+        limit = self.cfg.retrieval_max_samples
+        data_cfg = DataConfig(sources=(self.cfg.retrieval,), batch_size=min(256, limit or 256), seed=0)
+        data = TrainData(data_cfg, get_preprocess(self.model), self.tokenizer)
+        images, tokens = [], []
+        for batch in data.epoch(0):
+            images.append(batch.images)
+            tokens.append(batch.tokens)
+            if limit is not None and sum(len(t) for t in tokens) >= limit:
+                break
+        images_t, tokens_t = torch.cat(images), torch.cat(tokens)
+        return (images_t[:limit], tokens_t[:limit]) if limit is not None else (images_t, tokens_t)
+
+    def __call__(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.cfg.zeroshot is not None:
+            if self._zeroshot_set is None:
+                self._zeroshot_set = self._load_zeroshot()
+            images, labels, classnames, templates = self._zeroshot_set
+            scores = zeroshot_evaluate(
+                self.model, self.tokenizer, images, labels, classnames, templates, device=self.device, dtype=self.dtype
+            )
+            out.update({f"zeroshot_{k}": v for k, v in scores.items()})
+        if self.cfg.retrieval is not None:
+            if self._retrieval_set is None:
+                self._retrieval_set = self._load_retrieval()
+            out.update({f"retrieval_{k}": v for k, v in self._recall(*self._retrieval_set).items()})
+        return out
+
+    @torch.no_grad()
+    def _recall(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, float]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                img = torch.cat(
+                    [
+                        self.model.encode_image(images[i : i + 256].to(self.device), normalize=True).float()
+                        for i in range(0, len(images), 256)
+                    ]
+                )
+                txt = torch.cat(
+                    [
+                        self.model.encode_text(tokens[i : i + 256].to(self.device), normalize=True).float()
+                        for i in range(0, len(tokens), 256)
+                    ]
+                )
+        finally:
+            self.model.train(was_training)
+        return retrieval_recall(img, txt, torch.arange(len(txt)))

@@ -1,0 +1,374 @@
+"""The training loop: from one CPU process to many GPU processes under torchrun.
+
+    train(config)  ->  TrainResult
+
+One function drives a run: build the model (optionally from a checkpoint, with towers locked),
+wrap it for DDP when there are several ranks, stream batches from `TrainData`, step with gradient
+accumulation (train/step.py), clip, schedule, clamp the temperature, log, evaluate, checkpoint
+atomically every N steps and on SIGTERM/SIGINT, and resume exactly (model, optimizer, scheduler,
+RNG and data position) from the newest checkpoint. Derived run state lives in `RunContext`; the
+config is never written to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import DataError, TrainData
+from ..factory import get_preprocess, get_tokenizer
+from ..models.clip import CLIP
+from ..models.layers import PatchDropout
+from ..weights.loading import create_model, load_model, save_model
+from ..weights.native import atomic_write_bytes
+from .checkpoint import TrainState, find_resume_checkpoint, save_checkpoint, set_rng_state
+from .config import PhaseConfig, TrainConfig
+from .distributed import DistInfo, all_reduce_mean, barrier, cleanup_distributed, init_distributed
+from .evaluation import PeriodicEvaluator
+from .freeze import lock_image_tower, lock_text_tower
+from .losses import clamp_logit_scale_
+from .monitor import Monitor
+from .optim import build_optimizer, build_scheduler
+from .step import run_step
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (non-finite loss with nan_policy='stop', too many bad samples, ...)."""
+
+
+@dataclass
+class RunContext:
+    """Derived, per-process run state (STYLE.md rule 6): never part of the config."""
+
+    dist: DistInfo
+    output_dir: Path
+    checkpoint_dir: Path
+    monitor: Monitor
+
+
+@dataclass
+class TrainResult:
+    state: TrainState
+    output_dir: Path
+    model_dir: Path | None
+    interrupted: bool
+    final_metrics: dict[str, float] = field(default_factory=dict)
+    bad_samples: dict[str, int] = field(default_factory=dict)
+
+
+class StopSignal:
+    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (checkpoint, then exit)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignal:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals cannot be caught here
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(cfg: TrainConfig) -> CLIP:
+    spec = cfg.model
+    model = create_model(spec.name, pretrained=spec.pretrained, **spec.overrides)
+    if spec.lock_image:
+        lock_image_tower(model, spec.lock_image_unlocked_groups)
+    if spec.lock_text:
+        lock_text_tower(model, spec.lock_text_unlocked_layers)
+    if spec.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model
+
+
+def _autocast_factory(precision: str, device: torch.device):
+    if precision == "bf16":
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def phase_at(phases: tuple[PhaseConfig, ...], step: int, total_steps: int) -> PhaseConfig | None:
+    if not phases:
+        return None
+    edge = 0.0
+    for phase in phases:
+        edge += phase.fraction * total_steps
+        if step < round(edge):
+            return phase
+    return phases[-1]
+
+
+def apply_phase(
+    phase: PhaseConfig | None, model: CLIP, images: torch.Tensor, tokens: torch.Tensor, eot: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reduce image size / text length for a CLIPA phase (Li et al. 2023); set its patch dropout."""
+    if phase is None:
+        return images, tokens
+    if phase.image_size is not None and phase.image_size != images.shape[-1]:
+        images = F.interpolate(images, size=(phase.image_size,) * 2, mode="bilinear", antialias=True)
+    if phase.context_length is not None and phase.context_length < tokens.shape[1]:
+        cut = tokens[:, : phase.context_length].clone()
+        truncated = (tokens[:, phase.context_length :] != 0).any(dim=1)
+        cut[truncated, -1] = eot  # keep an end token on rows that lost theirs
+        tokens = cut
+    if phase.patch_dropout is not None:
+        model.visual.patch_dropout = PatchDropout(phase.patch_dropout) if phase.patch_dropout > 0 else nn.Identity()
+    return images, tokens
+
+
+def _load_teacher(source: str, device: torch.device) -> CLIP:
+    if ":" in source and not Path(source).exists():
+        name, tag = source.rsplit(":", 1)
+        teacher = create_model(name, pretrained=tag)
+    else:
+        teacher = load_model(source)
+    teacher.requires_grad_(False)
+    return teacher.to(device).eval()
+
+
+def _write_config(cfg: TrainConfig, output_dir: Path) -> None:
+    text = json.dumps(cfg.to_dict(), indent=2, default=str) + "\n"
+    atomic_write_bytes(output_dir / "config.json", text.encode())
+
+
+def train(cfg: TrainConfig, *, stop_after_steps: int | None = None) -> TrainResult:
+    """Run (or resume) training as configured. `stop_after_steps` stops early as a kill would
+    (checkpoint, then return with interrupted=True); tests use it to emulate pre-emption."""
+    dist = init_distributed(cfg.device)
+    try:
+        return _train(cfg, dist, stop_after_steps)
+    finally:
+        cleanup_distributed()
+
+
+def _train(cfg: TrainConfig, dist: DistInfo, stop_after_steps: int | None) -> TrainResult:
+    output_dir = Path(cfg.output_dir)
+    checkpoint_dir = output_dir / "checkpoints"
+    if dist.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _write_config(cfg, output_dir)
+    seed_everything(cfg.seed + dist.rank)
+    device = dist.device
+
+    model = build_model(cfg)
+    if cfg.precision == "pure_bf16":
+        model = model.to(torch.bfloat16)
+    model = model.to(device).train()
+    teacher = _load_teacher(cfg.model.teacher, device) if cfg.model.teacher else None
+    tokenizer = get_tokenizer(model)
+    data = TrainData(cfg.data, get_preprocess(model, train=True), tokenizer, dist.rank, dist.world_size)
+    accum = cfg.schedule.accum_steps
+    steps_per_epoch = data.batches_per_epoch() // accum
+    if steps_per_epoch < 1:
+        raise TrainingError(
+            f"one optimizer step needs {accum} batches of {cfg.data.batch_size} per rank, but an epoch has only "
+            f"{data.batches_per_epoch()}: lower data.batch_size or schedule.accum_steps"
+        )
+    total_steps = cfg.schedule.epochs * steps_per_epoch
+    if cfg.schedule.max_steps is not None:
+        total_steps = min(total_steps, cfg.schedule.max_steps)
+
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, total_steps, cfg.schedule)
+    state = TrainState()
+    found = find_resume_checkpoint(checkpoint_dir, cfg.checkpoint.resume)
+    if found is not None:
+        path, payload = found
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        set_rng_state(payload["rng"])
+        state = TrainState(**payload["state"])
+
+    wrapped: nn.Module = model
+    if dist.world_size > 1:
+        ids = [dist.local_rank] if device.type == "cuda" else None
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if cfg.model.compile:
+        wrapped = torch.compile(wrapped)
+    no_sync = getattr(wrapped, "no_sync", None)
+
+    monitor = Monitor(cfg.logging, output_dir, total_steps, state.step, dist.is_main, cfg.to_dict())
+    ctx = RunContext(dist, output_dir, checkpoint_dir, monitor)
+    if found is not None:
+        monitor.write(
+            f"resumed from {found[0]} at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})"
+        )
+
+    autocast = _autocast_factory(cfg.precision, device)
+    global_batch = cfg.data.batch_size * accum * dist.world_size
+    bad_total: dict[str, int] = {}
+    interrupted = False
+    final_metrics: dict[str, float] = {}
+
+    def checkpoint() -> None:
+        if dist.is_main:
+            save_checkpoint(checkpoint_dir, state, model.state_dict(), optimizer, scheduler, cfg.checkpoint.keep_last)
+        barrier(dist)
+
+    eval_dtype = torch.bfloat16 if cfg.precision != "fp32" else None
+    evaluator = PeriodicEvaluator(cfg.eval, model, tokenizer, device, eval_dtype)
+
+    def evaluate() -> dict[str, float]:
+        metrics = evaluator() if (dist.is_main and evaluator.enabled) else {}
+        barrier(dist)
+        if metrics:
+            monitor.log({"step": state.step, **{f"eval/{k}": v for k, v in metrics.items()}})
+            monitor.write(f"step {state.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        return metrics
+
+    monitor.reset_rate(state.samples_seen)
+    with StopSignal() as stop:
+        while state.step < total_steps and not interrupted:
+            micro: list[tuple[torch.Tensor, torch.Tensor]] = []
+            try:
+                for batch in data.epoch(state.epoch, start_batch=state.batch_in_epoch):
+                    for name, count in batch.bad.items():
+                        bad_total[name] = bad_total.get(name, 0) + count
+                    micro.append((batch.images.to(device, non_blocking=True), batch.tokens.to(device)))
+                    if len(micro) < accum:
+                        continue
+                    phase = phase_at(cfg.phases, state.step, total_steps)
+                    micro = [apply_phase(phase, model, i, t, tokenizer.eot_token_id) for i, t in micro]
+                    if cfg.precision == "pure_bf16":
+                        micro = [(i.to(torch.bfloat16), t) for i, t in micro]
+                    optimizer.zero_grad(set_to_none=True)
+                    result = run_step(wrapped, micro, cfg.loss, dist, autocast, teacher, no_sync)
+                    state.batch_in_epoch += len(micro)
+                    micro = []
+                    if result.finite:
+                        if cfg.optim.grad_clip is not None:
+                            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
+                        else:
+                            grad_norm = float("nan")
+                        optimizer.step()
+                    elif cfg.nan_policy == "stop":
+                        raise TrainingError(
+                            f"non-finite loss ({result.loss}) at step {state.step}; the last checkpoint in "
+                            f"{checkpoint_dir} is intact. Lower optim.lr, use precision=fp32, or set nan_policy=skip"
+                        )
+                    else:
+                        state.skipped_nan_steps += 1
+                        grad_norm = float("nan")
+                        monitor.write(f"step {state.step}: non-finite loss, step skipped ({state.skipped_nan_steps})")
+                    scheduler.step()
+                    clamp_logit_scale_(model.logit_scale, math.log(cfg.loss.max_logit_scale))
+                    state.step += 1
+                    state.samples_seen += global_batch
+                    _log_step(ctx, cfg, state, result.loss, optimizer, model, grad_norm, bad_total, total_steps)
+                    if cfg.eval.every_steps and state.step % cfg.eval.every_steps == 0 and state.step < total_steps:
+                        evaluate()
+                    due = cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0
+                    stopping = stop.requested or (stop_after_steps is not None and state.step >= stop_after_steps)
+                    if due or stopping:
+                        checkpoint()
+                    if stopping:
+                        interrupted = True
+                        monitor.write(f"stopped at step {state.step}; checkpoint saved, rerun to resume")
+                        break
+                    if state.step >= total_steps:
+                        break
+                else:
+                    state.epoch += 1
+                    state.batch_in_epoch = 0
+            except DataError as exc:
+                checkpoint()
+                raise TrainingError(str(exc)) from exc
+
+    model_dir = None
+    if not interrupted:
+        checkpoint()
+        final_metrics = evaluate()
+        if dist.is_main:
+            model_dir = output_dir / "model"
+            save_model(model.float() if cfg.precision == "pure_bf16" else model, model_dir)
+            _write_summary(output_dir, state, final_metrics, bad_total)
+            if cfg.logging.plot:
+                _plot(ctx)
+    monitor.close()
+    return TrainResult(state, output_dir, model_dir, interrupted, final_metrics, bad_total)
+
+
+def _log_step(
+    ctx: RunContext,
+    cfg: TrainConfig,
+    state: TrainState,
+    loss: float,
+    optimizer,
+    model: CLIP,
+    grad_norm: float,
+    bad_total: dict[str, int],
+    total_steps: int,
+) -> None:
+    lr = optimizer.param_groups[0]["lr"]
+    ctx.monitor.advance(1, {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}"})
+    if state.step % cfg.logging.every_steps and state.step != total_steps:
+        return
+    loss_mean = float(all_reduce_mean(torch.tensor(loss, device=ctx.dist.device), ctx.dist))
+    rate = ctx.monitor.rate(state.samples_seen)
+    record = {
+        "step": state.step,
+        "epoch": state.epoch,
+        "loss": loss_mean,
+        "lr": lr,
+        "logit_scale": float(model.logit_scale.detach().exp()),
+        "grad_norm": grad_norm,
+        "samples_per_s": rate,
+        "samples_seen": state.samples_seen,
+        "bad_samples": sum(bad_total.values()),
+        "skipped_nan_steps": state.skipped_nan_steps,
+    }
+    ctx.monitor.log(record)
+    if ctx.monitor.bar is not None:
+        ctx.monitor.bar.set_postfix(
+            {"loss": f"{loss_mean:.4f}", "lr": f"{lr:.2e}", "samples/s": f"{rate:.0f}"}, refresh=True
+        )
+
+
+def _write_summary(output_dir: Path, state: TrainState, metrics: dict[str, float], bad: dict[str, int]) -> None:
+    worst = dict(sorted(bad.items(), key=lambda kv: -kv[1])[:20])
+    summary = {
+        "state": vars(state),
+        "final_metrics": metrics,
+        "bad_samples_total": sum(bad.values()),
+        "bad_samples_worst": worst,
+    }
+    atomic_write_bytes(output_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+
+
+def _plot(ctx: RunContext) -> None:
+    try:
+        from .plots import plot_training_curves
+    except ImportError:
+        return
+    try:
+        plot_training_curves(ctx.output_dir / "metrics.jsonl", ctx.output_dir / "curves.png")
+    except ImportError as exc:  # matplotlib missing: the run itself succeeded
+        ctx.monitor.write(f"no plot: {exc}")

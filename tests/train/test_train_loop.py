@@ -1,0 +1,267 @@
+"""The trainer end to end on small captioned data: exact resume, bad samples, NaN policy, locking, phases."""
+
+import csv
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+import clipforge
+from clipforge.data import DataConfig, SourceConfig, write_shards
+from clipforge.train.config import (
+    CheckpointConfig,
+    LogConfig,
+    ModelSpec,
+    OptimConfig,
+    PhaseConfig,
+    ScheduleConfig,
+    TrainConfig,
+)
+from clipforge.train.loop import TrainingError, train
+
+WORDS = ["red", "green", "blue", "striped", "dotted", "plain"]
+SHAPES = ["square", "circle", "cross"]
+
+
+def _image(i: int) -> Image.Image:
+    """A 32x32 picture whose colour and pattern follow its caption, so the pairs are learnable."""
+    colour = [(200, 30, 30), (30, 200, 30), (30, 30, 200)][i % 3]
+    image = Image.new("RGB", (32, 32), (240, 240, 240))
+    for x in range(32):
+        for y in range(32):
+            if (i // 3) % 3 == 0 and (x // 4) % 2 == 0 or (i // 3) % 3 == 1 and (x + y) % 8 < 3:
+                image.putpixel((x, y), colour)
+    return image
+
+
+def _caption(i: int) -> str:
+    return f"a {WORDS[i % 3]} {WORDS[3 + (i // 3) % 3]} {SHAPES[i % len(SHAPES)]}"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pairs")
+    rows = []
+    for i in range(96):
+        path = root / f"img_{i:03d}.png"
+        _image(i).save(path)
+        rows.append((path.name, _caption(i)))
+    with (root / "train.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["filepath", "title"])
+        writer.writerows(rows)
+    write_shards(((root / name, cap, None) for name, cap in rows), root / "shards", samples_per_shard=32)
+    return root
+
+
+MODEL = ModelSpec(name="tiny-vit", overrides={"vision": {"patch_dropout": 0.25}})  # patch dropout draws from RNG
+
+
+def _config(out, source: SourceConfig, **changes) -> TrainConfig:
+    base = TrainConfig(
+        output_dir=str(out),
+        model=MODEL,
+        data=DataConfig(sources=(source,), batch_size=8, seed=3),
+        optim=OptimConfig(lr=1e-3),
+        schedule=ScheduleConfig(epochs=2, max_steps=14, warmup_steps=2),
+        checkpoint=CheckpointConfig(every_steps=3, keep_last=2),
+        logging=LogConfig(every_steps=1, progress=False, plot=False),
+    )
+    return base.replace(**changes)
+
+
+def _losses(out) -> dict[int, float]:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def _sources(dataset):
+    return {
+        "csv": SourceConfig(kind="csv", path=str(dataset / "train.csv")),
+        "wds": SourceConfig(kind="wds", path=str(dataset / "shards" / "shard-{000000..000002}.tar"), shuffle_buffer=16),
+    }
+
+
+@pytest.mark.parametrize("kind", ["csv", "wds"])
+def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, dataset, kind):
+    source = _sources(dataset)[kind]
+    straight = train(_config(tmp_path / "straight", source))
+    assert not straight.interrupted and straight.state.step == 14
+    assert straight.state.epoch >= 1  # the run crossed an epoch boundary (12 batches per epoch)
+
+    first = train(_config(tmp_path / "resumed", source), stop_after_steps=8)  # pre-empted mid-epoch
+    assert first.interrupted and first.state.step == 8
+    second = train(_config(tmp_path / "resumed", source))
+    assert not second.interrupted and second.state.step == 14
+
+    expected, got = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
+    assert sorted(got) == list(range(1, 15))
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step
+    a = clipforge.load_model(tmp_path / "straight" / "model").state_dict()
+    b = clipforge.load_model(tmp_path / "resumed" / "model").state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_checkpoints_keep_last_k_and_a_damaged_newest_falls_back(tmp_path, dataset):
+    cfg = _config(tmp_path / "run", _sources(dataset)["csv"])
+    train(cfg, stop_after_steps=7)
+    ckpts = sorted((tmp_path / "run" / "checkpoints").glob("step_*.pt"))
+    assert [p.name for p in ckpts] == ["step_000000006.pt", "step_000000007.pt"]
+    ckpts[-1].write_bytes(ckpts[-1].read_bytes()[:1000])  # a crash left the newest unreadable
+    result = train(cfg)
+    assert result.state.step == 14
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["state"]["step"] == 14
+
+
+def _write_bad_dataset(root):
+    rows = []
+    for i in range(48):
+        path = root / f"img_{i:03d}.png"
+        if i % 12 == 5:
+            path.write_bytes(b"\x89PNG\r\n\x1a\n corrupt")  # corrupt image
+        elif i % 12 == 7:
+            buf = io.BytesIO()
+            _image(i).save(buf, format="PNG")
+            path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])  # truncated image
+        else:
+            _image(i).save(path)
+        caption = "" if i % 12 == 9 else _caption(i)  # empty caption
+        rows.append((path.name, caption))
+    with (root / "bad.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["filepath", "title"])
+        writer.writerows(rows)
+    return root / "bad.csv"
+
+
+def test_corrupt_images_and_empty_captions_are_skipped_and_counted(tmp_path):
+    (tmp_path / "data").mkdir()
+    csv_path = _write_bad_dataset(tmp_path / "data")
+    cfg = _config(tmp_path / "run", SourceConfig(kind="csv", path=str(csv_path)))
+    cfg = cfg.replace(data=DataConfig(sources=cfg.data.sources, batch_size=8, max_bad_fraction=0.5))
+    result = train(cfg)
+    assert result.state.step == 12  # 6 batches per epoch x 2 epochs: bad samples are replaced, not dropped
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["bad_samples_total"] >= 12  # 3 bad kinds x 4 each, seen once per epoch or more
+    assert sum(result.bad_samples.values()) == summary["bad_samples_total"]
+    last = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert last["bad_samples"] == summary["bad_samples_total"]
+
+
+def test_too_many_bad_samples_stops_with_an_error_naming_the_file(tmp_path):
+    (tmp_path / "data").mkdir()
+    csv_path = _write_bad_dataset(tmp_path / "data")
+    cfg = _config(tmp_path / "run", SourceConfig(kind="csv", path=str(csv_path)))
+    cfg = cfg.replace(data=DataConfig(sources=cfg.data.sources, batch_size=8, max_bad_fraction=0.05))
+    cfg = cfg.replace(schedule=ScheduleConfig(epochs=40, max_steps=None))
+    with pytest.raises(TrainingError, match="bad"):
+        train(cfg)
+
+
+@pytest.mark.parametrize("policy", ["skip", "stop"])
+def test_non_finite_loss_policy(tmp_path, dataset, monkeypatch, policy):
+    import clipforge.train.step as step_module
+
+    real = step_module.clip_loss
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 4 else loss
+
+    monkeypatch.setattr(step_module, "clip_loss", flaky)
+    cfg = _config(tmp_path / "run", _sources(dataset)["csv"], nan_policy=policy)
+    if policy == "stop":
+        with pytest.raises(TrainingError, match="non-finite loss .* at step 3"):
+            train(cfg)
+        return
+    result = train(cfg)
+    assert result.state.skipped_nan_steps == 1 and result.state.step == 14
+    assert all(math.isfinite(p.sum().item()) for p in clipforge.load_model(tmp_path / "run" / "model").parameters())
+
+
+def test_locked_image_tower_does_not_change(tmp_path, dataset):
+    torch.manual_seed(0)
+    init = clipforge.create_model("tiny-vit")
+    clipforge.save_model(init, tmp_path / "init")
+    spec = ModelSpec(name="tiny-vit", pretrained=str(tmp_path / "init"), lock_image=True)
+    cfg = _config(tmp_path / "run", _sources(dataset)["csv"], model=spec)
+    train(cfg.replace(schedule=ScheduleConfig(epochs=1, max_steps=4)))
+    trained = clipforge.load_model(tmp_path / "run" / "model")
+    before, after = init.state_dict(), trained.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("visual."))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("text."))
+
+
+def test_clipa_phases_train_at_reduced_size_then_full(tmp_path, dataset, monkeypatch):
+    import clipforge.train.loop as loop_module
+
+    seen = []
+    real = loop_module.run_step
+
+    def spy(model, micro, *args, **kwargs):
+        seen.append((micro[0][0].shape[-1], micro[0][1].shape[1]))
+        return real(model, micro, *args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "run_step", spy)
+    phases = (PhaseConfig(fraction=0.5, image_size=16, context_length=8), PhaseConfig(fraction=0.5))
+    cfg = _config(tmp_path / "run", _sources(dataset)["csv"], phases=phases)
+    train(cfg.replace(schedule=ScheduleConfig(epochs=1, max_steps=6)))
+    assert seen == [(16, 8)] * 3 + [(32, 77)] * 3
+
+
+RECIPE = """
+from clipforge.data import DataConfig, SourceConfig
+from clipforge.train.config import CheckpointConfig, LogConfig, ModelSpec, OptimConfig, ScheduleConfig, TrainConfig
+
+def get_config(arg=None):
+    return TrainConfig(
+        output_dir=arg,
+        model=ModelSpec(name="tiny-vit"),
+        data=DataConfig(sources=(SourceConfig(kind="csv", path={csv!r}),), batch_size=8, seed=1),
+        optim=OptimConfig(lr=1e-3),
+        schedule=ScheduleConfig(epochs=40, max_steps=400),
+        checkpoint=CheckpointConfig(every_steps=1000, keep_last=1),
+        logging=LogConfig(every_steps=1, progress=False, plot=False),
+    )
+"""
+
+
+def test_sigterm_checkpoints_and_the_same_command_resumes(tmp_path, dataset):
+    recipe = tmp_path / "recipe.py"
+    recipe.write_text(textwrap.dedent(RECIPE.format(csv=str(dataset / "train.csv"))))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "clipforge.cli.main", "train", str(recipe), "--arg", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until training is under way
+        jsonl = out / "metrics.jsonl"
+        if jsonl.exists() and len(jsonl.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, output
+    ckpts = list((out / "checkpoints").glob("step_*.pt"))
+    assert len(ckpts) == 1
+    stopped_at = int(ckpts[0].stem.split("_")[1])
+    assert 3 <= stopped_at < 400
+    resumed = subprocess.run(
+        cmd + ["--schedule.max_steps=" + str(stopped_at + 3)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    assert max(_losses(out)) == stopped_at + 3
