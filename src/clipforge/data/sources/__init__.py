@@ -1,0 +1,39 @@
+"""Data sources, one module per kind; `build_source` makes the one a SourceConfig describes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import SourceConfig
+from .base import FileListSource, MapSource, TensorSource
+from .fashion import FashionMnistSource
+from .folder import FolderSource
+from .table import CsvSource
+from .tuxpaint import TuxPaintSource
+from .webdataset import WdsSource
+
+
+def build_source(cfg: SourceConfig) -> Any:
+    """The source object for `cfg`: a MapSource, a TensorSource (fashion_mnist) or a WdsSource."""
+    if cfg.kind == "fashion_mnist":
+        return FashionMnistSource(cfg.split, cfg.path, cfg.templates)
+    if cfg.kind == "tuxpaint":
+        return TuxPaintSource(cfg.path)
+    if cfg.kind == "csv":
+        return CsvSource(cfg.path, cfg.image_column, cfg.caption_column, cfg.separator)
+    if cfg.kind == "folder":
+        return FolderSource(cfg.path)
+    return WdsSource(cfg.path, cfg.shuffle_buffer)
+
+
+__all__ = [
+    "CsvSource",
+    "FashionMnistSource",
+    "FileListSource",
+    "FolderSource",
+    "MapSource",
+    "TensorSource",
+    "TuxPaintSource",
+    "WdsSource",
+    "build_source",
+]
