@@ -47,5 +47,9 @@ def get_config(arg: str | None = None) -> TrainConfig:
         schedule=ScheduleConfig(epochs=3, max_steps=steps, warmup_steps=5 if arg == "tiny" else 50),
         checkpoint=CheckpointConfig(every_steps=10 if arg == "tiny" else 200, keep_last=2),
         logging=LogConfig(every_steps=5 if arg == "tiny" else 20),
-        eval=EvalConfig(zeroshot="fashion_mnist", zeroshot_max_samples=1000 if arg == "tiny" else None),
+        eval=EvalConfig(
+            zeroshot="fashion_mnist",
+            zeroshot_max_samples=1000 if arg == "tiny" else None,
+            every_steps=None if arg else 200,
+        ),
     )
