@@ -13,10 +13,9 @@ import time
 
 import pytest
 import torch
-from PIL import Image
 
 import clipforge
-from clipforge.data import DataConfig, SourceConfig, write_shards
+from clipforge.data import DataConfig, SourceConfig
 from clipforge.train.config import (
     CheckpointConfig,
     LogConfig,
@@ -27,40 +26,12 @@ from clipforge.train.config import (
     TrainConfig,
 )
 from clipforge.train.loop import TrainingError, train
-
-WORDS = ["red", "green", "blue", "striped", "dotted", "plain"]
-SHAPES = ["square", "circle", "cross"]
-
-
-def _image(i: int) -> Image.Image:
-    """A 32x32 picture whose colour and pattern follow its caption, so the pairs are learnable."""
-    colour = [(200, 30, 30), (30, 200, 30), (30, 30, 200)][i % 3]
-    image = Image.new("RGB", (32, 32), (240, 240, 240))
-    for x in range(32):
-        for y in range(32):
-            if (i // 3) % 3 == 0 and (x // 4) % 2 == 0 or (i // 3) % 3 == 1 and (x + y) % 8 < 3:
-                image.putpixel((x, y), colour)
-    return image
-
-
-def _caption(i: int) -> str:
-    return f"a {WORDS[i % 3]} {WORDS[3 + (i // 3) % 3]} {SHAPES[i % len(SHAPES)]}"
+from support.pairs import caption_for, image_for, write_pair_dataset
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pairs")
-    rows = []
-    for i in range(96):
-        path = root / f"img_{i:03d}.png"
-        _image(i).save(path)
-        rows.append((path.name, _caption(i)))
-    with (root / "train.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["filepath", "title"])
-        writer.writerows(rows)
-    write_shards(((root / name, cap, None) for name, cap in rows), root / "shards", samples_per_shard=32)
-    return root
+    return write_pair_dataset(tmp_path_factory.mktemp("pairs"))
 
 
 MODEL = ModelSpec(name="tiny-vit", overrides={"vision": {"patch_dropout": 0.25}})  # patch dropout draws from RNG
@@ -132,11 +103,11 @@ def _write_bad_dataset(root):
             path.write_bytes(b"\x89PNG\r\n\x1a\n corrupt")  # corrupt image
         elif i % 12 == 7:
             buf = io.BytesIO()
-            _image(i).save(buf, format="PNG")
+            image_for(i).save(buf, format="PNG")
             path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])  # truncated image
         else:
-            _image(i).save(path)
-        caption = "" if i % 12 == 9 else _caption(i)  # empty caption
+            image_for(i).save(path)
+        caption = "" if i % 12 == 9 else caption_for(i)  # empty caption
         rows.append((path.name, caption))
     with (root / "bad.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)

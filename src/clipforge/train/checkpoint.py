@@ -100,7 +100,7 @@ def save_checkpoint(
     folder: Path,
     state: TrainState,
     model_state: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
+    optimizer_state: dict[str, Any],
     scheduler: Any,
     keep_last: int,
 ) -> Path:
@@ -110,7 +110,7 @@ def save_checkpoint(
         "version": 1,
         "state": vars(state).copy(),
         "model": model_state,
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer_state,
         "scheduler": scheduler.state_dict(),
         "rng": rng_state(),
     }

@@ -188,11 +188,18 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A whole training run. `output_dir` receives config.json, metrics.jsonl, checkpoints/, model/, curves.png."""
+    """A whole training run. `output_dir` receives config.json, metrics.jsonl, checkpoints/, model/, curves.png.
+
+    Fields besides the sections: output_dir, seed, device (None: cuda:LOCAL_RANK when available, else
+    cpu), strategy ("ddp" replicas, or "fsdp" to shard the towers with FSDP2 when running on several
+    ranks), precision ("fp32", "bf16" autocast, "pure_bf16" weights), nan_policy ("stop" or "skip" a
+    step whose loss is not finite), phases (CLIPA-style reduced-size phases).
+    """
 
     output_dir: str = "runs/default"
     seed: int = 0
     device: str | None = None
+    strategy: Literal["ddp", "fsdp"] = "ddp"
     precision: Precision = "fp32"
     nan_policy: NanPolicy = "stop"
     model: ModelSpec = field(default_factory=ModelSpec)
@@ -206,6 +213,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
+        _check(self.strategy in ("ddp", "fsdp"), f"strategy must be 'ddp' or 'fsdp', got {self.strategy!r}")
         _check(
             self.precision in ("fp32", "bf16", "pure_bf16"),
             f"precision must be fp32|bf16|pure_bf16, got {self.precision!r}",

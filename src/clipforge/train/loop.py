@@ -40,6 +40,7 @@ from .freeze import lock_image_tower, lock_text_tower
 from .losses import clamp_logit_scale_
 from .monitor import Monitor
 from .optim import build_optimizer, build_scheduler
+from .sharding import full_model_state, full_optimizer_state, load_full_states, sync_replicated_grads, wrap_model
 from .step import run_step
 
 
@@ -174,10 +175,10 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop_after_steps: int | None) -> Tr
     if dist.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         _write_config(cfg, output_dir)
-    seed_everything(cfg.seed + dist.rank)
     device = dist.device
-
+    seed_everything(cfg.seed)  # the same initial weights on every rank (FSDP2 does not broadcast them)
     model = build_model(cfg)
+    seed_everything(cfg.seed + dist.rank)  # per-rank randomness from here on (patch dropout, ...)
     if cfg.precision == "pure_bf16":
         model = model.to(torch.bfloat16)
     model = model.to(device).train()
@@ -195,25 +196,19 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop_after_steps: int | None) -> Tr
     if cfg.schedule.max_steps is not None:
         total_steps = min(total_steps, cfg.schedule.max_steps)
 
+    wrapped, no_sync = wrap_model(model, cfg.strategy, dist)  # before the optimizer: FSDP2 swaps parameters
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, total_steps, cfg.schedule)
     state = TrainState()
     found = find_resume_checkpoint(checkpoint_dir, cfg.checkpoint.resume)
     if found is not None:
         path, payload = found
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
+        load_full_states(model, optimizer, payload, cfg.strategy, dist)
         scheduler.load_state_dict(payload["scheduler"])
         set_rng_state(payload["rng"])
         state = TrainState(**payload["state"])
-
-    wrapped: nn.Module = model
-    if dist.world_size > 1:
-        ids = [dist.local_rank] if device.type == "cuda" else None
-        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if cfg.model.compile:
         wrapped = torch.compile(wrapped)
-    no_sync = getattr(wrapped, "no_sync", None)
 
     monitor = Monitor(cfg.logging, output_dir, total_steps, state.step, dist.is_main, cfg.to_dict())
     ctx = RunContext(dist, output_dir, checkpoint_dir, monitor)
@@ -229,8 +224,10 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop_after_steps: int | None) -> Tr
     final_metrics: dict[str, float] = {}
 
     def checkpoint() -> None:
+        model_state = full_model_state(model, cfg.strategy, dist)  # collective under FSDP
+        optim_state = full_optimizer_state(model, optimizer, cfg.strategy, dist)
         if dist.is_main:
-            save_checkpoint(checkpoint_dir, state, model.state_dict(), optimizer, scheduler, cfg.checkpoint.keep_last)
+            save_checkpoint(checkpoint_dir, state, model_state, optim_state, scheduler, cfg.checkpoint.keep_last)
         barrier(dist)
 
     eval_dtype = torch.bfloat16 if cfg.precision != "fp32" else None
@@ -264,10 +261,8 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop_after_steps: int | None) -> Tr
                     state.batch_in_epoch += len(micro)
                     micro = []
                     if result.finite:
-                        if cfg.optim.grad_clip is not None:
-                            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
-                        else:
-                            grad_norm = float("nan")
+                        sync_replicated_grads(model, cfg.strategy, dist)
+                        grad_norm = _clip_gradients(model, cfg.optim.grad_clip)
                         optimizer.step()
                     elif cfg.nan_policy == "stop":
                         raise TrainingError(
@@ -306,14 +301,26 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop_after_steps: int | None) -> Tr
     if not interrupted:
         checkpoint()
         final_metrics = evaluate()
+        final_state = full_model_state(model, cfg.strategy, dist)
         if dist.is_main:
             model_dir = output_dir / "model"
-            save_model(model.float() if cfg.precision == "pure_bf16" else model, model_dir)
+            final = CLIP(model.config)
+            final.load_state_dict({k: v.float() for k, v in final_state.items()})
+            save_model(final, model_dir)
             _write_summary(output_dir, state, final_metrics, bad_total)
             if cfg.logging.plot:
                 _plot(ctx)
     monitor.close()
     return TrainResult(state, output_dir, model_dir, interrupted, final_metrics, bad_total)
+
+
+def _clip_gradients(model: CLIP, max_norm: float | None) -> float:
+    """Clip the global gradient norm; returns the norm before clipping (NaN when clipping is off)."""
+    if max_norm is None:
+        return float("nan")
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # a DTensor under FSDP
 
 
 def _log_step(
