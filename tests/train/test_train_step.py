@@ -55,3 +55,18 @@ def test_non_finite_loss_is_reported_not_backpropagated():
     result = run_step(model, [(images, tokens)], LossConfig(), None, contextlib.nullcontext)
     assert not result.finite
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_torch_compile_option_matches_eager():
+    """model.compile=True wraps the model with torch.compile; its step equals the eager step (~45 s to compile)."""
+    torch.manual_seed(0)
+    model = clipforge.create_model("tiny-vit").train()
+    images, tokens = _batch(model, 4, seed=3)
+    eager_loss, eager = _grads(model, [(images, tokens)], LossConfig())
+    compiled = torch.compile(model)
+    model.zero_grad(set_to_none=True)
+    result = run_step(compiled, [(images, tokens)], LossConfig(), None, contextlib.nullcontext)
+    assert result.loss == pytest.approx(eager_loss, rel=1e-5)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, eager[name], rtol=1e-3, atol=1e-5, msg=name)

@@ -109,7 +109,9 @@ class TextTransformer(nn.Module):
         """
         cfg = self.cfg
         self._check_length(tokens)
-        if cfg.causal_mask and not cfg.pad_mask and cfg.pool_type in ("argmax", "eos") and tokens.shape[0] > 0:
+        trimmable = cfg.causal_mask and not cfg.pad_mask and cfg.pool_type in ("argmax", "eos")
+        # Under torch.compile a data-dependent length would break the graph; the full length is used there.
+        if trimmable and tokens.shape[0] > 0 and not torch.compiler.is_compiling():
             if cfg.pool_type == "argmax":
                 last = int(tokens.argmax(dim=-1).max())
             else:
