@@ -236,3 +236,27 @@ def test_sigterm_checkpoints_and_the_same_command_resumes(tmp_path, dataset):
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resumed from" in resumed.stdout + resumed.stderr
     assert max(_losses(out)) == stopped_at + 3
+
+
+def test_distillation_from_a_frozen_teacher(tmp_path, dataset, monkeypatch):
+    """model.teacher adds the CLIP-KD term; the teacher is frozen and its weights never change."""
+    import clipforge.train.step as step_module
+
+    torch.manual_seed(1)
+    teacher = clipforge.create_model("tiny-vit")
+    clipforge.save_model(teacher, tmp_path / "teacher")
+    calls = []
+    real = step_module.distillation_loss
+
+    def spy(*args, **kwargs):
+        value = real(*args, **kwargs)
+        calls.append(float(value))
+        return value
+
+    monkeypatch.setattr(step_module, "distillation_loss", spy)
+    spec = ModelSpec(name="tiny-vit", teacher=str(tmp_path / "teacher"))
+    cfg = _config(tmp_path / "run", _sources(dataset)["csv"], model=spec)
+    result = train(cfg.replace(schedule=ScheduleConfig(epochs=1, max_steps=3)))
+    assert result.state.step == 3 and len(calls) == 3 and all(c > 0 for c in calls)
+    after = clipforge.load_model(tmp_path / "teacher").state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in teacher.state_dict().items())
