@@ -18,6 +18,7 @@ import clipforge
 from clipforge.data import DataConfig, SourceConfig
 from clipforge.train.config import (
     CheckpointConfig,
+    EvalConfig,
     LogConfig,
     ModelSpec,
     OptimConfig,
@@ -260,3 +261,82 @@ def test_distillation_from_a_frozen_teacher(tmp_path, dataset, monkeypatch):
     assert result.state.step == 3 and len(calls) == 3 and all(c > 0 for c in calls)
     after = clipforge.load_model(tmp_path / "teacher").state_dict()
     assert all(torch.equal(v, after[k]) for k, v in teacher.state_dict().items())
+
+
+def test_pure_bf16_with_grad_checkpointing_and_retrieval_eval(tmp_path, dataset):
+    spec = ModelSpec(name="tiny-vit", grad_checkpointing=True)
+    source = _sources(dataset)["csv"]
+    cfg = _config(tmp_path / "run", source, model=spec, precision="pure_bf16")
+    cfg = cfg.replace(
+        schedule=ScheduleConfig(epochs=1, max_steps=4),
+        eval=EvalConfig(every_steps=2, retrieval=source, retrieval_max_samples=40),
+    )
+    result = train(cfg)
+    assert result.state.step == 4
+    assert set(result.final_metrics) >= {"retrieval_image_to_text_R@1", "retrieval_text_to_image_R@10"}
+    assert all(0.0 <= v <= 1.0 for v in result.final_metrics.values())
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "eval/retrieval_image_to_text_R@1" in r] == [2, 4]
+    assert clipforge.load_model(tmp_path / "run" / "model").logit_scale.dtype == torch.float32
+
+
+def test_tensorboard_and_wandb_sinks_receive_the_metrics(tmp_path, dataset, monkeypatch):
+    """Both sinks are optional packages; fakes stand in for them and record what the monitor sends."""
+    import types
+
+    events = {"tb": [], "wandb": []}
+
+    class FakeWriter:
+        def __init__(self, logdir):
+            events["tb_dir"] = logdir
+
+        def add_scalar(self, key, value, step):
+            events["tb"].append((key, step))
+
+        def close(self):
+            events["tb_closed"] = True
+
+    fake_wandb = types.SimpleNamespace(
+        init=lambda **kw: types.SimpleNamespace(
+            log=lambda data, step: events["wandb"].append((tuple(sorted(data)), step)),
+            finish=lambda: events.setdefault("wandb_finished", True),
+        )
+    )
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
+    monkeypatch.setitem(sys.modules, "wandb", fake_wandb)
+    cfg = _config(tmp_path / "run", _sources(dataset)["csv"])
+    cfg = cfg.replace(
+        schedule=ScheduleConfig(epochs=1, max_steps=3),
+        logging=LogConfig(every_steps=1, progress=False, plot=False, tensorboard=True, wandb="proj"),
+    )
+    train(cfg)
+    assert ("loss", 3) in events["tb"] and events["tb_closed"]
+    assert events["tb_dir"].endswith("tensorboard")
+    assert [step for _, step in events["wandb"]] == [1, 2, 3] and events["wandb_finished"]
+
+
+def test_missing_optional_logger_is_a_clear_error(tmp_path, dataset, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import fails
+    cfg = _config(tmp_path / "run", _sources(dataset)["csv"])
+    cfg = cfg.replace(logging=LogConfig(progress=False, wandb="proj"))
+    with pytest.raises(ImportError, match="pip install wandb"):
+        train(cfg)
+
+
+def test_lock_with_unlocked_groups():
+    from clipforge.train.freeze import lock_image_tower, lock_text_tower
+
+    model = clipforge.create_model("tiny-vit")
+    lock_image_tower(model, unlocked_groups=1)
+    lock_text_tower(model, unlocked_layers=1)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "visual.transformer.resblocks.1.attn.in_proj_weight" in trainable
+    assert "visual.transformer.resblocks.0.attn.in_proj_weight" not in trainable
+    assert {"visual.proj", "visual.ln_post.weight", "text.text_projection", "text.ln_final.weight"} <= trainable
+    assert "text.token_embedding.weight" not in trainable and "logit_scale" in trainable
+    rn = clipforge.create_model("tiny-rn")
+    lock_image_tower(rn, unlocked_groups=1)
+    assert {n.split(".")[1] for n, p in rn.visual.named_parameters(prefix="visual") if p.requires_grad} == {
+        "layer4",
+        "attnpool",
+    }
