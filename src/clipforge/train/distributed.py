@@ -118,10 +118,19 @@ def init_distributed(device: str | None = None) -> DistInfo:
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=dev, backend=backend)
 
 
-def cleanup_distributed() -> None:
-    """Destroy the process group if one exists (safe to call in a single process)."""
+def cleanup_distributed(wait: bool = True) -> None:
+    """Destroy the process group if one exists (safe to call in a single process).
+
+    All ranks meet at a barrier first: a rank that tears gloo down while another still has work in
+    flight (rank 0 saving the final model) can abort at exit ("terminate called without an active
+    exception"). `wait=False` skips it when leaving on an error, where peers may never arrive.
+    """
     if tdist.is_available() and tdist.is_initialized():
-        tdist.destroy_process_group()
+        try:
+            if wait:
+                tdist.barrier()
+        finally:
+            tdist.destroy_process_group()
 
 
 class _AllGatherWithGrad(torch.autograd.Function):

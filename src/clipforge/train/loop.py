@@ -164,9 +164,12 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None) -> TrainResu
     (checkpoint, then return with interrupted=True); tests use it to emulate pre-emption."""
     dist = init_distributed(cfg.device)
     try:
-        return _train(cfg, dist, stop_after_steps)
-    finally:
-        cleanup_distributed()
+        result = _train(cfg, dist, stop_after_steps)
+    except BaseException:
+        cleanup_distributed(wait=False)
+        raise
+    cleanup_distributed()
+    return result
 
 
 def _train(cfg: TrainConfig, dist: DistInfo, stop_after_steps: int | None) -> TrainResult:
@@ -311,6 +314,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop_after_steps: int | None) -> Tr
             if cfg.logging.plot:
                 _plot(ctx)
     monitor.close()
+    barrier(dist)  # every rank leaves together, after rank 0 has written the final model
     return TrainResult(state, output_dir, model_dir, interrupted, final_metrics, bad_total)
 
 
