@@ -11,6 +11,7 @@ COMMANDS = {
     "embed": "embed images or texts into a .npy file",
     "convert": "convert a checkpoint between clipforge, OpenCLIP and Hugging Face formats",
     "train": "train or fine-tune a CLIP model from a recipe (configs/*.py)",
+    "eval": "zero-shot, retrieval, linear-probe and few-shot evaluation with a report",
     "data": "data tools: write WebDataset shards from a folder or CSV",
 }
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..data import DataConfig, SourceConfig
+from ..eval.tasks import EvalRequest
 from ..models.config import ConfigError
 
 Precision = Literal["fp32", "bf16", "pure_bf16"]
@@ -177,6 +178,8 @@ class EvalConfig:
         zeroshot_max_samples: cap on evaluated images (None: all).
         retrieval: a held-out image-caption source for image<->text recall@1/5/10; None: off.
         retrieval_max_samples: cap on held-out pairs.
+        harness: evaluation-harness requests (`clipforge.eval.tasks.EvalRequest`: any task on any
+            dataset `clipforge eval` knows), logged as eval/<dataset>_<task>_<metric>.
     """
 
     every_steps: int | None = None
@@ -184,6 +187,7 @@ class EvalConfig:
     zeroshot_max_samples: int | None = None
     retrieval: SourceConfig | None = None
     retrieval_max_samples: int | None = 1000
+    harness: tuple[EvalRequest, ...] = ()
 
 
 @dataclass(frozen=True)

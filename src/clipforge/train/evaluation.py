@@ -34,7 +34,7 @@ class PeriodicEvaluator:
 
     @property
     def enabled(self) -> bool:
-        return self.cfg.zeroshot is not None or self.cfg.retrieval is not None
+        return self.cfg.zeroshot is not None or self.cfg.retrieval is not None or bool(self.cfg.harness)
 
     def _load_zeroshot(self):
         if self.cfg.zeroshot != "fashion_mnist":
@@ -73,6 +73,14 @@ class PeriodicEvaluator:
             if self._retrieval_set is None:
                 self._retrieval_set = self._load_retrieval()
             out.update({f"retrieval_{k}": v for k, v in self._recall(*self._retrieval_set).items()})
+        if self.cfg.harness:
+            from ..eval.tasks import EvalContext, run_task
+
+            # No feature cache: the weights change between evaluations.
+            ctx = EvalContext("training", None, device=self.device, dtype=self.dtype, progress=False)
+            for request in self.cfg.harness:
+                for record in run_task(self.model, request, ctx).records:
+                    out[f"{record['dataset']}_{record['task']}_{record['metric']}"] = record["value"]
         return out
 
     @torch.no_grad()

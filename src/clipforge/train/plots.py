@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from ..plotting import new_figure, save_figure
 
 _TRAIN_KEYS = ("loss", "lr", "logit_scale")  # drawn when present, in this order, before the eval metrics
 _EVAL_PREFIX = "eval/"
@@ -54,25 +54,12 @@ def _series(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[
     return [s for s, _ in points], [v for _, v in points]
 
 
-def _import_matplotlib():
-    try:
-        import matplotlib  # noqa: F401  (imported first so a missing package fails here, not mid-plot)
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as exc:
-        raise ImportError(
-            "plot_training_curves needs matplotlib, an optional dependency: pip install clipforge[plots]"
-        ) from exc
-    return Figure, FigureCanvasAgg
-
-
 def plot_training_curves(metrics_jsonl: Path, out_png: Path) -> Path:
     """Draw loss (log scale when all positive), lr, logit_scale and each "eval/..." metric vs step.
 
     One subplot per series present in the file; written to `out_png` atomically (a temporary file in
     the same folder, then `os.replace`), so a reader never sees a half-written image. Returns `out_png`.
     """
-    Figure, FigureCanvasAgg = _import_matplotlib()
     metrics_jsonl, out_png = Path(metrics_jsonl), Path(out_png)
     records, malformed = read_metrics_jsonl(metrics_jsonl)
 
@@ -82,8 +69,7 @@ def plot_training_curves(metrics_jsonl: Path, out_png: Path) -> Path:
 
     cols = min(3, max(1, len(panels)))
     rows = max(1, math.ceil(len(panels) / cols))
-    fig = Figure(figsize=(4.5 * cols, 3.2 * rows), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(4.5 * cols, 3.2 * rows)
     title = f"{metrics_jsonl.name}: {len(records)} records"
     if malformed:
         title += f", {malformed} malformed line{'s' if malformed != 1 else ''} skipped"
@@ -101,13 +87,4 @@ def plot_training_curves(metrics_jsonl: Path, out_png: Path) -> Path:
         ax.set_xlabel("step")
         ax.grid(True, alpha=0.3)
 
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_png.name}.", suffix=".tmp", dir=out_png.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png")
-        os.replace(tmp_name, out_png)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return out_png
+    return save_figure(fig, out_png)

@@ -1,0 +1,130 @@
+"""`clipforge eval`: zero-shot, retrieval, linear-probe and few-shot evaluation with a report.
+
+One model from --model/--pretrained, or a matrix of models x datasets from --config (JSON):
+
+    {"models": [{"name": "b32", "model": "ViT-B-32", "pretrained": "openai"},
+                {"name": "mine", "pretrained": "run/model"}],
+     "evaluations": [{"task": "zeroshot", "dataset": "cifar10", "root": "/data"},
+                     {"task": "linear_probe", "dataset": "fashion_mnist"}],
+     "out": "report", "batch_size": 256}
+
+Features are cached (keyed by the weights hash, preprocessing and dataset files), so re-running a
+report re-encodes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .common import DTYPES, add_model_arguments, fail, model_from_args
+
+DEFAULT_CACHE = Path.home() / ".cache" / "clipforge" / "features"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clipforge eval",
+        description="Evaluate CLIP models on local datasets and write results.json, results.md and plots/. "
+        "Datasets: " + ", ".join(_dataset_names()),
+        epilog="examples:\n"
+        "  clipforge eval --pretrained runs/fashion_mnist/model --task zeroshot --dataset fashion_mnist\n"
+        "  clipforge eval --model ViT-B-32 --pretrained openai --task zeroshot linear_probe --dataset cifar10 "
+        "--root /data/cifar\n  clipforge eval --config matrix.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", help="JSON file with models x evaluations (see module docs)")
+    parser.add_argument(
+        "--task", nargs="+", default=["zeroshot"], choices=["zeroshot", "retrieval", "linear_probe", "fewshot"]
+    )
+    parser.add_argument("--dataset", nargs="+", default=[], help="dataset names (see above)")
+    parser.add_argument("--root", default=None, help="dataset folder/file (None: built-in location)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--train-split", default="train", help="split probes and few-shot classifiers learn from")
+    parser.add_argument("--templates", default=None, help="template set (imagenet, simple, photo) or file")
+    parser.add_argument("--descriptions", default=None, help="CuPL-style JSON {class: [descriptions]}")
+    parser.add_argument("--hierarchy", default=None, help="CHiLS JSON {class: [subclasses]}")
+    parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="few-shot shots per class")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="few-shot sampling seeds")
+    parser.add_argument("--max-samples", type=int, default=None, help="evaluate a seeded subset of each split")
+    parser.add_argument("--max-samples", type=int, default=None, help="evaluate a seeded subset of each split")
+    parser.add_argument("--out", default="eval_results", help="report folder (default eval_results/)")
+    parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="feature cache ('none' disables it)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=2, help="image decoding worker processes")
+    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--no-progress", action="store_true")
+    add_model_arguments(parser)
+    return parser
+
+
+def _dataset_names() -> list[str]:
+    from ..eval.datasets import list_eval_datasets
+
+    return list_eval_datasets()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ..eval.runner import run_evaluations
+    from ..eval.tasks import EvalRequest
+    from ..weights.loading import create_model, load_model
+
+    try:
+        if args.config:
+            spec = json.loads(Path(args.config).read_text())
+            models = {}
+            for entry in spec["models"]:
+                if entry.get("model"):
+                    models[entry["name"]] = create_model(entry["model"], pretrained=entry.get("pretrained"))
+                else:
+                    models[entry["name"]] = load_model(entry["pretrained"])
+            requests = [
+                EvalRequest(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in e.items()})
+                for e in spec["evaluations"]
+            ]
+            out = spec.get("out", args.out)
+        else:
+            if not args.dataset:
+                return fail("give --dataset NAME (or --config FILE)")
+            model, random_weights = model_from_args(args)
+            name = args.model or Path(str(args.pretrained)).name
+            models = {name + (" (random weights)" if random_weights else ""): model}
+            requests = [
+                EvalRequest(
+                    task,
+                    dataset,
+                    args.root,
+                    args.split,
+                    args.train_split,
+                    args.templates,
+                    args.descriptions,
+                    args.hierarchy,
+                    tuple(args.ks),
+                    tuple(args.seeds),
+                    max_samples=args.max_samples,
+                )
+                for dataset in args.dataset
+                for task in args.task
+            ]
+            out = args.out
+        cache = None if args.cache_dir == "none" else args.cache_dir
+        records = run_evaluations(
+            models,
+            requests,
+            out,
+            cache_dir=cache,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            dtype=DTYPES[args.precision] if args.precision != "fp32" else None,
+            plots=not args.no_plots,
+            progress=not args.no_progress,
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return fail(str(exc))
+    from ..eval.report import markdown_table
+
+    print(markdown_table(records))
+    print(f"report: {Path(out) / 'results.md'}  records: {Path(out) / 'results.json'}")
+    return 0

@@ -1,0 +1,243 @@
+"""Linear probe on frozen features, as in the CLIP paper (Radford et al. 2021, appendix A.3).
+
+A multinomial logistic regression with L2 regularisation is trained full-batch with L-BFGS (torch's
+`LBFGS` with a strong Wolfe line search, 1,000 iterations at most, as the paper's scikit-learn setup).
+The objective, on features standardised with the mean and standard deviation of the rows being fitted
+(columns with zero spread are left unscaled), is
+
+    mean_i cross_entropy(z_i @ W + b, y_i) + (l2 / 2) * ||W||_F^2,
+
+the bias unpenalised; the fitted (W, b) are folded back so that they apply to the raw features.
+Note that `l2` multiplies the *mean* loss: scikit-learn's C relates as l2 = 1 / (C * N).
+
+The strength `l2` is chosen on a validation split carved (stratified, seeded) from the training rows
+only, by the paper's parametric binary search: a coarse log grid (1e-6 .. 1e2, every two decades),
+then repeatedly halving the step around the best value down to 8 steps per decade. Candidates are
+ranked by validation top-1, ties broken by lower validation cross-entropy, then by the larger l2.
+`select_l2` takes training rows alone and `linear_probe` reads the test rows (beyond their shape)
+only after the final refit, so the test split cannot leak into the choice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .metrics import class_rank, mean_per_class_recall, topk_accuracy
+
+# Coarse search over 10**e for e in this range (every _COARSE_STEP decades), then halving to _FINEST_STEP.
+_LOG10_RANGE = (-6.0, 2.0)
+_COARSE_STEP = 2.0
+_FINEST_STEP = 1.0 / 8.0
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Outcome of `linear_probe`.
+
+    top1, top5, mean_per_class_recall: test metrics (fractions in [0, 1]; top5 is 1.0 when C <= 5).
+    l2: the regularisation strength used for the final fit. val_top1: validation top-1 at that l2
+    (NaN when l2 was given, not searched). weight (D, C) and bias (C,): the final classifier, applied
+    to raw (unstandardised) features as `features @ weight + bias`.
+    """
+
+    top1: float
+    top5: float
+    mean_per_class_recall: float
+    l2: float
+    val_top1: float
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+
+def _check_features(features: torch.Tensor, labels: torch.Tensor, name: str) -> None:
+    if features.dim() != 2:
+        raise ValueError(f"{name}_features must have shape (N, D), got {tuple(features.shape)}")
+    if labels.dim() != 1 or labels.shape[0] != features.shape[0]:
+        raise ValueError(f"{name}_labels must have shape ({features.shape[0]},), got {tuple(labels.shape)}")
+
+
+def fit_logistic(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int, l2: float, max_iter: int = 1000
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit L2-regularised multinomial logistic regression; returns (W (D, C), b (C,)) for raw features.
+
+    features (N, D), labels (N,) long. Deterministic: starts from zero weights. Computation is in
+    float32 (float64 if the features are float64) on the features' device.
+    """
+    _check_features(features, labels, "train")
+    if features.shape[0] == 0:
+        raise ValueError("fit_logistic needs at least one row")
+    if not l2 >= 0 or not math.isfinite(l2):
+        raise ValueError(f"l2 must be a finite non-negative number, got {l2}")
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be positive, got {max_iter}")
+    dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
+    x = features.to(dtype)
+    y = labels.to(x.device).long()
+    if int(y.min()) < 0 or int(y.max()) >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes})")
+    mean = x.mean(dim=0)  # (D,)
+    std = x.std(dim=0, unbiased=False)  # (D,)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    z = (x - mean) / std  # (N, D)
+
+    weight = torch.zeros(x.shape[1], num_classes, dtype=dtype, device=x.device, requires_grad=True)
+    bias = torch.zeros(num_classes, dtype=dtype, device=x.device, requires_grad=True)
+    optimizer = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=1e-7,
+        tolerance_change=1e-10,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(z @ weight + bias, y) + 0.5 * l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    weight, bias = weight.detach(), bias.detach()
+    # Fold the standardisation in: (x - mean) / std @ W + b == x @ (W / std) + (b - (mean / std) @ W).
+    return weight / std[:, None], bias - (mean / std) @ weight
+
+
+def stratified_split(
+    labels: torch.Tensor, num_classes: int, val_fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fit indices, validation indices), both sorted, drawn per class with a seeded generator.
+
+    A class with n >= 2 rows gives min(n - 1, max(1, round(n * val_fraction))) of them to validation,
+    so every such class keeps a row on each side; a class with one row stays in the fit set.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+    labels = labels.long().cpu()
+    generator = torch.Generator().manual_seed(seed)
+    fit, val = [], []
+    for c in range(num_classes):
+        rows = torch.nonzero(labels == c).flatten()
+        rows = rows[torch.randperm(rows.numel(), generator=generator)]
+        n_val = min(rows.numel() - 1, max(1, round(rows.numel() * val_fraction))) if rows.numel() >= 2 else 0
+        val.append(rows[:n_val])
+        fit.append(rows[n_val:])
+    fit_idx, val_idx = torch.cat(fit).sort().values, torch.cat(val).sort().values
+    if val_idx.numel() == 0:
+        raise ValueError("cannot carve a validation split: no class has two or more training rows")
+    return fit_idx, val_idx
+
+
+def _score(
+    weight: torch.Tensor, bias: torch.Tensor, features: torch.Tensor, labels: torch.Tensor
+) -> tuple[float, float]:
+    """(top-1, mean cross-entropy) of the classifier on (features, labels)."""
+    logits = features.to(weight.dtype) @ weight + bias  # (N, C)
+    labels = labels.to(logits.device).long()
+    top1 = (class_rank(logits, labels) == 0).double().mean().item()
+    return top1, F.cross_entropy(logits, labels).item()
+
+
+def select_l2(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    num_classes: int,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    grid: Sequence[float] | None = None,
+    max_iter: int = 1000,
+) -> tuple[float, float]:
+    """Choose the L2 strength on a validation split of the training rows; returns (l2, val_top1).
+
+    grid=None runs the binary search described in the module docstring; an explicit grid is evaluated
+    as given, without refinement.
+    """
+    _check_features(train_features, train_labels, "train")
+    fit_idx, val_idx = stratified_split(train_labels, num_classes, val_fraction, seed)
+    fit_idx, val_idx = fit_idx.to(train_features.device), val_idx.to(train_features.device)
+    x_fit, y_fit = train_features[fit_idx], train_labels[fit_idx.to(train_labels.device)]
+    x_val, y_val = train_features[val_idx], train_labels[val_idx.to(train_labels.device)]
+    results: dict[float, tuple[float, float, float]] = {}  # log10(l2) -> ranking key
+
+    def evaluate(log_l2: float) -> None:
+        if log_l2 not in results:
+            weight, bias = fit_logistic(x_fit, y_fit, num_classes, 10.0**log_l2, max_iter)
+            top1, loss = _score(weight, bias, x_val, y_val)
+            results[log_l2] = (top1, -loss, log_l2)
+
+    def best() -> float:
+        return max(results.items(), key=lambda item: item[1])[0]
+
+    if grid is not None:
+        values = [float(v) for v in grid]
+        if not values or any(not (v > 0 and math.isfinite(v)) for v in values):
+            raise ValueError(f"grid must be a non-empty sequence of positive finite numbers, got {list(grid)}")
+        for v in values:
+            evaluate(math.log10(v))
+    else:
+        lo, hi = _LOG10_RANGE
+        step = _COARSE_STEP
+        for i in range(int(round((hi - lo) / step)) + 1):
+            evaluate(lo + i * step)
+        while step > _FINEST_STEP:
+            step /= 2
+            center = best()
+            for candidate in (center - step, center + step):
+                if lo <= candidate <= hi:
+                    evaluate(candidate)
+    chosen = best()
+    return 10.0**chosen, results[chosen][0]
+
+
+def linear_probe(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    l2_grid: Sequence[float] | None = None,
+    l2: float | None = None,
+    max_iter: int = 1000,
+) -> ProbeResult:
+    """Choose l2 on the training rows (unless `l2` is given), refit on all of them, score the test rows.
+
+    train_features (N, D), train_labels (N,), test_features (M, D), test_labels (M,).
+    """
+    _check_features(train_features, train_labels, "train")
+    # Shapes only: the test rows' values are not read before the final classifier exists.
+    if test_features.dim() != 2 or test_features.shape[1] != train_features.shape[1]:
+        raise ValueError(
+            f"test_features must have shape (M, {train_features.shape[1]}), got {tuple(test_features.shape)}"
+        )
+    if test_labels.dim() != 1 or test_labels.shape[0] != test_features.shape[0]:
+        raise ValueError(f"test_labels must have shape ({test_features.shape[0]},), got {tuple(test_labels.shape)}")
+
+    if l2 is None:
+        l2, val_top1 = select_l2(train_features, train_labels, num_classes, val_fraction, seed, l2_grid, max_iter)
+    else:
+        val_top1 = float("nan")
+    weight, bias = fit_logistic(train_features, train_labels, num_classes, l2, max_iter)
+
+    logits = test_features.to(device=weight.device, dtype=weight.dtype) @ weight + bias  # (M, C)
+    labels = test_labels.to(logits.device)
+    acc = topk_accuracy(logits, labels, ks=(1, 5))
+    return ProbeResult(
+        top1=acc["top1"],
+        top5=acc["top5"],
+        mean_per_class_recall=mean_per_class_recall(logits, labels, num_classes),
+        l2=float(l2),
+        val_top1=float(val_top1),
+        weight=weight,
+        bias=bias,
+    )

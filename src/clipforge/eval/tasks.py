@@ -1,0 +1,269 @@
+"""Evaluation tasks on a dataset: zero-shot, retrieval, linear probe, few-shot.
+
+`run_task(model, request, ...)` encodes what the task needs (through the feature cache), computes the
+metrics and returns flat records `{model, dataset, split, task, metric, value}` plus the arrays the
+report plots (per-class accuracy, confusion matrix, few-shot curve, retrieval examples). Protocols:
+zero-shot with prompt ensembling (Radford et al. 2021, 3.1.4), CuPL descriptions (Pratt et al. 2023),
+CHiLS subclasses (Novack et al. 2023); linear probe with L2 chosen on a split of the training data
+(App. A.3); k-shot prototype and linear-probe classifiers over several seeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ..factory import get_preprocess, get_tokenizer
+from ..models.clip import CLIP
+from ..zeroshot import build_class_weights, get_templates
+from .datasets import load_eval_dataset
+from .features import EncodedSet, encode_images, encode_texts, weights_hash
+from .metrics import confusion_matrix, mean_per_class_recall, retrieval_recall, topk_accuracy
+
+TaskName = Literal["zeroshot", "retrieval", "linear_probe", "fewshot"]
+TASKS = ("zeroshot", "retrieval", "linear_probe", "fewshot")
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """One (task, dataset) evaluation.
+
+    Fields:
+        task: "zeroshot" | "retrieval" | "linear_probe" | "fewshot".
+        dataset: a name from `list_eval_datasets()`; root: where it lives (None: built-in location).
+        split: the evaluated split; train_split: the split probes and few-shot classifiers learn from.
+        templates: a built-in template set name or a file (None: the dataset's own CLIP templates).
+        descriptions: a CuPL-style JSON {class: [descriptions]} used instead of / with templates.
+        hierarchy: a CHiLS JSON {class: [subclasses]}: predict over subclasses, map to the class.
+        ks / seeds: few-shot shots per class and sampling seeds.
+        options: extra keyword options for the dataset loader (e.g. CSV column names).
+        max_samples: evaluate a seeded random subset of at most this many items per split (None: all).
+    """
+
+    task: TaskName
+    dataset: str
+    root: str | None = None
+    split: str = "test"
+    train_split: str = "train"
+    templates: str | None = None
+    descriptions: str | None = None
+    hierarchy: str | None = None
+    ks: tuple[int, ...] = (1, 2, 4, 8, 16)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    options: dict[str, Any] = field(default_factory=dict)
+    max_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; expected one of {list(TASKS)}")
+
+
+@dataclass
+class TaskResult:
+    records: list[dict[str, Any]]
+    artifacts: dict[str, Any]  # per_class (classnames, accuracy), confusion, fewshot curve, retrieval examples
+    encoded_again: int  # how many image sets had to be encoded (0 when everything came from the cache)
+
+
+@dataclass
+class EvalContext:
+    """Shared settings of one evaluation run (not per task)."""
+
+    model_name: str
+    cache_dir: str | Path | None = None
+    batch_size: int = 256
+    num_workers: int = 0
+    device: torch.device | str | None = None
+    dtype: torch.dtype | None = None
+    progress: bool = True
+    _hash: str | None = None
+
+    def model_hash(self, model: CLIP) -> str:
+        if self._hash is None:
+            self._hash = weights_hash(model)
+        return self._hash
+
+
+class SubsetView:
+    """A seeded random subset of a Classification/RetrievalSet with the same protocol (for max_samples)."""
+
+    def __init__(self, dataset: Any, count: int, seed: int = 0) -> None:
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+        self.dataset, self.rows = dataset, order.tolist()
+        self.name, self.split = dataset.name, dataset.split
+        self.fingerprint = f"{dataset.fingerprint}:subset{count}:{seed}"
+        if hasattr(dataset, "labels"):
+            self.labels = tuple(dataset.labels[i] for i in self.rows)
+            self.classnames, self.templates = dataset.classnames, dataset.templates
+        if hasattr(dataset, "captions"):
+            self.captions = tuple(dataset.captions[i] for i in self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def load(self, index: int):
+        return self.dataset.load(self.rows[index])
+
+
+def _load(req: EvalRequest, split: str):
+    dataset = load_eval_dataset(req.dataset, req.root, split, **req.options)
+    if req.max_samples is not None and len(dataset) > req.max_samples:
+        return SubsetView(dataset, req.max_samples)
+    return dataset
+
+
+def _encode(model: CLIP, dataset, ctx: EvalContext) -> EncodedSet:
+    return encode_images(
+        model,
+        dataset,
+        get_preprocess(model),
+        cache_dir=ctx.cache_dir,
+        model_hash=ctx.model_hash(model),
+        batch_size=ctx.batch_size,
+        num_workers=ctx.num_workers,
+        device=ctx.device,
+        dtype=ctx.dtype,
+        progress=ctx.progress,
+    )
+
+
+def _labels(dataset: Any, encoded: EncodedSet) -> torch.Tensor:
+    return torch.tensor([dataset.labels[i] for i in encoded.indices], dtype=torch.long)
+
+
+def _record(ctx: EvalContext, req: EvalRequest, metric: str, value: float, split: str | None = None) -> dict:
+    return {
+        "model": ctx.model_name,
+        "dataset": req.dataset,
+        "split": split or req.split,
+        "task": req.task,
+        "metric": metric,
+        "value": float(value),
+    }
+
+
+def _class_weights(
+    model: CLIP, req: EvalRequest, names: list[str], default_templates: tuple[str, ...], ctx: EvalContext
+) -> torch.Tensor:
+    tokenizer = get_tokenizer(model)
+    templates = get_templates(req.templates) if req.templates else list(default_templates)
+    if req.descriptions:
+        from .prompts import class_weights_from_descriptions, load_class_descriptions
+
+        described = load_class_descriptions(req.descriptions)
+        return class_weights_from_descriptions(model, tokenizer, names, described, templates).float().cpu()
+    return build_class_weights(model, tokenizer, names, templates, ctx.batch_size).float().cpu()
+
+
+def zeroshot(model: CLIP, req: EvalRequest, ctx: EvalContext) -> TaskResult:
+    dataset = _load(req, req.split)
+    if not hasattr(dataset, "labels"):
+        raise ValueError(f"zero-shot classification needs a labelled dataset; {req.dataset} holds captions")
+    encoded = _encode(model, dataset, ctx)
+    labels = _labels(dataset, encoded)
+    classnames = list(dataset.classnames)
+    scale = float(model.logit_scale.detach().exp())
+    if req.hierarchy:
+        import json
+
+        from .prompts import build_hierarchy, hierarchical_predict
+
+        mapping = json.loads(Path(req.hierarchy).read_text())
+        sub_names, sub_to_parent, parents = build_hierarchy(mapping)
+        if list(parents) != classnames:
+            raise ValueError(f"{req.hierarchy}: its classes {list(parents)} must equal the dataset's {classnames}")
+        weights = _class_weights(model, req, list(sub_names), dataset.templates, ctx)
+        sub_logits = scale * encoded.features @ weights
+        pred = hierarchical_predict(sub_logits, torch.as_tensor(sub_to_parent), len(classnames))
+        logits = torch.nn.functional.one_hot(pred, len(classnames)).float()  # hard parent decisions
+    else:
+        weights = _class_weights(model, req, classnames, dataset.templates, ctx)
+        logits = scale * encoded.features @ weights  # (N, C)
+    scores = topk_accuracy(logits, labels, ks=(1, 5))
+    scores["mean_per_class_recall"] = mean_per_class_recall(logits, labels, len(classnames))
+    cm = confusion_matrix(logits.argmax(-1), labels, len(classnames))
+    per_class = (cm.diag().float() / cm.sum(1).clamp(min=1).float()).tolist()
+    records = [_record(ctx, req, k, v) for k, v in scores.items()]
+    records.append(_record(ctx, req, "skipped_images", len(encoded.skipped)))
+    return TaskResult(
+        records,
+        {"classnames": classnames, "per_class": per_class, "confusion": cm.tolist()},
+        int(not encoded.cache_hit),
+    )
+
+
+def retrieval(model: CLIP, req: EvalRequest, ctx: EvalContext) -> TaskResult:
+    dataset = _load(req, req.split)
+    if not hasattr(dataset, "captions"):
+        raise ValueError(f"retrieval needs a captioned dataset; {req.dataset} holds class labels")
+    encoded = _encode(model, dataset, ctx)
+    captions = [dataset.captions[i] for i in encoded.indices]
+    texts = [c for per_image in captions for c in per_image]
+    text_to_image = torch.tensor([row for row, per_image in enumerate(captions) for _ in per_image])
+    text_features = encode_texts(model, get_tokenizer(model), texts, ctx.batch_size, ctx.device, ctx.dtype)
+    scores = retrieval_recall(encoded.features, text_features, text_to_image)
+    examples = []
+    for q in range(min(4, len(texts))):
+        top = (text_features[q] @ encoded.features.T).topk(min(5, len(encoded.indices))).indices.tolist()
+        examples.append(
+            {
+                "query": texts[q],
+                "truth": encoded.indices[int(text_to_image[q])],
+                "top": [encoded.indices[i] for i in top],
+            }
+        )
+    records = [_record(ctx, req, k, v) for k, v in scores.items()]
+    return TaskResult(records, {"examples": examples, "dataset": dataset}, int(not encoded.cache_hit))
+
+
+def _train_test(model: CLIP, req: EvalRequest, ctx: EvalContext):
+    train_set, test_set = _load(req, req.train_split), _load(req, req.split)
+    if not hasattr(train_set, "labels"):
+        raise ValueError(f"{req.task} needs a labelled dataset; {req.dataset} holds captions")
+    train_enc, test_enc = _encode(model, train_set, ctx), _encode(model, test_set, ctx)
+    encoded_again = int(not train_enc.cache_hit) + int(not test_enc.cache_hit)
+    return (
+        train_enc.features,
+        _labels(train_set, train_enc),
+        test_enc.features,
+        _labels(test_set, test_enc),
+        len(test_set.classnames),
+        encoded_again,
+    )
+
+
+def linear_probe_task(model: CLIP, req: EvalRequest, ctx: EvalContext) -> TaskResult:
+    from .probe import linear_probe
+
+    train_x, train_y, test_x, test_y, num_classes, again = _train_test(model, req, ctx)
+    result = linear_probe(train_x, train_y, test_x, test_y, num_classes)
+    records = [_record(ctx, req, m, getattr(result, m)) for m in ("top1", "top5", "mean_per_class_recall")]
+    records += [
+        _record(ctx, req, "l2", result.l2, req.train_split),
+        _record(ctx, req, "val_top1", result.val_top1, req.train_split),
+    ]
+    return TaskResult(records, {}, again)
+
+
+def fewshot_task(model: CLIP, req: EvalRequest, ctx: EvalContext) -> TaskResult:
+    from .fewshot import few_shot
+
+    train_x, train_y, test_x, test_y, num_classes, again = _train_test(model, req, ctx)
+    records, curves = [], {}
+    for method in ("prototype", "linear_probe"):
+        out = few_shot(train_x, train_y, test_x, test_y, num_classes, ks=req.ks, seeds=req.seeds, method=method)
+        curves[method] = {int(k): v for k, v in out.items()}
+        for k, stats in out.items():
+            records.append(_record(ctx, req, f"{method}_{k}shot_top1_mean", stats["mean"]))
+            records.append(_record(ctx, req, f"{method}_{k}shot_top1_std", stats["std"]))
+    return TaskResult(records, {"fewshot": curves}, again)
+
+
+RUNNERS = {"zeroshot": zeroshot, "retrieval": retrieval, "linear_probe": linear_probe_task, "fewshot": fewshot_task}
+
+
+def run_task(model: CLIP, req: EvalRequest, ctx: EvalContext) -> TaskResult:
+    return RUNNERS[req.task](model, req, ctx)
