@@ -165,3 +165,42 @@ def test_trainer_periodic_evaluation_uses_the_harness(tmp_path):
     )
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("eval/fashion_mnist_zeroshot_top1" in r for r in records)
+
+
+def test_eval_cli_matrix_config(tmp_path, trained, capsys):
+    """Two models x two evaluations from one JSON file: one record per (model, dataset, task, metric)."""
+    torch.manual_seed(0)
+    clipforge.save_model(clipforge.create_model("tiny-vit", vision={"image_size": 28, "patch_size": 7}), tmp_path / "r")
+    spec = {
+        "models": [
+            {"name": "trained", "pretrained": str(trained)},
+            {"name": "random", "pretrained": str(tmp_path / "r")},
+        ],
+        "evaluations": [
+            {"task": "zeroshot", "dataset": "fashion_mnist", "max_samples": 500},
+            {"task": "fewshot", "dataset": "fashion_mnist", "ks": [1, 2], "seeds": [0], "max_samples": 500},
+        ],
+        "out": str(tmp_path / "matrix"),
+    }
+    (tmp_path / "matrix.json").write_text(json.dumps(spec))
+    assert (
+        cli(
+            [
+                "eval",
+                "--config",
+                str(tmp_path / "matrix.json"),
+                "--no-progress",
+                "--workers",
+                "0",
+                "--cache-dir",
+                "none",
+                "--no-plots",
+            ]
+        )
+        == 0
+    )
+    records = json.loads((tmp_path / "matrix" / "results.json").read_text())
+    assert {r["model"] for r in records} == {"trained", "random"}
+    assert {r["task"] for r in records} == {"zeroshot", "fewshot"}
+    top1 = {r["model"]: r["value"] for r in records if r["task"] == "zeroshot" and r["metric"] == "top1"}
+    assert top1["trained"] > top1["random"]

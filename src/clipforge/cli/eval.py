@@ -48,7 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="few-shot shots per class")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="few-shot sampling seeds")
     parser.add_argument("--max-samples", type=int, default=None, help="evaluate a seeded subset of each split")
-    parser.add_argument("--max-samples", type=int, default=None, help="evaluate a seeded subset of each split")
     parser.add_argument("--out", default="eval_results", help="report folder (default eval_results/)")
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="feature cache ('none' disables it)")
     parser.add_argument("--batch-size", type=int, default=256)
