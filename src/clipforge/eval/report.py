@@ -95,6 +95,8 @@ def plot_fewshot(curves: dict[str, dict[int, dict[str, float]]], title: str, out
         stds = [by_k[k]["std"] for k in ks]
         ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3, label=method)
     ax.set_xscale("log", base=2)
+    all_ks = sorted({k for by_k in curves.values() for k in by_k})
+    ax.set_xticks(all_ks, [str(k) for k in all_ks])
     ax.set_xlabel("shots per class")
     ax.set_ylabel("top-1 accuracy")
     ax.set_title(title)
