@@ -6,9 +6,9 @@ Agg canvas is used directly so no global backend state (pyplot) is touched.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+from .atomic import atomic_open
 
 
 def new_figure(width: float, height: float, dpi: int = 100):
@@ -25,15 +25,7 @@ def new_figure(width: float, height: float, dpi: int = 100):
 
 
 def save_figure(fig, out_png: Path) -> Path:
-    """Write `fig` as PNG through a temporary file and an atomic rename (no half-written images)."""
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_png.name}.", suffix=".tmp", dir=out_png.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png")
-        os.replace(tmp_name, out_png)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return out_png
+    """Write `fig` as PNG atomically (no half-written images)."""
+    with atomic_open(out_png) as handle:
+        fig.savefig(handle, format="png")
+    return Path(out_png)

@@ -56,7 +56,7 @@ def print_json(data, out_path: str | None) -> None:
     if out_path:
         from pathlib import Path
 
-        from ..weights.native import atomic_write_bytes
+        from ..atomic import atomic_write_bytes
 
         atomic_write_bytes(Path(out_path), (text + "\n").encode())
     else:

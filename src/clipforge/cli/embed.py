@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _save_npy(array, path: Path) -> None:
     import numpy as np
 
-    from ..weights.native import atomic_write_bytes
+    from ..atomic import atomic_write_bytes
 
     buffer = io.BytesIO()
     np.save(buffer, array)
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         "random_weights": random_weights,
         "shape": list(array.shape),
     }
-    from ..weights.native import atomic_write_bytes
+    from ..atomic import atomic_write_bytes
 
     atomic_write_bytes(out.with_suffix(".npy.json"), (json.dumps(meta, indent=2) + "\n").encode())
     print(f"wrote {array.shape[0]} x {array.shape[1]} embeddings to {out}; skipped {len(skipped)} input(s)")

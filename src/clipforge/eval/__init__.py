@@ -1,7 +1,7 @@
 """Evaluation: metrics, datasets, tasks (zero-shot, retrieval, linear probe, few-shot), cached features, reports.
 
-    from clipforge.eval import EvalRequest, run_evaluations
-    run_evaluations({"mine": model}, [EvalRequest("zeroshot", "cifar10", root="/data")], out_dir="report")
+from clipforge.eval import EvalRequest, run_evaluations
+run_evaluations({"mine": model}, [EvalRequest("zeroshot", "cifar10", root="/data")], out_dir="report")
 """
 
 from .datasets import DatasetNotFound, list_eval_datasets, load_eval_dataset

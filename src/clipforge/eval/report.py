@@ -13,8 +13,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_bytes
 from ..plotting import new_figure, save_figure
-from ..weights.native import atomic_write_bytes
 
 
 def write_results(records: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:

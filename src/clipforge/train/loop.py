@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..atomic import atomic_write_bytes
 from ..data import DataError, TrainData
 from ..factory import get_preprocess, get_tokenizer
 from ..models.clip import CLIP
 from ..models.layers import PatchDropout
 from ..weights.loading import create_model, load_model, save_model
-from ..weights.native import atomic_write_bytes
 from .checkpoint import TrainState, find_resume_checkpoint, save_checkpoint, set_rng_state
 from .config import PhaseConfig, TrainConfig
 from .distributed import DistInfo, all_reduce_mean, barrier, cleanup_distributed, init_distributed

@@ -25,10 +25,11 @@ from typing import Any
 
 import torch
 
+from ..atomic import atomic_write_bytes
 from ..models.clip import CLIP
 from ..models.config import CLIPConfig, ConfigError, TextConfig, VisionConfig
 from .formats import CheckpointError, raise_on_mismatch, read_tensors
-from .native import atomic_save_safetensors, atomic_write_bytes
+from .native import atomic_save_safetensors
 
 CONFIG_NAME = "config.json"
 SAFE_WEIGHTS_NAME = "model.safetensors"
