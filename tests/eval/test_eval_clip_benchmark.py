@@ -20,9 +20,8 @@ CLIP_benchmark 1.6.2's `accuracy` does `float(ndarray of shape (1,))`, which Num
 `.item()` (`_accuracy` below), nothing else of CLIP_benchmark is changed.
 
 Both must agree to 1e-6, i.e. identical hit counts. clip-benchmark installs with its own requirements
-(scikit-learn, webdataset, pycocoevalcap, ...) under constraints.txt; the functions used here import only
-torch, tqdm and scikit-learn. Its `import open_clip`-free metric modules need no torchvision, but the suite's
-conftest torchvision workaround is in place anyway.
+(scikit-learn, webdataset, pycocoevalcap, ...) under constraints.txt; the metric modules used here import only
+torch, tqdm and scikit-learn (no open_clip, no torchvision).
 """
 
 from __future__ import annotations
