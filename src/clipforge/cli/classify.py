@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_arguments, fail, model_from_args, print_json
+from .common import add_model_arguments, fail, model_from_args, preprocessed_batches, print_json
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +44,6 @@ def parse_labels(spec: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ..factory import get_preprocess, get_tokenizer
-    from ..image import ImageLoadError, load_image
     from ..zeroshot import ZeroShotClassifier, get_templates
 
     try:
@@ -56,20 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     classifier = ZeroShotClassifier(model, get_tokenizer(model), labels, templates)
     preprocess = get_preprocess(model)
     records, errors = [], []
-    for start in range(0, len(args.images), args.batch_size):
-        paths, tensors = [], []
-        for path in args.images[start : start + args.batch_size]:
-            try:
-                tensors.append(preprocess(load_image(path)))
-                paths.append(path)
-            except (ImageLoadError, OSError) as exc:
-                errors.append({"image": path, "error": str(exc)})
-        if not tensors:
+    for batch, paths, skipped in preprocessed_batches(args.images, preprocess, args.batch_size):
+        errors.extend(skipped)
+        if batch is None:
             continue
-        import torch
-
-        batch = torch.stack(tensors).to(device=args.device)
-        for path, ranked in zip(paths, classifier.top_k(batch, args.top_k)):
+        for path, ranked in zip(paths, classifier.top_k(batch.to(device=args.device), args.top_k)):
             records.append(
                 {"image": path, "label": ranked[0][0], "top_k": [{"label": l, "prob": p} for l, p in ranked]}
             )

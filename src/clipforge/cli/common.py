@@ -66,3 +66,23 @@ def print_json(data, out_path: str | None) -> None:
 def fail(message: str) -> int:
     print(f"clipforge: error: {message}", file=sys.stderr)
     return 1
+
+
+def preprocessed_batches(paths: list[str], preprocess, batch_size: int):
+    """Yield (images (B, 3, H, W) or None, readable paths, skipped [{"image", "error"}]) per batch of paths.
+
+    Unreadable files are skipped and reported, never fatal (a long job keeps going).
+    """
+    import torch
+
+    from ..image import ImageLoadError, load_image
+
+    for start in range(0, len(paths), batch_size):
+        tensors, kept, skipped = [], [], []
+        for path in paths[start : start + batch_size]:
+            try:
+                tensors.append(preprocess(load_image(path)))
+                kept.append(path)
+            except (ImageLoadError, OSError) as exc:
+                skipped.append({"image": path, "error": str(exc)})
+        yield (torch.stack(tensors) if tensors else None), kept, skipped

@@ -11,7 +11,7 @@ import io
 import json
 from pathlib import Path
 
-from .common import add_model_arguments, fail, model_from_args
+from .common import add_model_arguments, fail, model_from_args, preprocessed_batches
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +50,6 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from ..factory import get_preprocess, get_tokenizer
-    from ..image import ImageLoadError, load_image
 
     out = Path(args.out)
     if out.suffix != ".npy":
@@ -73,16 +72,13 @@ def main(argv: list[str] | None = None) -> int:
             kept = list(texts)
         else:
             preprocess = get_preprocess(model)
-            for start in tqdm(range(0, len(args.images), args.batch_size), desc="images", disable=args.no_progress):
-                batch = []
-                for path in args.images[start : start + args.batch_size]:
-                    try:
-                        batch.append(preprocess(load_image(path)))
-                        kept.append(path)
-                    except (ImageLoadError, OSError) as exc:
-                        skipped.append({"image": path, "error": str(exc)})
-                if batch:
-                    rows.append(model.encode_image(torch.stack(batch).to(args.device), normalize=True).float().cpu())
+            batches = preprocessed_batches(args.images, preprocess, args.batch_size)
+            total = -(-len(args.images) // args.batch_size)
+            for batch, paths, bad in tqdm(batches, total=total, desc="images", disable=args.no_progress):
+                kept.extend(paths)
+                skipped.extend(bad)
+                if batch is not None:
+                    rows.append(model.encode_image(batch.to(args.device), normalize=True).float().cpu())
     if not rows:
         return fail(f"nothing to embed: all {len(skipped)} inputs were unreadable")
     array = torch.cat(rows).numpy().astype(np.float32)

@@ -24,9 +24,7 @@ PICKLE_WEIGHTS_NAME = "open_clip_pytorch_model.bin"
 # Top-level text-tower keys of open_clip's CLIP (and OpenAI's state dicts).
 _TEXT_TOP_LEVEL = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
 # open_clip config fields clipforge cannot build; anything here set to a non-default value is refused.
-_UNSUPPORTED_VISION = {
-    "timm_model_name": None,
-    "pos_embed_type": "learnable",
+_UNSUPPORTED_BLOCK = {  # open_clip's custom attention-block options, shared by both towers
     "block_type": None,
     "qk_norm": False,
     "scaled_cosine_attn": False,
@@ -36,22 +34,14 @@ _UNSUPPORTED_VISION = {
     "scale_fc": False,
     "act_kwargs": None,
 }
+_UNSUPPORTED_VISION = {"timm_model_name": None, "pos_embed_type": "learnable", **_UNSUPPORTED_BLOCK}
 _UNSUPPORTED_TEXT = {
     "hf_model_name": None,
     "embed_cls": False,
     "final_ln_after_pool": False,
     "proj_type": "linear",
-    "block_type": None,
-    "qk_norm": False,
-    "scaled_cosine_attn": False,
-    "scale_heads": False,
-    "scale_attn_inner": False,
-    "scale_attn": False,
-    "scale_fc": False,
-    "act_kwargs": None,
+    **_UNSUPPORTED_BLOCK,
 }
-# Fields that only affect tokenisation or outputs, not the architecture.
-_IGNORED = {"output_tokens", "tokenizer_mode", "tokenizer_kwargs", "hf_tokenizer_name", "timm_model_pretrained"}
 
 
 def openclip_to_clipforge_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
