@@ -41,3 +41,29 @@ def write_pair_dataset(root: Path, n: int = 96, samples_per_shard: int = 32) -> 
         writer.writerows(rows)
     write_shards(((root / name, cap, None) for name, cap in rows), root / "shards", samples_per_shard=samples_per_shard)
     return root
+
+
+RECIPE = """
+from clipforge.data import DataConfig, SourceConfig
+from clipforge.train.config import CheckpointConfig, LogConfig, ModelSpec, OptimConfig, ScheduleConfig, TrainConfig
+
+def get_config(arg=None):
+    return TrainConfig(
+        output_dir=arg,
+        model=ModelSpec(name="tiny-vit"),
+        data=DataConfig(sources=(SourceConfig(kind="csv", path={csv!r}),), batch_size={batch_size}, seed=1),
+        optim=OptimConfig(lr=1e-3),
+        schedule=ScheduleConfig({schedule}),
+        checkpoint=CheckpointConfig(every_steps=1000, keep_last=1),
+        logging=LogConfig(every_steps=1, progress=False, plot=False),
+    )
+"""
+
+
+def write_recipe(path: Path, csv_path: Path, batch_size: int, schedule: str) -> Path:
+    """A recipe file (for `clipforge train`) training tiny-vit on `csv_path`; `--arg` is the output folder.
+
+    `schedule` is the ScheduleConfig argument list, e.g. 'epochs=4, max_steps=6, kind="constant"'.
+    """
+    path.write_text(RECIPE.format(csv=str(csv_path), batch_size=batch_size, schedule=schedule))
+    return path

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
@@ -27,7 +26,7 @@ from clipforge.train.config import (
     TrainConfig,
 )
 from clipforge.train.loop import TrainingError, train
-from support.pairs import caption_for, image_for, write_pair_dataset
+from support.pairs import caption_for, image_for, write_pair_dataset, write_recipe
 
 
 @pytest.fixture(scope="module")
@@ -194,26 +193,9 @@ def test_clipa_phases_train_at_reduced_size_then_full(tmp_path, dataset, monkeyp
     assert seen == [(16, 8)] * 3 + [(32, 77)] * 3
 
 
-RECIPE = """
-from clipforge.data import DataConfig, SourceConfig
-from clipforge.train.config import CheckpointConfig, LogConfig, ModelSpec, OptimConfig, ScheduleConfig, TrainConfig
-
-def get_config(arg=None):
-    return TrainConfig(
-        output_dir=arg,
-        model=ModelSpec(name="tiny-vit"),
-        data=DataConfig(sources=(SourceConfig(kind="csv", path={csv!r}),), batch_size=8, seed=1),
-        optim=OptimConfig(lr=1e-3),
-        schedule=ScheduleConfig(epochs=40, max_steps=400),
-        checkpoint=CheckpointConfig(every_steps=1000, keep_last=1),
-        logging=LogConfig(every_steps=1, progress=False, plot=False),
-    )
-"""
-
-
 def test_sigterm_checkpoints_and_the_same_command_resumes(tmp_path, dataset):
     recipe = tmp_path / "recipe.py"
-    recipe.write_text(textwrap.dedent(RECIPE.format(csv=str(dataset / "train.csv"))))
+    write_recipe(recipe, dataset / "train.csv", 8, "epochs=40, max_steps=400")
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "clipforge.cli.main", "train", str(recipe), "--arg", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

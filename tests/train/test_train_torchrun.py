@@ -9,29 +9,12 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
 
 import clipforge
-from support.pairs import write_pair_dataset
-
-RECIPE = """
-from clipforge.data import DataConfig, SourceConfig
-from clipforge.train.config import CheckpointConfig, LogConfig, ModelSpec, OptimConfig, ScheduleConfig, TrainConfig
-
-def get_config(arg=None):
-    return TrainConfig(
-        output_dir=arg,
-        model=ModelSpec(name="tiny-vit"),
-        data=DataConfig(sources=(SourceConfig(kind="csv", path={csv!r}),), batch_size=4, seed=1),
-        optim=OptimConfig(lr=1e-3),
-        schedule=ScheduleConfig(epochs=4, max_steps=6, kind="constant"),
-        checkpoint=CheckpointConfig(every_steps=1000, keep_last=1),
-        logging=LogConfig(every_steps=1, progress=False, plot=False),
-    )
-"""
+from support.pairs import write_pair_dataset, write_recipe
 
 
 def _free_port() -> int:
@@ -46,7 +29,7 @@ def recipe(tmp_path_factory):
     (root / "data").mkdir()
     write_pair_dataset(root / "data")
     path = root / "recipe.py"
-    path.write_text(textwrap.dedent(RECIPE.format(csv=str(root / "data" / "train.csv"))))
+    write_recipe(path, root / "data" / "train.csv", 4, 'epochs=4, max_steps=6, kind="constant"')
     return path
 
 

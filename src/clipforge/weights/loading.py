@@ -259,9 +259,10 @@ def _download_pretrained(entry: PretrainedWeights, cache_dir) -> tuple[CLIPConfi
         entry.hub_id, [openclip.SAFE_WEIGHTS_NAME, openclip.PICKLE_WEIGHTS_NAME], what=what, cache=cache_dir
     )
     tensors = read_tensors(weights)
-    config = get_model_config(entry.arch).replace(
+    base = get_model_config(entry.arch)
+    config = base.replace(
         preprocess=PreprocessConfig(
-            size=get_model_config(entry.arch).vision.image_size,
+            size=base.vision.image_size,
             mean=entry.mean,
             std=entry.std,
             interpolation=entry.interpolation,
