@@ -8,6 +8,7 @@ import torch
 import clipforge
 from clipforge.train.config import LossConfig
 from clipforge.train.step import run_step
+from support.tolerance import assert_close_rel
 
 
 def _batch(model, n, seed):
@@ -41,8 +42,8 @@ def test_accumulated_step_equals_large_batch_step(name, kind, accum):
     acc_loss, acc = _grads(model, micro, loss_cfg)
     assert acc_loss == pytest.approx(full_loss, rel=1e-5)
     assert set(acc) == set(full)
-    for key in full:
-        torch.testing.assert_close(acc[key], full[key], rtol=1e-4, atol=1e-6, msg=key)
+    for key in full:  # reordered fp32 sums: measured <= 1.4e-6 of each gradient's scale (Intel AMX)
+        assert_close_rel(acc[key], full[key], rel=1e-5, what=f"grad {key} (accum {accum})")
     assert full["logit_scale"].abs() > 0  # the temperature's gradient is counted once, not accum times
 
 
@@ -68,5 +69,5 @@ def test_torch_compile_option_matches_eager():
     model.zero_grad(set_to_none=True)
     result = run_step(compiled, [(images, tokens)], LossConfig(), None, contextlib.nullcontext)
     assert result.loss == pytest.approx(eager_loss, rel=1e-5)
-    for name, param in model.named_parameters():
-        torch.testing.assert_close(param.grad, eager[name], rtol=1e-3, atol=1e-5, msg=name)
+    for name, param in model.named_parameters():  # inductor fuses and reorders sums
+        assert_close_rel(param.grad, eager[name], rel=1e-4, what=f"grad {name} (compiled vs eager)")
