@@ -92,6 +92,16 @@ def test_decode_round_trip(tok: CLIPTokenizer) -> None:
     assert tok.decode(np.array([320, 2368])) == "a cat "
 
 
+def test_decode_stops_at_the_end_token(tok: CLIPTokenizer) -> None:
+    """A padded row decodes without its padding (id 0 is "!"): nothing after the end token is text."""
+    row = tok("a photo of a cat")[0]
+    assert row[-1] == 0  # padded
+    assert tok.decode(row) == "<start_of_text>a photo of a cat <end_of_text>"
+    assert "!" not in tok.decode(row.numpy())
+    assert tok.decode([*row[:7].tolist(), 320, 0, 0]) == "<start_of_text>a photo of a cat <end_of_text>"
+    assert tok.decode(tok.encode("hi !!") + [0]) == "hi !! !"  # no end token: an id 0 is a real "!"
+
+
 def test_bad_input(tok: CLIPTokenizer) -> None:
     with pytest.raises(TypeError, match=r"texts\[1\] is int"):
         tok(["a dog", 3])

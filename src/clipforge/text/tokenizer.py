@@ -126,17 +126,20 @@ class CLIPTokenizer:
     def decode(self, ids: Iterable[int] | torch.Tensor | np.ndarray, *, skip_special_tokens: bool = False) -> str:
         """Text of one id sequence, as OpenAI's decode writes it (each word followed by a space).
 
-        With `skip_special_tokens`, the start token and everything from the first end token on (the
-        padding of a row from `__call__`) are dropped.
+        Decoding stops at the first end token: what follows it in a row from `__call__` is padding
+        (id 0, which is also the vocabulary's "!"), and open_clip's decode users cut it off too, so
+        `decode(tokenizer("a cat")[0])` reads "<start_of_text>a cat <end_of_text>", not "...!!!!".
+        With `skip_special_tokens`, the start and end tokens are dropped as well.
         """
         if isinstance(ids, (torch.Tensor, np.ndarray)):
             if ids.ndim != 1:
                 raise ValueError(f"decode takes one 1-D id sequence, got shape {tuple(ids.shape)}")
             ids = ids.tolist()
         ids = [int(i) for i in ids]
+        if self.eot_token_id in ids:
+            end = ids.index(self.eot_token_id)
+            ids = ids[:end] if skip_special_tokens else ids[: end + 1]
         if skip_special_tokens:
-            if self.eot_token_id in ids:
-                ids = ids[: ids.index(self.eot_token_id)]
             ids = [i for i in ids if i != self.sot_token_id]
         return self._reference.decode(ids)
 
