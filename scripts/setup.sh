@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/pip install -q -c constraints.txt torch==2.13.0
-# Offline datasets from Debian (../shared/DATA.md): Fashion-MNIST is the quickstart's training and
+# Offline datasets packaged by Debian: Fashion-MNIST is the quickstart's training and
 # zero-shot set; the Tux Paint stamps are real image+caption pairs used by the data tests.
 need=()
 [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || need+=(dataset-fashion-mnist)
@@ -25,3 +25,11 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 extras=${CLIPFORGE_EXTRAS:-test}
 .venv/bin/pip install -q -c constraints.txt -e ".[${extras}]"
+# The PyPI torchvision wheel is a CUDA build whose import fails next to the CPU torch ("operator
+# torchvision::nms does not exist"); scripts/torchvision_cpu_shim.py defines the two missing operator
+# schemas when torchvision is imported, so open_clip and transformers import in this venv. Dev-only:
+# clipforge itself never imports torchvision.
+site=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+cp scripts/torchvision_cpu_shim.py "$site/clipforge_torchvision_cpu_shim.py"
+echo "import clipforge_torchvision_cpu_shim; clipforge_torchvision_cpu_shim.install()" \
+  > "$site/clipforge_torchvision_cpu_shim.pth"
