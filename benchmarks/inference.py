@@ -2,10 +2,10 @@
 
 All three libraries run the *same* random weights (clipforge's model exported to each format), on
 the same inputs, at fp32 and bf16 (each library's weights cast to bf16, the fastest mode of each on
-this CPU: see ../shared/DATA.md). For every mode the script reports images/s and texts/s, the ratio
-to the faster peer, and the cosine similarity of its features to clipforge's fp32 features (the
-agreement check: ~1.0 at fp32, ~0.99+ at bf16). Tokenizer throughput on 10,000 captions comes from
-benchmarks/tokenizer.py.
+a CPU with bf16 matrix units such as AMX; see benchmarks/RESULTS.md). For every mode the script
+reports images/s and texts/s, the ratio to the faster peer, and the cosine similarity of its features
+to clipforge's fp32 features (the agreement check: ~1.0 at fp32, ~0.99+ at bf16). Tokenizer
+throughput on 10,000 captions comes from benchmarks/tokenizer.py.
 
     .venv/bin/python benchmarks/inference.py                 # full run, writes a Markdown table
     .venv/bin/python benchmarks/inference.py --batch 8 --iters 1   # quick check
