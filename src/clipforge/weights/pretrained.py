@@ -1,10 +1,14 @@
 """Table of well-known pretrained weights: (architecture, tag) -> hub repository and preprocessing.
 
-Covers OpenAI's nine released models (Radford et al. 2021) and the main LAION-2B (Cherti et al.
-2023) and DataComp (Gadre et al. 2023) OpenCLIP runs. Weights are the open_clip-format files that
-these repositories hold on the Hugging Face hub (`open_clip_model.safetensors`, else
-`open_clip_pytorch_model.bin`); the architecture name already carries `-quickgelu` where the run
-used QuickGELU, so no flag is inferred from a tag's spelling.
+Covers every open_clip pretrained tag whose architecture clipforge builds: OpenAI's nine released
+models (Radford et al. 2021), the LAION-400M / LAION-2B OpenCLIP runs (Cherti et al. 2023), DataComp
+and its CommonPool baselines (Gadre et al. 2023), MetaCLIP (Xu et al. 2023), DFN (Fang et al. 2023) and
+the YFCC-15M / CC12M ResNets. Hub ids, normalisation, resize settings and QuickGELU-ness are open_clip's
+own (`tests/weights/test_pretrained_table.py` compares the two tables entry by entry). Weights are the
+open_clip-format files these repositories hold (`open_clip_model.safetensors`, else
+`open_clip_pytorch_model.bin`); the architecture name already carries `-quickgelu` where the run used
+QuickGELU, so no flag is inferred from a tag's spelling, and `find_pretrained("ViT-B-32", "metaclip_400m")`
+finds the QuickGELU entry the weights need.
 """
 
 from __future__ import annotations
@@ -51,8 +55,31 @@ def _entries() -> list[PretrainedWeights]:
         ("ViT-L-14-336-quickgelu", "timm/vit_large_patch14_clip_336.openai"),
     ]
     out = [PretrainedWeights(arch, "openai", hub) for arch, hub in openai]
+    # timm-hosted OpenCLIP / MetaCLIP runs: (arch, tag, timm model name, timm tag).
+    timm_hosted = [
+        ("RN50-quickgelu", "yfcc15m", "resnet50_clip", "yfcc15m"),
+        ("RN50-quickgelu", "cc12m", "resnet50_clip", "cc12m"),
+        ("RN101-quickgelu", "yfcc15m", "resnet101_clip", "yfcc15m"),
+        ("ViT-B-32-quickgelu", "laion400m_e31", "vit_base_patch32_clip_224", "laion400m_e31"),
+        ("ViT-B-32-quickgelu", "laion400m_e32", "vit_base_patch32_clip_224", "laion400m_e32"),
+        ("ViT-B-32", "laion2b_e16", "vit_base_patch32_clip_224", "laion2b_e16"),
+        ("ViT-B-16", "laion400m_e31", "vit_base_patch16_clip_224", "laion400m_e31"),
+        ("ViT-B-16", "laion400m_e32", "vit_base_patch16_clip_224", "laion400m_e32"),
+        ("ViT-L-14", "laion400m_e31", "vit_large_patch14_clip_224", "laion400m_e31"),
+        ("ViT-L-14", "laion400m_e32", "vit_large_patch14_clip_224", "laion400m_e32"),
+        # MetaCLIP (Xu et al. 2023): "fullcc" is the 2.5B-pair curation; all but "altogether" use QuickGELU.
+        ("ViT-B-32-quickgelu", "metaclip_400m", "vit_base_patch32_clip_224", "metaclip_400m"),
+        ("ViT-B-32-quickgelu", "metaclip_fullcc", "vit_base_patch32_clip_224", "metaclip_2pt5b"),
+        ("ViT-B-16-quickgelu", "metaclip_400m", "vit_base_patch16_clip_224", "metaclip_400m"),
+        ("ViT-B-16-quickgelu", "metaclip_fullcc", "vit_base_patch16_clip_224", "metaclip_2pt5b"),
+        ("ViT-L-14-quickgelu", "metaclip_400m", "vit_large_patch14_clip_224", "metaclip_400m"),
+        ("ViT-L-14-quickgelu", "metaclip_fullcc", "vit_large_patch14_clip_224", "metaclip_2pt5b"),
+        ("ViT-H-14-quickgelu", "metaclip_fullcc", "vit_huge_patch14_clip_224", "metaclip_2pt5b"),
+        ("ViT-H-14", "metaclip_altogether", "vit_huge_patch14_clip_224", "metaclip_altogether"),
+        ("ViT-bigG-14-quickgelu", "metaclip_fullcc", "vit_gigantic_patch14_clip_224", "metaclip_2pt5b"),
+    ]
+    out += [PretrainedWeights(arch, tag, f"timm/{model}.{timm_tag}") for arch, tag, model, timm_tag in timm_hosted]
     out += [
-        PretrainedWeights("ViT-B-32-quickgelu", "laion400m_e32", "timm/vit_base_patch32_clip_224.laion400m_e32"),
         PretrainedWeights("ViT-B-32", "laion2b_s34b_b79k", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"),
         PretrainedWeights("ViT-B-32", "datacomp_xl_s13b_b90k", "laion/CLIP-ViT-B-32-DataComp.XL-s13B-b90K"),
         PretrainedWeights("ViT-B-32-256", "datacomp_s34b_b86k", "laion/CLIP-ViT-B-32-256x256-DataComp-s34B-b86K"),
@@ -67,6 +94,40 @@ def _entries() -> list[PretrainedWeights]:
         PretrainedWeights("ViT-g-14", "laion2b_s34b_b88k", "laion/CLIP-ViT-g-14-laion2B-s34B-b88K"),
         PretrainedWeights("ViT-bigG-14", "laion2b_s39b_b160k", "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"),
     ]
+    out += _datacomp_baselines()
+    # DFN (Fang et al. 2023): data-filtering-network curated pools; the 2B/5B runs use QuickGELU.
+    out += [
+        PretrainedWeights("ViT-B-16-quickgelu", "dfn2b", "apple/DFN2B-CLIP-ViT-B-16"),
+        PretrainedWeights("ViT-L-14-quickgelu", "dfn2b", "apple/DFN2B-CLIP-ViT-L-14"),
+        PretrainedWeights("ViT-L-14", "dfn2b_s39b", "apple/DFN2B-CLIP-ViT-L-14-39B"),
+        PretrainedWeights("ViT-H-14-quickgelu", "dfn5b", "apple/DFN5B-CLIP-ViT-H-14", resize_mode="squash"),
+    ]
+    return out
+
+
+def _datacomp_baselines() -> list[PretrainedWeights]:
+    """DataComp's small/medium/large/xlarge scale baselines (Gadre et al. 2023): the DataComp-filtered pool and
+    the CommonPool runs with each filter (none, basic, text, image, laion, clip score)."""
+    scales = [  # (arch, scale in the tag, scale on the hub, run in the tag, run on the hub)
+        ("ViT-B-32", "s", "S", "s13m_b4k", "s13M-b4K"),
+        ("ViT-B-32", "m", "M", "s128m_b4k", "s128M-b4K"),
+        ("ViT-B-16", "l", "L", "s1b_b8k", "s1B-b8K"),
+    ]
+    out = []
+    for arch, scale, hub_scale, run, hub_run in scales:
+        hub = f"laion/CLIP-{arch}"
+        out.append(PretrainedWeights(arch, f"datacomp_{scale}_{run}", f"{hub}-DataComp.{hub_scale}-{hub_run}"))
+        out.append(PretrainedWeights(arch, f"commonpool_{scale}_{run}", f"{hub}-CommonPool.{hub_scale}-{hub_run}"))
+        for filt in ("clip", "laion", "image", "text", "basic"):
+            tag, repo = f"commonpool_{scale}_{filt}_{run}", f"{hub}-CommonPool.{hub_scale}.{filt}-{hub_run}"
+            out.append(PretrainedWeights(arch, tag, repo))
+    for filt in ("clip", "laion"):
+        out.append(
+            PretrainedWeights(
+                "ViT-L-14", f"commonpool_xl_{filt}_s13b_b90k", f"laion/CLIP-ViT-L-14-CommonPool.XL.{filt}-s13B-b90K"
+            )
+        )
+    out.append(PretrainedWeights("ViT-L-14", "commonpool_xl_s13b_b90k", "laion/CLIP-ViT-L-14-CommonPool.XL-s13B-b90K"))
     return out
 
 
@@ -81,14 +142,20 @@ _ALIASES = {
 }
 
 
-def list_pretrained() -> list[tuple[str, str]]:
-    """(architecture, tag) pairs that `create_model(arch, pretrained=tag)` can download."""
-    return [(p.arch, p.tag) for p in PRETRAINED]
+def list_pretrained(as_str: bool = False) -> list[tuple[str, str]] | list[str]:
+    """(architecture, tag) pairs that `create_model(arch, pretrained=tag)` can download; "arch:tag" strings
+    with `as_str=True` (open_clip's `list_pretrained` form)."""
+    return [f"{p.arch}:{p.tag}" if as_str else (p.arch, p.tag) for p in PRETRAINED]
+
+
+def clean_tag(tag: str) -> str:
+    """Tags are matched as open_clip matches them: case-insensitive, '-' and '_' alike."""
+    return tag.lower().replace("-", "_")
 
 
 def find_pretrained(arch: str, tag: str) -> PretrainedWeights | None:
     """The entry for an architecture and tag; a base name also finds its -quickgelu entry (OpenAI's)."""
-    arch = _ALIASES.get(arch, arch)
+    arch, tag = _ALIASES.get(arch, arch), clean_tag(tag)
     for candidate in (arch, arch + "-quickgelu"):
         for entry in PRETRAINED:
             if entry.arch == candidate and entry.tag == tag:
@@ -97,6 +164,13 @@ def find_pretrained(arch: str, tag: str) -> PretrainedWeights | None:
 
 
 def tags_for(arch: str) -> list[str]:
+    """Tags of `arch` and of its GELU / QuickGELU twin (for error messages listing what exists)."""
     arch = _ALIASES.get(arch, arch)
     base = arch.removesuffix("-quickgelu")
     return sorted({p.tag for p in PRETRAINED if p.arch.removesuffix("-quickgelu") == base})
+
+
+def tags_by_model(arch: str) -> list[str]:
+    """Tags `find_pretrained(arch, tag)` resolves, in table order (open_clip's `list_pretrained_tags_by_model`)."""
+    seen = [p.tag for p in PRETRAINED if find_pretrained(arch, p.tag) is not None]
+    return list(dict.fromkeys(seen))
