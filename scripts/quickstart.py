@@ -1,7 +1,8 @@
 """Quickstart: train a small CLIP on Fashion-MNIST, then use it.
 
-1. trains configs/fashion_mnist.py (a few minutes on two CPU cores, with a progress bar) to >= 85%
-   zero-shot top-1 on the 10,000-image test split (prompts only, templates never seen in training);
+1. trains the packaged recipe `fashion_mnist` (what `clipforge train fashion_mnist` runs; a few minutes
+   on two CPU cores, with a progress bar) to >= 85% zero-shot top-1 on the 10,000-image test split
+   (prompts only, templates never seen in training);
 2. loads the saved model back with `clipforge.load_model` and classifies a few test images;
 3. leaves the model, metrics.jsonl and the training-curve plot in runs/fashion_mnist/.
 Rerunning resumes (or, when finished, only re-evaluates and re-saves). Extra arguments are config
@@ -10,7 +11,6 @@ overrides, e.g. `--schedule.epochs=1`.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -18,21 +18,13 @@ import torch
 
 import clipforge
 from clipforge.data import FASHION_TEST_TEMPLATES, fashion_mnist_eval_set
+from clipforge.recipes import load_recipe
 from clipforge.train.loop import train
 from clipforge.train.overrides import apply_overrides
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_recipe():
-    spec = importlib.util.spec_from_file_location("fashion_mnist_recipe", ROOT / "configs" / "fashion_mnist.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(None)
-
 
 def main(argv: list[str]) -> int:
-    cfg = apply_overrides(load_recipe(), argv)
+    cfg = apply_overrides(load_recipe("fashion_mnist"), argv)
     print(f"training {cfg.model.name} (28 px, patch 7) on Fashion-MNIST -> {cfg.output_dir}")
     result = train(cfg)
     top1 = result.final_metrics.get("zeroshot_top1", float("nan"))

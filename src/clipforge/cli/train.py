@@ -1,63 +1,161 @@
-"""`clipforge train RECIPE.py [--section.field=value ...]`: run a training recipe.
+"""`clipforge train RECIPE [--arg ARG] [--section.field=value ...]`: run a training recipe.
 
-The recipe is a Python file with `get_config(arg) -> TrainConfig` (see configs/). Overrides change
-single fields; the resolved config is written to OUTPUT_DIR/config.json. Rerunning the same command
-resumes from the newest checkpoint in the output folder.
+RECIPE is a shipped recipe name (`clipforge train --list`) or a user's .py file with `get_config(arg)`.
+Overrides are type-checked against the config dataclasses (train/overrides.py); `--help` after a recipe
+lists every field with its type, the recipe's value and its documentation. The resolved config is written
+to OUTPUT_DIR/config.json; rerunning the same command resumes from the newest checkpoint there.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import sys
-from pathlib import Path
+import textwrap
+from dataclasses import dataclass, field
+
+USAGE = (
+    "usage: clipforge train RECIPE [--arg ARG] [--print-config] [--section.field=value | --section.field value ...]\n"
+    "       clipforge train --list\n"
+    "       clipforge train RECIPE --help"
+)
+OPTIONS = """options:
+  --arg ARG        the recipe's argument (a variant such as 'smoke', or a data path; see the recipe's text)
+  --print-config   print the resolved config as JSON and exit
+  --list           list the shipped recipes
+  --progress, --no-progress  the same as --logging.progress=true/false
+  -h, --help       this help; after a recipe, also every config field with its type, value and meaning"""
+ABOUT = (
+    "Train or fine-tune a CLIP model from a recipe: a shipped name or a .py file with get_config(arg) -> "
+    "TrainConfig. Any config field can be set with --section.field=value or --section.field value (bool fields "
+    "also alone: --model.lock_image); values are checked against the field's type: numbers and strings as "
+    "typed, bools as true/false/1/0, null/none for optional fields, JSON for lists and objects. Runs under "
+    "torchrun for several processes; rerun the same command to resume after a stop."
+)
+EXAMPLES = """examples:
+  clipforge train fashion_mnist
+  clipforge train fashion_mnist --arg smoke --optim.lr 1e-3 --output_dir=runs/try
+  clipforge train finetune_csv --arg pairs.csv --model.lock_image_unlocked_groups=1
+  clipforge train path/to/my_recipe.py --help
+  torchrun --nproc_per_node=2 -m clipforge.cli.main train fashion_mnist"""
+DOC_WIDTH = 100
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="clipforge train",
-        description="Train a CLIP model from a recipe file. Any config field can be overridden with "
-        "--section.field=value (JSON values: numbers, true/false/null, lists, objects). Runs under torchrun "
-        "for several processes; rerun to resume after a stop.",
-        epilog="examples:\n  clipforge train configs/fashion_mnist.py\n"
-        "  clipforge train configs/fashion_mnist.py --arg smoke --optim.lr=1e-3 --output_dir=runs/try\n"
-        "  torchrun --nproc_per_node=2 -m clipforge.cli.main train configs/fashion_mnist.py",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("recipe", help="path to a recipe .py file with get_config(arg)")
-    parser.add_argument("--arg", default=None, help="argument passed to get_config (e.g. smoke)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    return parser
+@dataclass(frozen=True)
+class TrainArgs:
+    """The command line split into the command's own options and the config overrides.
+
+    Fields:
+        recipe: the recipe name or path (None when not given).
+        arg: the recipe argument (--arg).
+        help: -h/--help was given.
+        list: --list was given.
+        print_config: --print-config was given.
+        overrides: every other token, in order, for train.overrides.apply_overrides.
+    """
+
+    recipe: str | None = None
+    arg: str | None = None
+    help: bool = False
+    list: bool = False
+    print_config: bool = False
+    overrides: tuple[str, ...] = field(default_factory=tuple)
 
 
-def load_recipe(path: str, arg: str | None):
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"recipe {path} not found (expected a .py file with get_config(arg))")
-    spec = importlib.util.spec_from_file_location(f"clipforge_recipe_{file.stem}", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise AttributeError(f"recipe {path} defines no get_config(arg) function")
-    return module.get_config(arg)
+def split_args(argv: list[str]) -> TrainArgs:
+    """Own options anywhere; the first token that is not an option is the recipe; the rest are overrides.
+
+    Overrides are only paired with their values later, once the recipe's types are known, so they must come
+    after the recipe (`--optim.lr 1e-3 RECIPE` would be ambiguous).
+    """
+    from ..models.config import ConfigError
+
+    values: dict = {"overrides": []}
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token in ("-h", "--help"):
+            values["help"] = True
+        elif token == "--list":
+            values["list"] = True
+        elif token == "--print-config":
+            values["print_config"] = True
+        elif token == "--arg" or token.startswith("--arg="):
+            if token == "--arg":
+                if i + 1 >= len(argv):
+                    raise ConfigError("--arg needs a value (the recipe's argument)")
+                i += 1
+                values["arg"] = argv[i]
+            else:
+                values["arg"] = token.split("=", 1)[1]
+        elif token in ("--progress", "--no-progress"):  # the option every clipforge command takes
+            values["overrides"].append(f"--logging.progress={token == '--progress'}")
+        elif token == "--device" and i + 1 < len(argv) and argv[i + 1] == "auto":  # as in the other commands
+            values["overrides"].append("--device=null")
+            i += 1
+        elif "recipe" not in values:
+            if token.startswith("-"):
+                raise ConfigError(f"{token}: config overrides go after the recipe: clipforge train RECIPE {token} ...")
+            values["recipe"] = token
+        else:
+            values["overrides"].append(token)
+        i += 1
+    values["overrides"] = tuple(values["overrides"])
+    return TrainArgs(**values)
+
+
+def recipes_text() -> str:
+    from ..recipes import list_recipes
+
+    recipes = list_recipes()
+    width = max(len(name) for name in recipes)
+    lines = [f"  {name:<{width}}  {summary}" for name, summary in recipes.items()]
+    return "shipped recipes (clipforge train NAME --help for their fields):\n" + "\n".join(lines)
+
+
+def fields_text(config) -> str:
+    """Every config field: `--name  type = value` and its wrapped documentation."""
+    from ..train.fieldinfo import iter_fields
+
+    lines = ["config fields (--NAME=VALUE or --NAME VALUE; values shown are this recipe's, after overrides):"]
+    for info in iter_fields(config):
+        lines.append(f"  --{info.name}  {info.type} = {info.default}")
+        if info.doc:
+            lines.extend(textwrap.wrap(info.doc, DOC_WIDTH, initial_indent=" " * 6, subsequent_indent=" " * 6))
+        if info.keys:
+            lines.append("      keys of each object:")
+            for key in info.keys:
+                text = f"{key.name}: {key.type} = {key.default}" + (f". {key.doc}" if key.doc else "")
+                lines.extend(textwrap.wrap(text, DOC_WIDTH, initial_indent=" " * 8, subsequent_indent=" " * 10))
+    return "\n".join(lines)
+
+
+def help_text(args: TrainArgs, module=None, config=None) -> str:
+    parts = [USAGE, textwrap.fill(ABOUT, DOC_WIDTH), OPTIONS]
+    if module is None:
+        parts += [recipes_text(), EXAMPLES]
+    else:
+        title = f"recipe {args.recipe}" + (f" (--arg {args.arg})" if args.arg is not None else "") + ":"
+        parts += [title + "\n" + textwrap.indent((module.__doc__ or "").strip(), "  "), fields_text(config)]
+    return "\n\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, overrides = parser.parse_known_args(argv)
-    bad = [o for o in overrides if not (o.startswith("--") and "=" in o)]
-    if bad:
-        parser.error(f"unrecognised arguments {bad}; overrides look like --section.field=value")
-    from ..models.config import ConfigError
+    args = split_args(list(sys.argv[1:] if argv is None else argv))
+    if args.recipe is None:
+        if args.help or args.list:
+            print(help_text(args) if args.help else recipes_text())
+            return 0
+        print(f"{USAGE}\n\n{recipes_text()}")
+        return 2
+    from ..recipes import load_recipe_module, recipe_config
     from ..train.loop import TrainingError, train
     from ..train.overrides import apply_overrides
 
-    try:
-        cfg = apply_overrides(load_recipe(args.recipe, args.arg), overrides)
-    except (ConfigError, FileNotFoundError, AttributeError) as exc:
-        print(f"clipforge train: error: {exc}", file=sys.stderr)
-        return 2
+    module = load_recipe_module(args.recipe)
+    cfg = apply_overrides(recipe_config(module, args.arg), list(args.overrides))
+    if args.help:
+        print(help_text(args, module, cfg))
+        return 0
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2, default=str))
         return 0

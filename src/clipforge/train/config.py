@@ -1,6 +1,6 @@
 """TrainConfig: every choice of a training run as frozen, validated dataclasses (STYLE.md rules 2, 5, 6).
 
-Recipes in `configs/*.py` return a TrainConfig; the CLI only applies `--section.field=value`
+Recipes (`clipforge.recipes`, or a user's .py file) return a TrainConfig; the CLI only applies `--section.field=value`
 overrides (train/overrides.py) and writes the resolved config beside the outputs. Run state (rank,
 paths, loggers) lives in `RunContext`, never in here.
 """
@@ -37,7 +37,8 @@ class ModelSpec:
         lock_image: freeze the image tower (LiT, Zhai et al. 2022).
         lock_image_unlocked_groups: with lock_image, leave the last N transformer blocks (ViT) or
             stages (ResNet) trainable.
-        lock_text / lock_text_unlocked_layers: the same for the text tower.
+        lock_text: freeze the text tower.
+        lock_text_unlocked_layers: with lock_text, leave the last N text transformer blocks trainable.
         grad_checkpointing: recompute activations in backward (memory for compute).
         compile: wrap the model with torch.compile.
         teacher: a frozen teacher model for distillation (`load_model` source or `NAME:TAG`); None: no distillation.
@@ -59,7 +60,12 @@ class ModelSpec:
 class OptimConfig:
     """AdamW. Weight decay skips gains, biases, embeddings and the temperature (CLIP paper, App. F).
 
-    Fields: lr (peak), weight_decay, beta1, beta2, eps, grad_clip (max global grad norm; None: off).
+    Fields:
+        lr: peak learning rate (reached after schedule.warmup_steps).
+        weight_decay: decoupled AdamW weight decay of the decayed parameters.
+        beta1 / beta2: AdamW moment coefficients.
+        eps: AdamW denominator epsilon.
+        grad_clip: max global gradient norm; None: no clipping.
     """
 
     lr: float = 5e-4
@@ -87,6 +93,7 @@ class ScheduleConfig:
         max_steps: cap on optimizer steps (None: epochs decide).
         warmup_steps: linear warm-up from 0 to the peak lr.
         kind: "cosine" (to min_lr_ratio * lr at the end) or "constant" after warm-up.
+        min_lr_ratio: with "cosine", the final lr as a fraction of the peak.
         accum_steps: micro-batches per optimizer step; the loss sees all accum x batch samples as
             negatives (features of the other micro-batches are cached, as in open_clip).
     """
@@ -132,8 +139,11 @@ class LossConfig:
 class PhaseConfig:
     """A CLIPA-style phase (Li et al. 2023): train at a reduced image size / text length first.
 
-    Fields: fraction (of all steps spent in this phase, taken in order), image_size, context_length
-    (None keeps the model's), patch_dropout (None keeps the model's).
+    Fields:
+        fraction: share of all steps spent in this phase (phases run in order; fractions sum to 1).
+        image_size: training image size in this phase (images are resized); None keeps the model's.
+        context_length: text tokens kept in this phase; None keeps the model's.
+        patch_dropout: fraction of image patches dropped in this phase; None keeps the model's.
     """
 
     fraction: float = 1.0
@@ -144,8 +154,14 @@ class PhaseConfig:
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    """Fields: every_steps (None: only at the end and on SIGTERM/SIGINT), keep_last (older ones are
-    deleted), resume ("auto": the newest checkpoint in the output folder if any; a path; None: never)."""
+    """Checkpoints for resuming a stopped run.
+
+    Fields:
+        every_steps: save every N optimizer steps; None: only at the end and on SIGTERM/SIGINT.
+        keep_last: checkpoints kept; older ones are deleted.
+        resume: "auto" resumes from the newest checkpoint in the output folder if any; a path resumes from
+            that checkpoint; None never resumes.
+    """
 
     every_steps: int | None = 500
     keep_last: int = 2
@@ -157,8 +173,15 @@ class CheckpointConfig:
 
 @dataclass(frozen=True)
 class LogConfig:
-    """Fields: every_steps (JSONL + progress refresh), progress (bar on rank 0), tensorboard, wandb
-    (project name; None: off), plot (PNG of the curves at the end)."""
+    """Logging of the training curves.
+
+    Fields:
+        every_steps: write a metrics.jsonl record and refresh the progress bar every N steps.
+        progress: show a progress bar (rank 0 only).
+        tensorboard: also write TensorBoard event files under OUTPUT_DIR/tensorboard.
+        wandb: Weights & Biases project name; None: off.
+        plot: write curves.png (loss, lr, evaluation metrics) at the end.
+    """
 
     every_steps: int = 10
     progress: bool = True
@@ -194,10 +217,14 @@ class EvalConfig:
 class TrainConfig:
     """A whole training run. `output_dir` receives config.json, metrics.jsonl, checkpoints/, model/, curves.png.
 
-    Fields besides the sections: output_dir, seed, device (None: cuda:LOCAL_RANK when available, else
-    cpu), strategy ("ddp" replicas, or "fsdp" to shard the towers with FSDP2 when running on several
-    ranks), precision ("fp32", "bf16" autocast, "pure_bf16" weights), nan_policy ("stop" or "skip" a
-    step whose loss is not finite), phases (CLIPA-style reduced-size phases).
+    Fields (besides the sections model, data, optim, schedule, loss, checkpoint, logging, eval):
+        output_dir: folder of this run's outputs and checkpoints (rerunning into it resumes).
+        seed: seed of model initialisation and of every other random choice outside the data.
+        device: torch device; None: cuda:LOCAL_RANK when available, else cpu.
+        strategy: "ddp" (replicas) or "fsdp" (shard the towers with FSDP2 when running on several ranks).
+        precision: "fp32", "bf16" (autocast) or "pure_bf16" (bf16 weights).
+        nan_policy: "stop" or "skip" a step whose loss is not finite.
+        phases: CLIPA-style reduced-size phases (a JSON list of PhaseConfig objects); empty: one plain phase.
     """
 
     output_dir: str = "runs/default"
