@@ -35,9 +35,7 @@ def saved_model(tmp_path):
 
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_every_command_has_help(command, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli([command, "--help"])
-    assert exit_info.value.code == 0
+    assert cli([command, "--help"]) == 0
     assert "usage: clipforge " + command in capsys.readouterr().out
 
 
@@ -58,20 +56,17 @@ def test_models_lists_architectures_and_tags(capsys):
 
 def test_classify_matches_the_python_api(photos, saved_model, tmp_path):
     model, path = saved_model
-    out = tmp_path / "pred.json"
-    assert (
-        cli(["classify", *photos, "--labels", "astronaut,coffee,cat", "--pretrained", path, "--output", str(out)]) == 0
-    )
-    result = json.loads(out.read_text())
-    assert result["random_weights"] is False
-    assert [r["image"] for r in result["results"]] == photos
+    out = tmp_path / "pred.jsonl"
+    assert cli(["classify", *photos, "--labels", "astronaut,coffee,cat", "--pretrained", path, "--out", str(out)]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]  # JSON lines: one object per image
+    assert [r["image"] for r in records] == photos
     clf = clipforge.ZeroShotClassifier(
         model, clipforge.get_tokenizer(model), ["astronaut", "coffee", "cat"], clipforge.get_templates("simple")
     )
     preprocess = clipforge.get_preprocess(model)
     batch = torch.stack([preprocess(clipforge.load_image(p)) for p in photos])
     expected = clf.predict(batch)
-    for record, probs in zip(result["results"], expected):
+    for record, probs in zip(records, expected):
         got = {item["label"]: item["prob"] for item in record["top_k"]}
         for label, p in zip(clf.classnames, probs.tolist()):
             assert got[label] == pytest.approx(p, abs=1e-5)
@@ -81,10 +76,28 @@ def test_classify_skips_unreadable_images_and_reports_them(photos, saved_model, 
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     missing = str(tmp_path / "missing.png")
-    assert cli(["classify", photos[0], str(bad), missing, "--labels", "a,b", "--pretrained", saved_model[1]]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert len(result["results"]) == 1
+    args = ["classify", photos[0], str(bad), missing, "--labels", "a,b", "--pretrained", saved_model[1]]
+    assert cli(args) == 0
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert [r["image"] for r in lines] == [photos[0], str(bad), missing]  # input order, one line each
+    assert "label" in lines[0] and "error" in lines[1] and lines[2]["error"] == "no such file"
+    assert f"clipforge classify: warning: skipped {missing}: no such file" in captured.err.splitlines()
+    assert f"clipforge classify: warning: skipped {bad}: " in captured.err
+
+    # --format json (and the old --output name): the single document of earlier versions
+    out = tmp_path / "all.json"
+    assert cli([*args, "--format", "json", "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["random_weights"] is False and len(result["results"]) == 1
     assert {s["image"] for s in result["skipped"]} == {str(bad), missing}
+
+
+def test_classify_without_pretrained_warns_on_stderr(photos, capsys):
+    assert cli(["classify", photos[0], "--labels", "a,b", "--model", "tiny-vit", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "clipforge classify: warning: no --pretrained: the weights of tiny-vit are random" in captured.err
+    assert len(captured.out.splitlines()) == 1
 
 
 def test_embed_images_and_texts(photos, saved_model, tmp_path):
@@ -128,7 +141,7 @@ def test_embed_images_and_texts(photos, saved_model, tmp_path):
 
 
 def test_embed_rejects_a_non_npy_output(saved_model, tmp_path, capsys):
-    assert cli(["embed", "--texts", "x", "--out", str(tmp_path / "x.txt"), "--pretrained", saved_model[1]]) == 1
+    assert cli(["embed", "--texts", "x", "--out", str(tmp_path / "x.txt"), "--pretrained", saved_model[1]]) == 2
     assert "must end in .npy" in capsys.readouterr().err
 
 
@@ -144,7 +157,7 @@ def test_convert_round_trip_is_exact(saved_model, tmp_path, fmt):
 def test_convert_reports_bad_input(tmp_path, capsys):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00" * 10)
-    assert cli(["convert", str(bad), str(tmp_path / "out")]) == 1
+    assert cli(["convert", str(bad), str(tmp_path / "out")]) == 4  # a checkpoint error
     assert "bad.safetensors" in capsys.readouterr().err
 
 

@@ -76,7 +76,8 @@ def test_make_shards_help_and_errors(capsys):
     assert exited.value.code == 0
     assert "--samples-per-shard" in capsys.readouterr().out
     assert data_main([]) == 2
-    assert data_main(["make-shards", "--from-folder", "/nonexistent", "--out", "x", "--samples-per-shard", "2"]) == 1
+    assert data_main(["make-shards", "--from-folder", "/nonexistent", "--out", "x", "--samples-per-shard", "2"]) == 3
+    assert "clipforge data: error: --from-folder /nonexistent: no such folder" in capsys.readouterr().err
 
 
 def test_write_shards_is_atomic_and_keeps_other_sizes(tmp_path, synth):

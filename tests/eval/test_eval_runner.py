@@ -136,7 +136,7 @@ def test_eval_cli(tmp_path, trained, capsys):
                 "--no-progress",
             ]
         )
-        == 1
+        == 2  # a bad argument (cli/errors.py's exit codes)
     )
     assert "no_such_set" in capsys.readouterr().err
 

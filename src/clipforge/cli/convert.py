@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from .common import fail
+from .common import add_common_arguments
+from .errors import CliParser, command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="clipforge convert",
         description="Read any checkpoint clipforge loads (OpenAI .pt/TorchScript, OpenCLIP .pt/.bin/.safetensors "
         "or hub folder, HF CLIPModel folder, clipforge folder) and write it as a folder in another format.",
@@ -19,20 +20,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--to", choices=["clipforge", "openclip", "hf"], default="clipforge", help="output format")
     parser.add_argument("--arch", default=None, help="architecture of a bare state dict (e.g. ViT-B-32-quickgelu)")
     parser.add_argument("--allow-unsafe-pickle", action="store_true", help="trust a legacy pickle (full unpickling)")
+    add_common_arguments(parser)
     return parser
 
 
+@command("clipforge convert")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..models.config import ConfigError
-    from ..weights.formats import CheckpointError
     from ..weights.loading import convert
 
-    try:
-        out = convert(
-            args.source, args.destination, args.to, arch=args.arch, allow_unsafe_pickle=args.allow_unsafe_pickle
-        )
-    except (CheckpointError, ConfigError, OSError) as exc:
-        return fail(str(exc))
+    # Errors (CheckpointError, ConfigError, OSError) are reported by cli.errors with their exit codes.
+    out = convert(args.source, args.destination, args.to, arch=args.arch, allow_unsafe_pickle=args.allow_unsafe_pickle)
     print(f"wrote {args.to} checkpoint to {out}")
     return 0

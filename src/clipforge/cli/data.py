@@ -8,18 +8,23 @@ the count and the first few reasons are printed at the end.
 from __future__ import annotations
 
 import argparse
+import csv
+import logging
 import os
-import sys
 from collections.abc import Iterator
 from typing import Any
 
-from .common import fail
+from .common import add_common_arguments, add_progress_arguments, show_progress
+from .errors import INPUT_NOT_FOUND, CliError, CliParser, UsageError, command
 
 _SHOW_SKIPPED = 5
+DEFAULT_SAMPLES_PER_SHARD = 10_000  # img2dataset's default
+
+log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="clipforge data",
         description="Prepare training data.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -42,13 +47,46 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--from-csv", metavar="FILE", help="CSV/TSV file with an image path and a caption column")
     source.add_argument("--from-folder", metavar="DIR", help="folder of images with sidecar captions (x.jpg + x.txt)")
     make.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    make.add_argument("--samples-per-shard", type=int, required=True, metavar="N", help="samples per tar shard")
+    make.add_argument(
+        "--samples-per-shard",
+        type=int,
+        default=DEFAULT_SAMPLES_PER_SHARD,
+        metavar="N",
+        help=f"samples per tar shard (default: {DEFAULT_SAMPLES_PER_SHARD})",
+    )
     make.add_argument("--prefix", default="shard", help="shard file name prefix (default: shard)")
     make.add_argument("--image-column", default="filepath", help="CSV image path column (default: filepath)")
     make.add_argument("--caption-column", default="title", help="CSV caption column (default: title)")
     make.add_argument("--separator", default=None, help="CSV separator (default: tab for .tsv, else comma)")
-    make.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_progress_arguments(make)
+    add_common_arguments(make)
+    add_common_arguments(parser)
     return parser
+
+
+_FLAGS = {"image": "--image-column", "caption": "--caption-column"}
+
+
+def check_csv_columns(args: argparse.Namespace) -> None:
+    """Name the CLI flags, not SourceConfig fields, when the CSV header lacks a column (CsvSource would say
+    "set image_column / caption_column in the SourceConfig", which a command-line user cannot act on)."""
+    separator = args.separator or ("\t" if args.from_csv.lower().endswith(".tsv") else ",")
+    try:
+        with open(args.from_csv, encoding="utf-8", newline="") as handle:
+            header = next(csv.reader(handle, delimiter=separator), [])
+    except FileNotFoundError as exc:
+        raise CliError(f"--from-csv {args.from_csv}: no such file", "check the path", INPUT_NOT_FOUND) from exc
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--from-csv {args.from_csv}: not UTF-8 text ({exc.reason})", "save it as UTF-8") from exc
+    wanted = {"image": args.image_column, "caption": args.caption_column}
+    missing = [f"{_FLAGS[role]} {name!r}" for role, name in wanted.items() if name not in header]
+    if not missing:
+        return
+    hint = "pass --image-column / --caption-column with names from the header"
+    if len(header) <= 1:
+        hint += f", or the right --separator (used: {separator!r})"
+    problem = f"--from-csv {args.from_csv} has no column for {' and '.join(missing)}; its columns: {header}"
+    raise UsageError(problem, hint)
 
 
 def _inputs(args: argparse.Namespace, skip: Any) -> tuple[int, Iterator[tuple[str, str, dict[str, Any]]]]:
@@ -57,9 +95,13 @@ def _inputs(args: argparse.Namespace, skip: Any) -> tuple[int, Iterator[tuple[st
     from ..data.sources import CsvSource, FolderSource
 
     if args.from_csv:
+        check_csv_columns(args)
         table = CsvSource(args.from_csv, args.image_column, args.caption_column, args.separator)
         rows = list(zip(table.paths, table.captions))
         return len(rows), ((path, caption or "", {"source": path}) for path, caption in rows)
+    if not os.path.isdir(args.from_folder):
+        what = "not a folder" if os.path.exists(args.from_folder) else "no such folder"
+        raise CliError(f"--from-folder {args.from_folder}: {what}", "check the path", INPUT_NOT_FOUND)
     folder = FolderSource(args.from_folder)
 
     def read() -> Iterator[tuple[str, str, dict[str, Any]]]:
@@ -78,37 +120,36 @@ def make_shards(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..data.shards import write_shards
-    from ..models.config import ConfigError
 
     if args.samples_per_shard < 1:
-        return fail(f"--samples-per-shard must be positive, got {args.samples_per_shard}")
+        raise UsageError(f"--samples-per-shard must be positive, got {args.samples_per_shard}", "e.g. 10000")
     skipped: list[tuple[str, str]] = []
 
     def skip(name: str, reason: str) -> None:
         skipped.append((name, reason))
 
-    try:
-        total, samples = _inputs(args, skip)
-    except (ConfigError, OSError) as exc:
-        return fail(str(exc))
-    progress = tqdm(samples, total=total, unit="img", disable=args.no_progress, desc="make-shards")
+    total, samples = _inputs(args, skip)
+    progress = tqdm(samples, total=total, unit="img", disable=not show_progress(args), desc="make-shards")
     paths = write_shards(progress, args.out, args.samples_per_shard, args.prefix, on_skip=skip)
     written = total - len(skipped)
     print(f"wrote {written} samples in {len(paths)} shards to {args.out}; skipped {len(skipped)} bad inputs")
     for name, reason in skipped[:_SHOW_SKIPPED]:
-        print(f"  skipped {name}: {reason}", file=sys.stderr)
+        log.warning("skipped %s: %s", name, reason)
     if len(skipped) > _SHOW_SKIPPED:
-        print(f"  ... and {len(skipped) - _SHOW_SKIPPED} more", file=sys.stderr)
+        log.warning("... and %d more skipped inputs", len(skipped) - _SHOW_SKIPPED)
     if paths:
         last = len(paths) - 1
         print(f"use: SourceConfig(kind='wds', path='{args.out.rstrip('/')}/{args.prefix}-{{000000..{last:06d}}}.tar')")
-    return 0 if written > 0 else fail("no usable input")
+    if written < 1:
+        source = args.from_csv or args.from_folder
+        raise CliError(f"no usable input in {source} ({total} found, {len(skipped)} skipped)", "see the reasons above")
+    return 0
 
 
+@command("clipforge data")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "make-shards":
         return make_shards(args)
-    parser.print_help()
-    return 2
+    raise UsageError("give a data command", "e.g. clipforge data make-shards --help")

@@ -1,7 +1,8 @@
 """`clipforge embed`: L2-normalised embeddings of images or texts, written as a float32 .npy file.
 
-Unreadable images are skipped and counted, never fatal; a JSON sidecar (`OUT.json`) lists the
-inputs in row order and the skipped ones, so rows can be matched back to files.
+Unreadable images are skipped, never fatal, and each is named on stderr with the reason. Beside OUT
+(x.npy) go x.npy.json, the row index: the inputs in row order ("rows") and the skipped ones with their
+reasons ("skipped"), and, when some were skipped, x.npy.skipped.jsonl with one {"image", "error"} per line.
 """
 
 from __future__ import annotations
@@ -11,14 +12,24 @@ import io
 import json
 from pathlib import Path
 
-from .common import add_model_arguments, fail, model_from_args, preprocessed_batches
+from .common import (
+    add_common_arguments,
+    add_model_arguments,
+    add_progress_arguments,
+    model_from_args,
+    preprocessed_batches,
+    read_text_arg,
+    report_skipped,
+    show_progress,
+)
+from .errors import CliParser, UsageError, command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="clipforge embed",
         description="Embed images or texts with a CLIP model into OUT (.npy, float32, one L2-normalised row per "
-        "input) plus OUT.json listing the inputs in row order.",
+        "input) plus OUT.json listing the inputs in row order and the skipped ones with the reason.",
         epilog="examples: clipforge embed --images photos/*.jpg --out img.npy --model ViT-B-32 --pretrained openai\n"
         '          clipforge embed --texts "a dog" "a cat" --out txt.npy --pretrained ./my-model',
     )
@@ -28,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--text-file", help="a UTF-8 file with one text per line")
     parser.add_argument("--out", required=True, help="output .npy path")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_progress_arguments(parser)
     add_model_arguments(parser)
+    add_common_arguments(parser)
     return parser
 
 
@@ -43,30 +55,29 @@ def _save_npy(array, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+@command("clipforge embed")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be positive, got {args.batch_size}", "e.g. --batch-size 64")
+    out = Path(args.out)
+    if out.suffix != ".npy":
+        raise UsageError(f"--out {out} must end in .npy", f"e.g. --out {out.with_suffix('.npy')}")
     import numpy as np
     import torch
     from tqdm import tqdm
 
+    from ..atomic import atomic_write_bytes
     from ..factory import get_preprocess, get_tokenizer
 
-    out = Path(args.out)
-    if out.suffix != ".npy":
-        return fail(f"--out {out} must end in .npy")
-    if args.text_file:
-        try:
-            texts = [ln.rstrip("\n") for ln in Path(args.text_file).read_text(encoding="utf-8").splitlines()]
-        except OSError as exc:
-            return fail(f"cannot read --text-file: {exc}")
-    else:
-        texts = args.texts
+    texts = read_text_arg(args.text_file, "--text-file").splitlines() if args.text_file else args.texts
     model, random_weights = model_from_args(args)
+    progress = show_progress(args)
     rows, kept, skipped = [], [], []
     with torch.no_grad():
         if texts is not None:
             tokenizer = get_tokenizer(model)
-            for start in tqdm(range(0, len(texts), args.batch_size), desc="texts", disable=args.no_progress):
+            for start in tqdm(range(0, len(texts), args.batch_size), desc="texts", disable=not progress):
                 chunk = texts[start : start + args.batch_size]
                 rows.append(model.encode_text(tokenizer(chunk).to(args.device), normalize=True).float().cpu())
             kept = list(texts)
@@ -74,25 +85,31 @@ def main(argv: list[str] | None = None) -> int:
             preprocess = get_preprocess(model)
             batches = preprocessed_batches(args.images, preprocess, args.batch_size)
             total = -(-len(args.images) // args.batch_size)
-            for batch, paths, bad in tqdm(batches, total=total, desc="images", disable=args.no_progress):
+            for batch, paths, bad in tqdm(batches, total=total, desc="images", disable=not progress):
                 kept.extend(paths)
-                skipped.extend(bad)
+                skipped.extend({"image": b["image"], "error": b["error"], "missing": b["missing"]} for b in bad)
                 if batch is not None:
                     rows.append(model.encode_image(batch.to(args.device), normalize=True).float().cpu())
+    listing = out.with_name(out.name + ".skipped.jsonl")
+    report_skipped(skipped, len(args.images or texts or []), listing=listing)
     if not rows:
-        return fail(f"nothing to embed: all {len(skipped)} inputs were unreadable")
-    array = torch.cat(rows).numpy().astype(np.float32)
+        raise UsageError("nothing to embed: no input given", "pass --images, --texts or a non-empty --text-file")
+    array = torch.cat(rows).numpy().astype(np.float32)  # (inputs kept, embed_dim)
     _save_npy(array, out)
+    reasons = [{"image": s["image"], "error": s["error"]} for s in skipped]
     meta = {
         "rows": kept,
-        "skipped": skipped,
+        "skipped": reasons,
         "model": args.model,
         "pretrained": args.pretrained,
         "random_weights": random_weights,
         "shape": list(array.shape),
     }
-    from ..atomic import atomic_write_bytes
-
     atomic_write_bytes(out.with_suffix(".npy.json"), (json.dumps(meta, indent=2) + "\n").encode())
-    print(f"wrote {array.shape[0]} x {array.shape[1]} embeddings to {out}; skipped {len(skipped)} input(s)")
+    if reasons:
+        atomic_write_bytes(listing, "".join(json.dumps(r) + "\n" for r in reasons).encode())
+    else:
+        listing.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
+    where = f"; skipped {len(reasons)} input(s), listed in {listing}" if reasons else ""
+    print(f"wrote {array.shape[0]} x {array.shape[1]} embeddings to {out} (row index: {out}.json){where}")
     return 0

@@ -18,13 +18,22 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import DTYPES, add_model_arguments, fail, model_from_args
+from .common import (
+    DTYPES,
+    add_common_arguments,
+    add_model_arguments,
+    add_progress_arguments,
+    model_from_args,
+    read_text_arg,
+    show_progress,
+)
+from .errors import CliParser, UsageError, command
 
 DEFAULT_CACHE = Path.home() / ".cache" / "clipforge" / "features"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="clipforge eval",
         description="Evaluate CLIP models on local datasets and write results.json, results.md and plots/. "
         "Datasets: " + ", ".join(_dataset_names()),
@@ -53,9 +62,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2, help="image decoding worker processes")
     parser.add_argument("--no-plots", action="store_true")
-    parser.add_argument("--no-progress", action="store_true")
+    add_progress_arguments(parser)
     add_model_arguments(parser)
+    add_common_arguments(parser)
     return parser
+
+
+def _matrix(path: str, default_out: str):
+    """(models, requests, out) from a --config JSON file; a malformed file is a usage error naming it."""
+    from ..eval.tasks import EvalRequest
+    from ..weights.loading import create_model, load_model
+
+    try:
+        spec = json.loads(read_text_arg(path, "--config"))
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--config {path}: not valid JSON ({exc})", "see `clipforge eval --help`") from exc
+    try:
+        models = {}
+        for entry in spec["models"]:
+            if entry.get("model"):
+                models[entry["name"]] = create_model(entry["model"], pretrained=entry.get("pretrained"))
+            else:
+                models[entry["name"]] = load_model(entry["pretrained"])
+        requests = [
+            EvalRequest(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in e.items()})
+            for e in spec["evaluations"]
+        ]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise UsageError(
+            f"--config {path}: malformed ({type(exc).__name__}: {exc})",
+            'it needs {"models": [{"name", "model"/"pretrained"}], "evaluations": [{"task", "dataset"}]}',
+        ) from exc
+    return models, requests, spec.get("out", default_out)
 
 
 def _dataset_names() -> list[str]:
@@ -64,64 +102,50 @@ def _dataset_names() -> list[str]:
     return list_eval_datasets()
 
 
+@command("clipforge eval")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ..eval.runner import run_evaluations
     from ..eval.tasks import EvalRequest
-    from ..weights.loading import create_model, load_model
 
-    try:
-        if args.config:
-            spec = json.loads(Path(args.config).read_text())
-            models = {}
-            for entry in spec["models"]:
-                if entry.get("model"):
-                    models[entry["name"]] = create_model(entry["model"], pretrained=entry.get("pretrained"))
-                else:
-                    models[entry["name"]] = load_model(entry["pretrained"])
-            requests = [
-                EvalRequest(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in e.items()})
-                for e in spec["evaluations"]
-            ]
-            out = spec.get("out", args.out)
-        else:
-            if not args.dataset:
-                return fail("give --dataset NAME (or --config FILE)")
-            model, random_weights = model_from_args(args)
-            name = args.model or Path(str(args.pretrained)).name
-            models = {name + (" (random weights)" if random_weights else ""): model}
-            requests = [
-                EvalRequest(
-                    task,
-                    dataset,
-                    args.root,
-                    args.split,
-                    args.train_split,
-                    args.templates,
-                    args.descriptions,
-                    args.hierarchy,
-                    tuple(args.ks),
-                    tuple(args.seeds),
-                    max_samples=args.max_samples,
-                )
-                for dataset in args.dataset
-                for task in args.task
-            ]
-            out = args.out
-        cache = None if args.cache_dir == "none" else args.cache_dir
-        records = run_evaluations(
-            models,
-            requests,
-            out,
-            cache_dir=cache,
-            batch_size=args.batch_size,
-            num_workers=args.workers,
-            dtype=DTYPES[args.precision] if args.precision != "fp32" else None,
-            plots=not args.no_plots,
-            progress=not args.no_progress,
-        )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return fail(str(exc))
+    if args.config:
+        models, requests, out = _matrix(args.config, args.out)
+    else:
+        if not args.dataset:
+            raise UsageError("give --dataset NAME (or --config FILE)", "see `clipforge eval --help` for the names")
+        model, random_weights = model_from_args(args)
+        name = args.model or Path(str(args.pretrained)).name
+        models = {name + (" (random weights)" if random_weights else ""): model}
+        requests = [
+            EvalRequest(
+                task,
+                dataset,
+                args.root,
+                args.split,
+                args.train_split,
+                args.templates,
+                args.descriptions,
+                args.hierarchy,
+                tuple(args.ks),
+                tuple(args.seeds),
+                max_samples=args.max_samples,
+            )
+            for dataset in args.dataset
+            for task in args.task
+        ]
+        out = args.out
+    cache = None if args.cache_dir == "none" else args.cache_dir
+    records = run_evaluations(
+        models,
+        requests,
+        out,
+        cache_dir=cache,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        dtype=DTYPES[args.precision] if args.precision != "fp32" else None,
+        plots=not args.no_plots,
+        progress=show_progress(args),
+    )
     from ..eval.report import markdown_table
 
     print(markdown_table(records))

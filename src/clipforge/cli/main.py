@@ -1,13 +1,21 @@
-"""`clipforge` entry point: dispatches `clipforge SUBCOMMAND ...` to `clipforge.cli.SUBCOMMAND.main`."""
+"""`clipforge` entry point: dispatches `clipforge SUBCOMMAND ...` to `clipforge.cli.SUBCOMMAND.main`.
+
+Every subcommand runs through one error path (errors.run_command) and one logging setup (logs.cli_logging),
+so a mistake is one `clipforge CMD: error: ...; ...` line and a documented exit code whatever the command.
+"""
 
 from __future__ import annotations
 
 import importlib
+import re
 import sys
+
+from .errors import USAGE_ERROR, exit_codes_epilog, run_command
+from .logs import cli_logging
 
 COMMANDS = {
     "models": "list architectures and downloadable pretrained weights",
-    "classify": "zero-shot classify images among text labels (JSON out)",
+    "classify": "zero-shot classify images among text labels (JSON lines out)",
     "embed": "embed images or texts into a .npy file",
     "convert": "convert a checkpoint between clipforge, OpenCLIP and Hugging Face formats",
     "train": "train or fine-tune a CLIP model from a recipe (configs/*.py)",
@@ -15,16 +23,54 @@ COMMANDS = {
     "data": "data tools: write WebDataset shards from a folder or CSV",
 }
 
-USAGE = "usage: clipforge COMMAND [options]   (clipforge COMMAND --help for details)\n\ncommands:\n" + "\n".join(
-    f"  {name:<10} {text}" for name, text in COMMANDS.items()
+USAGE = (
+    "usage: clipforge [--debug] [-q | -v] COMMAND [options]   (clipforge COMMAND --help for details)\n\ncommands:\n"
+    + "\n".join(f"  {name:<10} {text}" for name, text in COMMANDS.items())
+    + "\n\ngeneral options (also accepted after COMMAND):\n"
+    "  --debug        show the Python traceback of an error instead of one line\n"
+    "  -q, --quiet    print errors only (no warnings, no progress)\n"
+    "  -v, --verbose  print more; -vv adds debug messages\n"
+    "  -V, --version  print the version\n"
+    "\nevery command also takes --device auto|cpu|cuda[:N]|mps where it runs a model, and --progress / "
+    "--no-progress\n(progress bars are shown only when stderr is a terminal).\n\n" + exit_codes_epilog()
 )
+
+_VERBOSE = re.compile(r"^-v+$")
+_QUIET = re.compile(r"^-q+$")
+
+
+def _global_options(tokens: list[str]) -> tuple[bool, int]:
+    """(debug, verbosity) from --debug, -q/--quiet and -v/--verbose anywhere before a `--`."""
+    debug, verbosity = False, 0
+    for token in tokens:
+        if token == "--":
+            break
+        if token == "--debug":
+            debug = True
+        elif token == "--verbose":
+            verbosity += 1
+        elif token == "--quiet":
+            verbosity -= 1
+        elif _VERBOSE.match(token):
+            verbosity += len(token) - 1
+        elif _QUIET.match(token):
+            verbosity -= len(token) - 1
+    return debug, verbosity
+
+
+def _is_global(token: str) -> bool:
+    return token in ("--debug", "--verbose", "--quiet") or bool(_VERBOSE.match(token) or _QUIET.match(token))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    leading = 0
+    while leading < len(argv) and _is_global(argv[leading]):
+        leading += 1
+    before, argv = argv[:leading], argv[leading:]
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
-        return 0 if argv else 2
+        return 0 if argv else USAGE_ERROR
     if argv[0] in ("-V", "--version"):
         from .. import __version__
 
@@ -32,10 +78,25 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"clipforge: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
-        return 2
-    module = importlib.import_module(f"clipforge.cli.{command}")
-    return module.main(rest)
+        print(
+            f"clipforge: error: unknown command {command!r}; the commands are {', '.join(COMMANDS)} "
+            "(clipforge --help)",
+            file=sys.stderr,
+        )
+        return USAGE_ERROR
+    debug, verbosity = _global_options(before + rest)
+    prog = f"clipforge {command}"
+    # The general options are taken out here, wherever they stand (before any `--`): the subcommand sees
+    # their effect (logging level, error path), not the tokens. Its --help lists them (add_common_arguments).
+    split = rest.index("--") if "--" in rest else len(rest)
+    rest = [token for token in rest[:split] if not _is_global(token)] + rest[split:]
+
+    def run(args: list[str]) -> int:
+        module = importlib.import_module(f"clipforge.cli.{command}")
+        return getattr(module.main, "__wrapped__", module.main)(args)  # errors.command's inner function
+
+    with cli_logging(prog, verbosity):
+        return run_command(prog, run, rest, debug=debug)
 
 
 if __name__ == "__main__":

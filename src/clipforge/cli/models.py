@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import argparse
 
-from .common import print_json
+from .common import add_common_arguments, print_json
+from .errors import CliParser, command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="clipforge models",
         description="List model architectures (for --model) and pretrained tags (for --pretrained).",
     )
     parser.add_argument("--pretrained", action="store_true", help="list (architecture, tag) pairs with weights")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_common_arguments(parser)
     return parser
 
 
+@command("clipforge models")
 def main(argv: list[str] | None = None) -> int:
     from ..models.registry import get_model_config, list_models
     from ..weights.pretrained import PRETRAINED
