@@ -29,6 +29,7 @@ from ..atomic import atomic_write_bytes
 from ..models.clip import CLIP
 from ..models.config import CLIPConfig, ConfigError, TextConfig, VisionConfig
 from .formats import CheckpointError, raise_on_mismatch, read_tensors
+from .hf_processor import read_preprocessor_config
 from .native import atomic_save_safetensors
 
 CONFIG_NAME = "config.json"
@@ -407,7 +408,10 @@ def read_hf_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def read_hf_dir(path: str | os.PathLike) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
-    """Read a transformers `CLIPModel` directory -> (config, clipforge state dict) ready for `CLIP.load_state_dict`."""
+    """Read a transformers `CLIPModel` directory -> (config, clipforge state dict) ready for `CLIP.load_state_dict`.
+
+    The config's `preprocess` comes from the folder's preprocessor_config.json (hf_processor.py) when it has one.
+    """
     folder = Path(path)
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
@@ -417,6 +421,8 @@ def read_hf_dir(path: str | os.PathLike) -> tuple[CLIPConfig, dict[str, torch.Te
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{config_path} is not valid JSON: {exc}") from exc
     cfg = config_from_hf(hf_config)
+    # The image processor config beside it (if any) says how images are prepared; without one, the defaults.
+    cfg = cfg.replace(preprocess=read_preprocessor_config(folder, cfg.vision.image_size))
     return cfg, hf_to_clipforge(read_hf_state_dict(folder), cfg)
 
 

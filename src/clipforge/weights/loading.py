@@ -23,7 +23,7 @@ import torch
 from ..models.clip import CLIP
 from ..models.config import CLIPConfig, ConfigError, PreprocessConfig
 from ..models.registry import get_model_config
-from . import hf, native, openclip
+from . import hf, hf_processor, native, openclip
 from .formats import CheckpointError, detect_checkpoint_format, raise_on_mismatch, read_tensors
 from .hub import HUB_PREFIX, download_first, download_optional
 from .openai import config_from_openai_state_dict, openai_to_clipforge
@@ -283,6 +283,8 @@ def _read_hub_repo(repo: str, arch, allow_unsafe_pickle, cache_dir, revision):
         if config_path is None:
             continue
         weights = download_first(repo, weight_names, what=f"hub model {repo}", revision=revision, cache=cache_dir)
+        if config_name == "config.json":  # the HF layout keeps its image preprocessing in a file of its own
+            download_optional(repo, hf_processor.PREPROCESSOR_NAME, revision=revision, cache=cache_dir)
         if weights.parent != config_path.parent:  # pragma: no cover - huggingface_hub keeps one snapshot folder
             raise CheckpointError(f"hub model {repo}: config and weights landed in different snapshot folders")
         return _read_dir(config_path.parent, arch, allow_unsafe_pickle)
@@ -310,6 +312,8 @@ def save_model(model: CLIP, path: str | Path, format: SaveFormat = "clipforge") 
         return folder
     if format == "hf":
         hf.write_hf_dir((model.config, state_dict), folder)
+        # CLIPProcessor / pipeline("zero-shot-image-classification") also need the image processor and tokenizer.
+        hf_processor.write_processor_files(model.config, folder)
         return folder
     raise ValueError(f"unknown save format {format!r}; expected 'clipforge', 'openclip' or 'hf'")
 
