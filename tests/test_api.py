@@ -47,6 +47,6 @@ def test_forward_returns_the_documented_dict():
     torch.manual_seed(0)
     model = clipforge.create_model("tiny-siglip")
     out = model(torch.randn(2, 3, 32, 32), clipforge.get_tokenizer(model)(["a", "b", "c"]))
-    assert set(out) == {"image_features", "text_features", "logit_scale", "logit_bias"}
+    assert set(out.keys()) == {"image_features", "text_features", "logit_scale", "logit_bias"}
     logits, logits_t = model.get_logits(torch.randn(2, 3, 32, 32), clipforge.get_tokenizer(model)(["a", "b", "c"]))
     assert logits.shape == (2, 3) and logits_t.shape == (3, 2)

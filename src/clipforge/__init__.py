@@ -9,6 +9,7 @@ classifier = clipforge.ZeroShotClassifier(model, tokenizer, ["cat", "dog"], clip
 from .factory import get_preprocess, get_tokenizer
 from .image import load_image
 from .models import CLIP, CLIPConfig, ConfigError, PreprocessConfig, TextConfig, VisionConfig, list_models
+from .models.output import CLIPOutput
 from .weights.formats import CheckpointError
 from .weights.loading import convert, create_model, load_model, save_model
 from .weights.pretrained import list_pretrained
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CLIP",
     "CLIPConfig",
+    "CLIPOutput",
     "CheckpointError",
     "ConfigError",
     "PreprocessConfig",

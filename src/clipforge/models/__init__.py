@@ -2,11 +2,13 @@
 
 from .clip import CLIP
 from .config import CLIPConfig, ConfigError, PreprocessConfig, TextConfig, VisionConfig
+from .output import CLIPOutput
 from .registry import get_model_config, list_models
 
 __all__ = [
     "CLIP",
     "CLIPConfig",
+    "CLIPOutput",
     "ConfigError",
     "PreprocessConfig",
     "TextConfig",

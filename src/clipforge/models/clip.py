@@ -16,6 +16,7 @@ from torch import nn
 
 from .config import CLIPConfig
 from .layers import Attention
+from .output import CLIPOutput
 from .resnet import ModifiedResNet
 from .text import TextTransformer
 from .vit import VisionTransformer
@@ -24,10 +25,13 @@ from .vit import VisionTransformer
 class CLIP(nn.Module):
     """Two-tower contrastive model.
 
-    `forward(images, tokens)` returns a dict with `image_features` (B, D) and `text_features` (T, D),
-    both L2-normalised, `logit_scale` (the temperature, already exponentiated) and, when the model
-    has one, `logit_bias`. Logits for a batch are `logit_scale * image_features @ text_features.T
-    (+ logit_bias)`.
+    `forward(images, tokens)` returns a `CLIPOutput` (models/output.py) with `image_features` (B, D)
+    and `text_features` (T, D), both L2-normalised, `logit_scale` (the temperature, already
+    exponentiated) and, when the model has one, `logit_bias`. Read it by attribute
+    (`out.image_features`), by key (`out["logit_scale"]`, `"logit_bias" in out`), or unpack it in
+    open_clip's order: `image_features, text_features, logit_scale[, logit_bias] = model(images, tokens)`
+    (iteration yields values, not keys as for a plain dict). Logits for a batch are
+    `logit_scale * image_features @ text_features.T (+ logit_bias)`; `get_logits` computes them.
     """
 
     def __init__(self, config: CLIPConfig) -> None:
@@ -77,21 +81,31 @@ class CLIP(nn.Module):
         return F.normalize(features, dim=-1) if normalize else features
 
     def forward(
-        self, images: torch.Tensor | None = None, tokens: torch.Tensor | None = None
-    ) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {"logit_scale": self.logit_scale.exp()}
-        if images is not None:
-            out["image_features"] = self.encode_image(images, normalize=True)
-        if tokens is not None:
-            out["text_features"] = self.encode_text(tokens, normalize=True)
-        if self.logit_bias is not None:
-            out["logit_bias"] = self.logit_bias
-        return out
+        self,
+        images: torch.Tensor | None = None,
+        tokens: torch.Tensor | None = None,
+        *,
+        output_dict: bool | None = None,
+    ) -> CLIPOutput:
+        """Images (B, 3, H, W) and/or tokens (T, context_length) -> `CLIPOutput`; either may be omitted.
+
+        `output_dict` is accepted for open_clip code that passes it and changes nothing: the one
+        `CLIPOutput` serves both its dict (True) and tuple (False) readers. `logit_bias` is returned as
+        a copy, not the Parameter itself: DDP(find_unused_parameters=True) would otherwise find the
+        parameter among the outputs and fail in backward ("marked as ready twice").
+        """
+        del output_dict
+        return CLIPOutput(
+            image_features=self.encode_image(images, normalize=True) if images is not None else None,
+            text_features=self.encode_text(tokens, normalize=True) if tokens is not None else None,
+            logit_scale=self.logit_scale.exp(),
+            logit_bias=self.logit_bias.clone() if self.logit_bias is not None else None,
+        )
 
     def get_logits(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits_per_image (B, T), logits_per_text (T, B))."""
         out = self(images, tokens)
-        logits = out["logit_scale"] * out["image_features"] @ out["text_features"].T
-        if self.logit_bias is not None:
-            logits = logits + self.logit_bias
+        logits = out.logit_scale * out.image_features @ out.text_features.T  # (B, T)
+        if out.logit_bias is not None:
+            logits = logits + out.logit_bias
         return logits, logits.T

@@ -11,17 +11,20 @@ the temperature (and bias) enter every pass, so only the first pass lets their g
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..models.output import CLIPOutput
 from .config import LossConfig
 from .distributed import DistInfo
 from .losses import clip_loss, distillation_loss, siglip_loss
 
-Features = dict[str, torch.Tensor]
+# Model outputs are read by key only (`out["image_features"]`, `"logit_bias" in out`, `.items()`), never
+# by iterating: a CLIPOutput iterates over its values in open_clip's tuple order, a plain dict over keys.
+Features = Mapping[str, torch.Tensor]
 
 
 def contrastive_loss(cfg: LossConfig, out: Features, dist: DistInfo | None) -> torch.Tensor:
@@ -47,7 +50,8 @@ class StepResult:
     finite: bool
 
 
-def _forward(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> Features:
+def _forward(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> CLIPOutput:
+    """The model's forward (possibly DDP- or torch.compile-wrapped), read by key only."""
     return model(images, tokens)
 
 
@@ -118,12 +122,16 @@ def run_step(
     return StepResult(total, True)
 
 
-def _float(out: Features) -> Features:
+def _float(out: CLIPOutput) -> CLIPOutput:
     """Losses run in fp32 even under bf16 autocast (log-softmax over large logits)."""
-    return {k: v.float() for k, v in out.items()}
+    return CLIPOutput({k: v.float() for k, v in out.items()})
 
 
-def _concat(parts: list[Features]) -> Features:
-    out = {k: torch.cat([p[k] for p in parts]) for k in ("image_features", "text_features")}
-    out["logit_scale"] = parts[0]["logit_scale"]
-    return out
+def _concat(parts: list[CLIPOutput]) -> CLIPOutput:
+    """The teacher's outputs of all micro-batches as one batch (its scalars are the same in every part)."""
+    return CLIPOutput(
+        image_features=torch.cat([p.image_features for p in parts]),  # (sum b_j, D)
+        text_features=torch.cat([p.text_features for p in parts]),  # (sum b_j, D)
+        logit_scale=parts[0].logit_scale,
+        logit_bias=parts[0].logit_bias,
+    )
