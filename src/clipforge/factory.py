@@ -2,7 +2,9 @@
 
 Both accept a model, a config, or an architecture name, so that `get_preprocess(model)` after
 `load_model(...)` gives the preprocessing stored with the checkpoint (mean/std, resize mode) and
-`get_preprocess("ViT-B-32")` the architecture's default.
+`get_preprocess("ViT-B-32")` the architecture's default. As in open_clip, a name may also be a whole
+model, `hf-hub:org/repo` or `local-dir:/path` (or `ARCH:TAG`), whose config alone is read (downloaded
+without the weights).
 """
 
 from __future__ import annotations
@@ -12,23 +14,29 @@ from .models.clip import CLIP
 from .models.config import CLIPConfig, PreprocessConfig
 from .models.registry import get_model_config
 from .text import CLIPTokenizer
+from .weights.hub import HUB_PREFIX
+from .weights.loading import LOCAL_DIR_PREFIX, read_config
 
 ModelLike = CLIP | CLIPConfig | str
 
 
-def _config(name_or_model: ModelLike) -> CLIPConfig:
+def _config(name_or_model: ModelLike, cache_dir: str | None = None) -> CLIPConfig:
     if isinstance(name_or_model, CLIP):
         return name_or_model.config
     if isinstance(name_or_model, CLIPConfig):
         return name_or_model
     if isinstance(name_or_model, str):
+        if name_or_model.startswith((HUB_PREFIX, LOCAL_DIR_PREFIX)) or ":" in name_or_model:
+            return read_config(name_or_model, cache_dir=cache_dir)
         return get_model_config(name_or_model)
     raise TypeError(f"expected a CLIP model, a CLIPConfig or an architecture name, got {type(name_or_model).__name__}")
 
 
-def get_tokenizer(name_or_model: ModelLike = "ViT-B-32", context_length: int | None = None) -> CLIPTokenizer:
+def get_tokenizer(
+    name_or_model: ModelLike = "ViT-B-32", context_length: int | None = None, cache_dir: str | None = None
+) -> CLIPTokenizer:
     """A callable `texts -> LongTensor[N, context_length]` matching the model's text tower."""
-    config = _config(name_or_model)
+    config = _config(name_or_model, cache_dir)
     if config.text.vocab_size != 49408:
         raise ValueError(
             f"this model's text tower has vocab_size {config.text.vocab_size}; only CLIP's BPE (49408) ships "

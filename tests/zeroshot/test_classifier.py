@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 import clipforge
@@ -81,3 +82,36 @@ def test_end_to_end_with_a_tiny_clip():
     probs = clf.predict(torch.randn(4, 3, 32, 32))
     assert probs.shape == (4, 3)
     torch.testing.assert_close(probs.sum(-1), torch.ones(4))
+
+
+def test_callable_templates_and_template_set_names():
+    vectors = {"a cat.": [3.0, 0, 0], "the cat!": [0, 0.5, 0], "a dog.": [0, 0, 2.0], "the dog!": [0, 0, 7.0]}
+    model = TableModel(vectors)
+    as_strings = build_class_weights(model, model.tokenizer, ["cat", "dog"], ["a {}.", "the {}!"])
+    as_callables = build_class_weights(model, model.tokenizer, ["cat", "dog"], [lambda c: f"a {c}.", "the {}!".format])
+    torch.testing.assert_close(as_callables, as_strings)
+    with pytest.raises(ValueError, match="callable"):
+        build_class_weights(model, model.tokenizer, ["cat"], [42])
+    torch.manual_seed(0)
+    tiny = clipforge.create_model("tiny-vit")
+    tokenizer = clipforge.get_tokenizer(tiny)
+    by_name = ZeroShotClassifier(tiny, tokenizer, ["cat", "dog"], "simple")
+    assert by_name.templates == get_templates("simple")
+    by_list = ZeroShotClassifier(tiny, tokenizer, ["cat", "dog"], get_templates("simple"))
+    torch.testing.assert_close(by_name.weights, by_list.weights)
+    assert ZeroShotClassifier(tiny, tokenizer, ["cat"], "a photo of a {}.").templates == ["a photo of a {}."]
+
+
+def test_predict_accepts_pil_images_and_files(tmp_path):
+    torch.manual_seed(0)
+    tiny = clipforge.create_model("tiny-vit")
+    clf = ZeroShotClassifier(tiny, clipforge.get_tokenizer(tiny), ["cat", "dog", "car"], "photo")
+    images = [Image.new("RGB", (60, 40), (200, 30, 30)), Image.new("RGB", (40, 50), (10, 90, 220))]
+    images[1].save(tmp_path / "blue.png")
+    batch = torch.stack([clipforge.get_preprocess(tiny)(im) for im in images])  # (2, 3, 32, 32)
+    ref = clf.predict(batch)
+    scale = 1e-5 * float(ref.abs().max())
+    torch.testing.assert_close(clf.predict([images[0], tmp_path / "blue.png"]), ref, rtol=0, atol=scale)
+    torch.testing.assert_close(clf.predict(images[0]), ref[:1], rtol=0, atol=scale)
+    torch.testing.assert_close(clf.predict(str(tmp_path / "blue.png")), ref[1:], rtol=0, atol=scale)
+    assert clf.top_k(images[0], k=2)[0][0][0] in {"cat", "dog", "car"}

@@ -22,10 +22,10 @@ import torch
 
 from ..models.clip import CLIP
 from ..models.config import CLIPConfig, ConfigError, PreprocessConfig
-from ..models.registry import get_model_config
+from ..models.registry import get_model_config, with_quick_gelu
 from . import hf, hf_processor, native, openclip
 from .formats import CheckpointError, detect_checkpoint_format, raise_on_mismatch, read_tensors
-from .hub import HUB_PREFIX, download_first, download_optional
+from .hub import HUB_PREFIX, download_first, download_optional, offline_note
 from .openai import config_from_openai_state_dict, openai_to_clipforge
 from .pretrained import PretrainedWeights, find_pretrained, tags_for
 
@@ -74,37 +74,92 @@ def load_state_dict_checked(model: CLIP, state_dict: dict[str, torch.Tensor], so
     model.load_state_dict(state_dict, strict=True)
 
 
+# open_clip's `precision` values: "amp*" train in fp32 under autocast; the others cast the weights.
+# open_clip's "fp16"/"bf16" keep norm layers and embeddings in fp32; clipforge models hold one dtype, so
+# there they cast every weight, like "pure_fp16"/"pure_bf16".
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "amp": None,
+    "amp_bf16": None,
+    "amp_bfloat16": None,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "pure_fp16": torch.float16,
+    "pure_bf16": torch.bfloat16,
+}
+LOCAL_DIR_PREFIX = "local-dir:"
+
+
+def precision_dtype(precision: str | None, dtype: torch.dtype | None = None) -> torch.dtype | None:
+    """The weight dtype for open_clip's `precision` name (None keeps fp32); refuses a conflicting `dtype`."""
+    if precision is None:
+        return dtype
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not one of {list(PRECISIONS)}")
+    wanted = PRECISIONS[precision]
+    if dtype is not None and dtype != (wanted or torch.float32):
+        raise ValueError(f"precision={precision!r} and dtype={dtype} disagree; pass one of them")
+    return wanted
+
+
 def create_model(
     name: str,
     pretrained: str | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     cache_dir: str | Path | None = None,
+    *,
+    precision: str | None = None,
+    force_quick_gelu: bool = False,
+    allow_unsafe_pickle: bool = False,
     **overrides: Any,
 ) -> CLIP:
     """Build a named architecture, optionally with pretrained weights.
 
     `pretrained` is a tag from `list_pretrained()` for this architecture, or a path / hub id that
-    `load_model` reads (its tensors must fit the architecture). `overrides` change config fields:
+    `load_model` reads (its tensors must fit the architecture). `name` may also be a whole model:
+    `hf-hub:org/repo` or `local-dir:/path` (open_clip's schemas) load config and weights from there, and
+    `pretrained` is then ignored, as open_clip ignores it. `overrides` change config fields:
     top-level ones by name (`embed_dim=256`), tower fields as dicts (`vision={"patch_dropout": 0.5}`).
+    `precision` takes open_clip's names ("fp32", "amp", "amp_bf16", "fp16", "bf16", "pure_fp16",
+    "pure_bf16"); `force_quick_gelu` switches both towers to QuickGELU, for weights trained with it.
+    `allow_unsafe_pickle` is `load_model`'s opt-in for trusted legacy pickle files.
     """
-    config = _apply_overrides(get_model_config(name), overrides)
+    dtype = precision_dtype(precision, dtype)
+    if name.startswith((HUB_PREFIX, LOCAL_DIR_PREFIX)):
+        if pretrained is not None:
+            warnings.warn(f"pretrained={pretrained!r} is ignored: {name!r} names the weights itself", stacklevel=2)
+        source = name.removeprefix(LOCAL_DIR_PREFIX)
+        loaded, state_dict, where = read_checkpoint(
+            source, cache_dir=cache_dir, allow_unsafe_pickle=allow_unsafe_pickle
+        )
+        config = apply_overrides(loaded, overrides, force_quick_gelu)
+        return _place(build_model(config, state_dict, where), device, dtype)
+    config = apply_overrides(get_model_config(name), overrides, force_quick_gelu)
     if pretrained is None:
         return _place(CLIP(config), device, dtype)
     entry = find_pretrained(name, pretrained)
     if entry is not None:
-        config = _apply_overrides(get_model_config(entry.arch), overrides)
+        config = apply_overrides(get_model_config(entry.arch), overrides, force_quick_gelu)
         loaded_cfg, state_dict, source = _download_pretrained(entry, cache_dir)
         config = config.replace(preprocess=loaded_cfg.preprocess)
         return _place(build_model(config, state_dict, source), device, dtype)
     if _looks_like_source(pretrained):
-        _, state_dict, source = read_checkpoint(pretrained, arch=name, cache_dir=cache_dir)
+        _, state_dict, source = read_checkpoint(
+            pretrained, arch=name, cache_dir=cache_dir, allow_unsafe_pickle=allow_unsafe_pickle
+        )
         return _place(build_model(config, state_dict, source), device, dtype)
     known = tags_for(name)
     raise CheckpointError(
         f"pretrained={pretrained!r} is neither a known tag for {name!r} (known: {known or 'none'}) "
         "nor an existing file, folder or hub id"
     )
+
+
+def apply_overrides(config: CLIPConfig, overrides: dict[str, Any], force_quick_gelu: bool = False) -> CLIPConfig:
+    """`config` with `create_model`'s overrides and QuickGELU switch applied."""
+    config = _apply_overrides(config, overrides)
+    return with_quick_gelu(config) if force_quick_gelu else config
 
 
 def load_model(
@@ -193,6 +248,56 @@ def _read_dir(folder: Path, arch: str | None, allow_unsafe_pickle: bool):
     )
 
 
+def _openclip_json_config(path: Path) -> CLIPConfig:
+    data = json.loads(path.read_text())
+    return openclip.config_from_openclip(data.get("model_cfg", data), data.get("preprocess_cfg"))
+
+
+def _config_in_dir(folder: Path) -> CLIPConfig | None:
+    """The model config a checkpoint folder declares, without reading its weights; None when it has none."""
+    if (folder / native.CONFIG_NAME).exists():
+        return native.parse_config_json((folder / native.CONFIG_NAME).read_text(), str(folder / native.CONFIG_NAME))
+    if (folder / openclip.CONFIG_NAME).exists():
+        return _openclip_json_config(folder / openclip.CONFIG_NAME)
+    if (folder / hf.CONFIG_NAME).exists():
+        return hf.config_from_hf(json.loads((folder / hf.CONFIG_NAME).read_text()))
+    return None
+
+
+def read_config(
+    source: str | Path, cache_dir: str | Path | None = None, revision: str | None = None
+) -> CLIPConfig:
+    """The config of a checkpoint folder, `hf-hub:org/repo` / `local-dir:path`, or `ARCH:TAG`, downloading
+    only the config file: what a tokenizer or preprocessing needs, without the weights."""
+    text = str(source)
+    if text.startswith(LOCAL_DIR_PREFIX) or Path(text).expanduser().is_dir():
+        folder = Path(text.removeprefix(LOCAL_DIR_PREFIX)).expanduser()
+        config = _config_in_dir(folder) if folder.is_dir() else None
+        if config is None:
+            raise CheckpointError(
+                f"{folder}: no {native.CONFIG_NAME}, {openclip.CONFIG_NAME} or config.json to read a model config from"
+            )
+        return config
+    if ":" in text and not text.startswith(HUB_PREFIX):
+        name, tag = text.rsplit(":", 1)
+        entry = find_pretrained(name, tag)
+        if entry is None:
+            raise CheckpointError(f"{text!r}: {tag!r} is not a known pretrained tag for {name!r}")
+        base = get_model_config(entry.arch)
+        return base.replace(preprocess=_entry_preprocess(entry, base))
+    repo = text.removeprefix(HUB_PREFIX)
+    if not _is_hub_id(repo):
+        raise CheckpointError(f"{text!r} is not a folder, local-dir:PATH, ARCH:TAG or hub id (hf-hub:org/repo)")
+    for config_name in (native.CONFIG_NAME, openclip.CONFIG_NAME, hf.CONFIG_NAME):
+        path = download_optional(repo, config_name, revision=revision, cache=cache_dir)
+        if path is not None:
+            return _config_in_dir(path.parent)
+    raise CheckpointError(
+        f"hub model {repo}: none of {native.CONFIG_NAME}, {openclip.CONFIG_NAME} or config.json could be found "
+        f"({offline_note() or 'not a CLIP repository, or offline without a cached copy'})"
+    )
+
+
 def _require(weights: Path | None, folder: Path, names: list[str]) -> None:
     if weights is None or not weights.exists():
         raise CheckpointError(f"{folder}: config found but no weights file; expected one of {names}")
@@ -218,8 +323,7 @@ def _read_file(path: Path, arch: str | None, allow_unsafe_pickle: bool):
     if arch is not None:
         config = get_model_config(arch)
     elif sidecar.exists():
-        data = json.loads(sidecar.read_text())
-        config = openclip.config_from_openclip(data.get("model_cfg", data), data.get("preprocess_cfg"))
+        config = _openclip_json_config(sidecar)
     else:
         config = _infer_config(state_dict, from_openai, path)
     return config, state_dict, str(path)
@@ -260,16 +364,18 @@ def _download_pretrained(entry: PretrainedWeights, cache_dir) -> tuple[CLIPConfi
     )
     tensors = read_tensors(weights)
     base = get_model_config(entry.arch)
-    config = base.replace(
-        preprocess=PreprocessConfig(
-            size=base.vision.image_size,
-            mean=entry.mean,
-            std=entry.std,
-            interpolation=entry.interpolation,
-            resize_mode=entry.resize_mode,
-        )
-    )
+    config = base.replace(preprocess=_entry_preprocess(entry, base))
     return config, _to_clipforge_names(tensors), f"{what} ({weights})"
+
+
+def _entry_preprocess(entry: PretrainedWeights, base: CLIPConfig) -> PreprocessConfig:
+    return PreprocessConfig(
+        size=base.vision.image_size,
+        mean=entry.mean,
+        std=entry.std,
+        interpolation=entry.interpolation,
+        resize_mode=entry.resize_mode,
+    )
 
 
 def _read_hub_repo(repo: str, arch, allow_unsafe_pickle, cache_dir, revision):
@@ -290,7 +396,7 @@ def _read_hub_repo(repo: str, arch, allow_unsafe_pickle, cache_dir, revision):
         return _read_dir(config_path.parent, arch, allow_unsafe_pickle)
     raise CheckpointError(
         f"hub model {repo}: none of {native.CONFIG_NAME}, {openclip.CONFIG_NAME} or config.json could be found "
-        "(not a CLIP repository, or offline without a cached copy)"
+        f"({offline_note() or 'not a CLIP repository, or offline without a cached copy'})"
     )
 
 
@@ -327,11 +433,14 @@ def convert(source: str | Path, destination: str | Path, format: SaveFormat = "c
 
 __all__ = [
     "CheckpointError",
+    "apply_overrides",
     "ConfigError",
     "build_model",
     "convert",
     "create_model",
     "load_model",
+    "precision_dtype",
     "read_checkpoint",
+    "read_config",
     "save_model",
 ]

@@ -3,29 +3,40 @@
 `imagenet`: the 80 templates of the CLIP paper's ImageNet prompt ensemble (Radford et al. 2021,
 Prompt_Engineering_for_ImageNet notebook). `simple`: the 7-template subset open_clip uses as a cheap
 default. `photo`: the single "a photo of a {}." prompt. A template is a string with one `{}` where
-the class name goes.
+the class name goes, or a callable `classname -> prompt` (open_clip's template sets are lambdas).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
 BUILTIN_TEMPLATE_SETS = ("imagenet", "simple", "photo")
+
+Template = str | Callable[[str], str]
 
 
 def _load_json(name: str) -> dict:
     return json.loads((resources.files("clipforge.zeroshot") / "data" / name).read_text())
 
 
-def check_templates(templates: list[str], source: str = "templates") -> list[str]:
+def check_templates(templates: list[Template], source: str = "templates") -> list[Template]:
     if not templates:
         raise ValueError(f"{source}: no templates given")
-    bad = [t for t in templates if not isinstance(t, str) or t.count("{}") != 1]
+    bad = [t for t in templates if not callable(t) and (not isinstance(t, str) or t.count("{}") != 1)]
     if bad:
-        raise ValueError(f"{source}: every template needs exactly one '{{}}' for the class name; bad: {bad[:3]}")
+        raise ValueError(
+            f"{source}: every template needs exactly one '{{}}' for the class name (or is a callable "
+            f"classname -> prompt); bad: {bad[:3]}"
+        )
     return list(templates)
+
+
+def render(template: Template, classname: str) -> str:
+    """The prompt for one class: `template.format(classname)`, or `template(classname)` for a callable."""
+    return template(classname) if callable(template) else template.format(classname)
 
 
 def get_templates(name_or_path: str | Path = "simple") -> list[str]:
