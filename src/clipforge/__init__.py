@@ -6,18 +6,39 @@ tokenizer, preprocess = clipforge.get_tokenizer(model), clipforge.get_preprocess
 classifier = clipforge.ZeroShotClassifier(model, tokenizer, ["cat", "dog"], clipforge.get_templates("simple"))
 """
 
+from .compat import (
+    IMAGENET_CLASSNAMES,
+    OPENAI_IMAGENET_TEMPLATES,
+    SIMPLE_IMAGENET_TEMPLATES,
+    build_zero_shot_classifier,
+    create_model_and_transforms,
+    create_model_from_pretrained,
+    get_model_config,
+    list_pretrained_tags_by_model,
+)
 from .factory import get_preprocess, get_tokenizer
 from .image import load_image
 from .models import CLIP, CLIPConfig, ConfigError, PreprocessConfig, TextConfig, VisionConfig, list_models
 from .models.output import CLIPOutput
+from .text import tokenize
 from .weights.formats import CheckpointError
 from .weights.loading import convert, create_model, load_model, save_model
 from .weights.pretrained import list_pretrained
+from .weights.push import push_to_hub
 from .zeroshot import ZeroShotClassifier, get_templates
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "IMAGENET_CLASSNAMES",
+    "OPENAI_IMAGENET_TEMPLATES",
+    "SIMPLE_IMAGENET_TEMPLATES",
+    "build_zero_shot_classifier",
+    "create_model_and_transforms",
+    "create_model_from_pretrained",
+    "get_model_config",
+    "list_pretrained_tags_by_model",
+    "tokenize",
     "CLIP",
     "CLIPConfig",
     "CLIPOutput",
@@ -36,5 +57,6 @@ __all__ = [
     "list_pretrained",
     "load_image",
     "load_model",
+    "push_to_hub",
     "save_model",
 ]

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import CLIPConfig
+from .freeze import lock_image, lock_text
 from .layers import Attention
 from .output import CLIPOutput
 from .resnet import ModifiedResNet
@@ -68,6 +69,15 @@ class CLIP(nn.Module):
         for module in self.modules():
             if isinstance(module, Attention):
                 module.fused = enable
+
+    def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False) -> None:
+        """Freeze the image tower (LiT) except its last `unlocked_groups` parameter groups, counted as
+        open_clip counts them (1 = the projection only); see models/freeze.py for the groups."""
+        lock_image(self.visual, unlocked_groups, freeze_bn_stats)
+
+    def lock_text_tower(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
+        """Freeze the text tower except its last `unlocked_layers` parameter groups (open_clip's counting)."""
+        lock_text(self.text, unlocked_layers, freeze_layer_norm)
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Images (B, 3, H, W), already preprocessed -> features (B, embed_dim)."""
