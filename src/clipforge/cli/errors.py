@@ -25,6 +25,7 @@ USAGE_ERROR = 2
 INPUT_NOT_FOUND = 3
 MODEL_ERROR = 4
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+TERMINATED = 143  # 128 + SIGTERM: a training run stopped by a scheduler (checkpoint saved)
 BROKEN_PIPE = 141  # 128 + SIGPIPE, what `yes | head -1` reports for `yes`
 
 EXIT_CODES: dict[int, str] = {
@@ -34,8 +35,17 @@ EXIT_CODES: dict[int, str] = {
     INPUT_NOT_FOUND: "an input file or folder is missing or cannot be read",
     MODEL_ERROR: "model or checkpoint error (unknown architecture, bad or mismatched checkpoint, hub download)",
     INTERRUPTED: "interrupted (Ctrl-C); a training run saves a checkpoint first",
+    TERMINATED: "a training run stopped by SIGTERM after saving a checkpoint (rerun to resume)",
     BROKEN_PIPE: "the reader of stdout went away (e.g. `| head`); nothing is printed",
 }
+
+
+def interrupted_exit(command: str, step: int, stop_signal: int | None) -> int:
+    """Say where a training run stopped (one stderr line) and return 130 for Ctrl-C, 143 for SIGTERM."""
+    import signal
+
+    print(f"{command}: interrupted at step {step}; checkpoint saved, rerun the same command to resume", file=sys.stderr)
+    return INTERRUPTED if stop_signal == signal.SIGINT else TERMINATED
 
 
 def exit_codes_epilog() -> str:

@@ -67,6 +67,24 @@ def expand_shards(spec: str) -> list[str]:
     return urls
 
 
+class ShardsNotFoundError(ConfigError, FileNotFoundError):
+    """Local shards of a spec do not exist: a mistyped path or range, said up front rather than as an empty epoch."""
+
+
+def check_local_shards(spec: str, urls: list[str]) -> None:
+    """Raise ShardsNotFoundError naming the missing local shards (URLs are not checked: listing them is costly)."""
+    missing = [url for url in urls if not is_url(url) and not os.path.isfile(_local(url))]
+    if not missing:
+        return
+    shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    folder = os.path.dirname(_local(missing[0])) or "."
+    where = "" if os.path.isdir(folder) else f"; the folder {folder} does not exist"
+    raise ShardsNotFoundError(
+        f"shard spec {spec!r}: {len(missing)} of {len(urls)} shard(s) not found: {shown}{where}; "
+        "check the path and the {first..last} range"
+    )
+
+
 def open_binary(url: str) -> IO[bytes]:
     """Open a local path or an fsspec URL for reading bytes."""
     if not is_url(url):

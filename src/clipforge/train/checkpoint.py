@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_open
+from ..weights.formats import CheckpointError
 
 CHECKPOINT_RE = re.compile(r"^step_(\d{9})\.pt$")
 
@@ -124,18 +125,71 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return payload
 
 
-def find_resume_checkpoint(folder: Path, resume: str | None) -> tuple[Path, dict[str, Any]] | None:
-    """(path, payload) to resume from: `resume="auto"` picks the newest readable checkpoint in `folder`."""
+class CheckpointMismatchError(CheckpointError):
+    """A resume checkpoint holds a different model (other tensors or shapes) than the one being trained."""
+
+
+def describe_mismatch(expected: dict[str, tuple[int, ...]], stored: dict[str, Any], limit: int = 2) -> str | None:
+    """How a checkpoint's model state differs from the model's (keys and shapes), in a few words; None if it fits.
+
+    A user who reuses an output folder for another architecture should read "different model: 12 tensors of
+    other shapes, e.g. ...", not torch's list of hundreds of missing and unexpected keys.
+    """
+    missing = [k for k in expected if k not in stored]
+    extra = [k for k in stored if k not in expected]
+    reshaped = [k for k in expected if k in stored and tuple(stored[k].shape) != tuple(expected[k])]
+    if not (missing or extra or reshaped):
+        return None
+    parts = []
+    if reshaped:
+        examples = ", ".join(
+            f"{k} {list(stored[k].shape)} there vs {list(expected[k])} here" for k in reshaped[:limit]
+        )
+        parts.append(f"{len(reshaped)} tensor(s) of other shapes, e.g. {examples}")
+    if missing:
+        parts.append(f"{len(missing)} of this model's tensors absent, e.g. {', '.join(missing[:limit])}")
+    if extra:
+        parts.append(f"{len(extra)} tensor(s) this model lacks, e.g. {', '.join(extra[:limit])}")
+    return f"{len(stored)} tensors there, {len(expected)} here; " + "; ".join(parts)
+
+
+def _check_fits(path: Path, payload: dict[str, Any], expected: dict[str, tuple[int, ...]] | None, where: str) -> None:
+    if expected is None:
+        return
+    difference = describe_mismatch(expected, payload.get("model", {}))
+    if difference is not None:
+        raise CheckpointMismatchError(f"{where} holds a checkpoint of a different model ({path.name}: {difference})")
+
+
+def find_resume_checkpoint(
+    folder: Path, resume: str | None, expected: dict[str, tuple[int, ...]] | None = None
+) -> tuple[Path, dict[str, Any]] | None:
+    """(path, payload) to resume from: `resume="auto"` picks the newest readable checkpoint in `folder`.
+
+    With `expected` ({state-dict key: shape} of the model being trained), a checkpoint of another model
+    is a CheckpointMismatchError saying so, with what to do, before anything is loaded.
+    """
     if resume is None:
         return None
     if resume != "auto":
         path = Path(resume)
         if not path.exists():
             raise FileNotFoundError(f"checkpoint.resume={resume!r} does not exist")
-        return path, load_checkpoint(path)
+        payload = load_checkpoint(path)
+        try:
+            _check_fits(path, payload, expected, f"checkpoint.resume={resume!r}")
+        except CheckpointMismatchError as exc:
+            raise CheckpointMismatchError(f"{exc}; resume from a checkpoint of this model") from None
+        return path, payload
     for path in reversed(list_checkpoints(folder)):
         try:
-            return path, load_checkpoint(path)
+            payload = load_checkpoint(path)
         except RuntimeError:
             continue  # a damaged newest file (crash mid-write of a non-atomic copy): use the one before
+        output_dir = folder.parent if folder.name == "checkpoints" else folder
+        try:
+            _check_fits(path, payload, expected, str(output_dir))
+        except CheckpointMismatchError as exc:
+            raise CheckpointMismatchError(f"{exc}; use a new --output_dir or delete {output_dir}") from None
+        return path, payload
     return None

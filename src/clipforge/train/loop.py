@@ -66,6 +66,7 @@ class TrainResult:
     interrupted: bool
     final_metrics: dict[str, float] = field(default_factory=dict)
     bad_samples: dict[str, int] = field(default_factory=dict)
+    stop_signal: int | None = None  # the signal that interrupted the run (SIGINT: the CLI exits 130, SIGTERM 143)
 
 
 class StopSignal:
@@ -73,6 +74,7 @@ class StopSignal:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopSignal:
@@ -85,6 +87,7 @@ class StopSignal:
 
     def _handle(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
         self.requested = True
+        self.signum = signum
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
@@ -203,7 +206,8 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop_after_steps: int | None) -> Tr
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, total_steps, cfg.schedule)
     state = TrainState()
-    found = find_resume_checkpoint(checkpoint_dir, cfg.checkpoint.resume)
+    shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    found = find_resume_checkpoint(checkpoint_dir, cfg.checkpoint.resume, expected=shapes)
     if found is not None:
         path, payload = found
         load_full_states(model, optimizer, payload, cfg.strategy, dist)
@@ -315,7 +319,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop_after_steps: int | None) -> Tr
                 _plot(ctx)
     monitor.close()
     barrier(dist)  # every rank leaves together, after rank 0 has written the final model
-    return TrainResult(state, output_dir, model_dir, interrupted, final_metrics, bad_total)
+    return TrainResult(state, output_dir, model_dir, interrupted, final_metrics, bad_total, stop.signum)
 
 
 def _clip_gradients(model: CLIP, max_norm: float | None) -> float:

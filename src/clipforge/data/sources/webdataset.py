@@ -27,7 +27,7 @@ import numpy as np
 
 from ..bad import BadSample, DataError
 from ..seeding import RESAMPLE, SHARD_ORDER, SHUFFLE, generator
-from ..shardspec import expand_shards, is_url, open_binary
+from ..shardspec import check_local_shards, expand_shards, is_url, open_binary
 from ..tarsamples import RawSample, count_shard_samples, iter_shard
 
 SIZES_FILE = "sizes.json"  # {"shard-000000.tar": 1000, ...}, as written by write_shards and read by open_clip
@@ -56,6 +56,7 @@ class WdsSource:
     def __init__(self, spec: str, shuffle_buffer: int = 1000) -> None:
         self.name = spec
         self.urls = expand_shards(spec)
+        check_local_shards(spec, self.urls)  # a missing path is a clear error, not "an epoch has no batch"
         self.shuffle_buffer = shuffle_buffer
 
     def size(self) -> int:
