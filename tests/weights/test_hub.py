@@ -13,6 +13,7 @@ import torch
 
 import clipforge
 from support.hubserver import FakeHub
+from support.tolerance import assert_close_rel
 
 
 def _run(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -56,14 +57,15 @@ def test_hub_repos_in_each_layout_download_and_load(tmp_path):
             result = _run(LOAD_AND_SAVE_FEATURES.format(source=f"hf-hub:{repo}", out=str(out)), env)
             assert result.returncode == 0, result.stderr[-3000:]
             got = torch.load(out, weights_only=True)
-            torch.testing.assert_close(got["i"], ref_i, rtol=0, atol=1e-6)
-            torch.testing.assert_close(got["t"], ref_t, rtol=0, atol=1e-6)
+            # same weights, computed in another process (thread count may differ): scale-relative bar
+            assert_close_rel(got["i"], ref_i, rel=1e-5, what=f"{repo} image features")
+            assert_close_rel(got["t"], ref_t, rel=1e-5, what=f"{repo} text features")
     # Offline afterwards: served from the cache without the server.
     out = tmp_path / "offline.pt"
     env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_ENDPOINT": "http://127.0.0.1:9"}
     result = _run(LOAD_AND_SAVE_FEATURES.format(source="hf-hub:org/tiny-openclip", out=str(out)), env)
     assert result.returncode == 0, result.stderr[-3000:]
-    torch.testing.assert_close(torch.load(out, weights_only=True)["i"], ref_i, rtol=0, atol=1e-6)
+    assert_close_rel(torch.load(out, weights_only=True)["i"], ref_i, rel=1e-5, what="offline image features")
 
 
 PRETRAINED_CODE = """
