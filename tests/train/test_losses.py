@@ -2,9 +2,11 @@
 
 Parity: loss values and the gradients of image/text features, logit_scale and logit_bias against
 open_clip's ClipLoss, SigLipLoss and DistillClipLoss on the same random unit features. Tolerance, as
-max |ours - theirs| <= rel * max |theirs| per tensor: rel = 1e-12 in float64, 2e-6 in float32 (clipforge
+max |ours - theirs| <= rel * max |theirs| per tensor: rel = 1e-12 in float64, 5e-6 in float32 (clipforge
 takes logits_per_text as the transpose of logits_per_image, open_clip as a second matmul, so float32
-results differ by rounding, measured up to 4e-7 here). Multi-process behaviour is in test_distributed.py.
+results differ by rounding, measured up to 4.2e-7 on an Intel AMX CPU; other CPUs' kernels sum in other
+orders, hence the ~10x headroom, still far below the percent-level change of a real bug). Multi-process
+behaviour is in test_distributed.py.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from clipforge.train.losses import clamp_logit_scale_, clip_loss, distillation_l
 
 oc_loss = pytest.importorskip("open_clip.loss")
 
-REL = {torch.float32: 2e-6, torch.float64: 1e-12}
+REL = {torch.float32: 5e-6, torch.float64: 1e-12}
 BATCH_SIZES = [1, 2, 7, 64]
 
 
