@@ -267,3 +267,15 @@ def test_sigint_during_training_checkpoints_and_exits_130(tmp_path):
     assert "Traceback" not in err, err
     assert "clipforge train: interrupted at step " in err and "rerun the same command to resume" in err
     assert list((out / "checkpoints").glob("step_*.pt"))
+
+
+def test_a_second_ctrl_c_stops_training_at_once():
+    """The first SIGINT asks for a checkpoint at the end of the step; a second one does not wait."""
+    from clipforge.train.loop import StopSignal
+
+    with StopSignal() as stop:
+        signal.raise_signal(signal.SIGINT)
+        assert stop.requested and stop.signum == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -70,7 +70,10 @@ class TrainResult:
 
 
 class StopSignal:
-    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (checkpoint, then exit)."""
+    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (checkpoint, then exit).
+
+    A second Ctrl-C does not wait for the step to end: it raises KeyboardInterrupt (the CLI exits 130).
+    """
 
     def __init__(self) -> None:
         self.requested = False
@@ -86,6 +89,8 @@ class StopSignal:
         return self
 
     def _handle(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
+        if self.requested and signum == signal.SIGINT:  # a second Ctrl-C: stop now (checkpoints are atomic)
+            raise KeyboardInterrupt
         self.requested = True
         self.signum = signum
 
