@@ -11,10 +11,10 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 import clipforge
 from support.pairs import write_pair_dataset, write_recipe
+from support.tolerance import assert_close_rel
 
 
 def _free_port() -> int:
@@ -69,8 +69,8 @@ def test_ddp_and_fsdp_train_identically_and_resume(recipe, tmp_path):
         assert fsdp[step] == pytest.approx(ddp[step], rel=1e-5), step
     a = clipforge.load_model(tmp_path / "ddp" / "model").state_dict()
     b = clipforge.load_model(tmp_path / "fsdp" / "model").state_dict()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    for key in a:  # gradients reduced in another order (all-reduce vs reduce-scatter), then 6 AdamW steps
+        assert_close_rel(b[key], a[key], rel=1e-4, what=f"{key} after FSDP vs DDP training")
 
     # Stop after 3 steps, then resume to 6 under FSDP: same losses as the uninterrupted run.
     _torchrun(recipe, tmp_path / "resumed", "--strategy=fsdp", "--schedule.max_steps=3")
