@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import sys
@@ -116,7 +117,7 @@ def model_from_args(args: argparse.Namespace):
     Without --pretrained the weights are random: that is said on stderr, not only in the output records.
     """
     from ..models.config import ConfigError
-    from ..models.registry import get_model_config
+    from ..models.registry import get_model_config, list_models
     from ..weights.loading import create_model, load_model
 
     if args.pretrained is None and args.model is None:
@@ -126,7 +127,9 @@ def model_from_args(args: argparse.Namespace):
         try:
             get_model_config(args.model)
         except ConfigError as exc:
-            raise CliError(f"--model {args.model}: {exc}", "`clipforge models` lists the names", MODEL_ERROR) from exc
+            close = difflib.get_close_matches(args.model, list_models(), n=3, cutoff=0.6)
+            hint = (f"did you mean {' or '.join(close)}? " if close else "") + "`clipforge models` lists the names"
+            raise CliError(f"--model {args.model} is not a known architecture", hint, MODEL_ERROR) from exc
     dtype = DTYPES[args.precision]
     if args.pretrained is None:
         log.warning(

@@ -50,7 +50,7 @@ def interrupted_exit(command: str, step: int, stop_signal: int | None) -> int:
 
 def exit_codes_epilog() -> str:
     """The exit code table for `clipforge --help`."""
-    return "exit codes:\n" + "\n".join(f"  {code:<4} {text}" for code, text in EXIT_CODES.items())
+    return "exit codes:\n" + "\n".join(f"  {code:<4} {text}" for code, text in sorted(EXIT_CODES.items()))
 
 
 class CliError(Exception):
@@ -140,7 +140,7 @@ def format_error(command: str, exc: BaseException) -> tuple[int, str]:
     code, message, hint = classify_error(exc)
     line = f"{command}: error: {_one_line(message)}"
     if hint and hint not in message:
-        line += f"; {_one_line(hint)}"
+        line = line.rstrip(".") + f"; {_one_line(hint)}"
     return code, line
 
 
