@@ -13,6 +13,8 @@ import sys
 import textwrap
 from dataclasses import dataclass, field
 
+from .errors import interrupted_exit
+
 USAGE = (
     "usage: clipforge train RECIPE [--arg ARG] [--print-config] [--section.field=value | --section.field value ...]\n"
     "       clipforge train --list\n"
@@ -47,16 +49,16 @@ class TrainArgs:
     Fields:
         recipe: the recipe name or path (None when not given).
         arg: the recipe argument (--arg).
-        help: -h/--help was given.
-        list: --list was given.
+        show_help: -h/--help was given.
+        show_list: --list was given.
         print_config: --print-config was given.
         overrides: every other token, in order, for train.overrides.apply_overrides.
     """
 
     recipe: str | None = None
     arg: str | None = None
-    help: bool = False
-    list: bool = False
+    show_help: bool = False
+    show_list: bool = False
     print_config: bool = False
     overrides: tuple[str, ...] = field(default_factory=tuple)
 
@@ -74,9 +76,9 @@ def split_args(argv: list[str]) -> TrainArgs:
     while i < len(argv):
         token = argv[i]
         if token in ("-h", "--help"):
-            values["help"] = True
+            values["show_help"] = True
         elif token == "--list":
-            values["list"] = True
+            values["show_list"] = True
         elif token == "--print-config":
             values["print_config"] = True
         elif token == "--arg" or token.startswith("--arg="):
@@ -142,8 +144,8 @@ def help_text(args: TrainArgs, module=None, config=None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = split_args(list(sys.argv[1:] if argv is None else argv))
     if args.recipe is None:
-        if args.help or args.list:
-            print(help_text(args) if args.help else recipes_text())
+        if args.show_help or args.show_list:
+            print(help_text(args) if args.show_help else recipes_text())
             return 0
         print(f"{USAGE}\n\n{recipes_text()}")
         return 2
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
     module = load_recipe_module(args.recipe)
     cfg = apply_overrides(recipe_config(module, args.arg), list(args.overrides))
-    if args.help:
+    if args.show_help:
         print(help_text(args, module, cfg))
         return 0
     if args.print_config:
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clipforge train: error: {exc}", file=sys.stderr)
         return 1
     if result.interrupted:
-        return 143
+        return interrupted_exit("clipforge train", result.state.step, result.stop_signal)  # 130 Ctrl-C, 143 SIGTERM
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.final_metrics.items())
     print(f"done: {result.state.step} steps; {metrics}; model saved to {result.model_dir}")
     return 0
