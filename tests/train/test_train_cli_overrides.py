@@ -35,6 +35,10 @@ def test_type_errors_name_the_option_and_the_expected_type():
     # validation in the dataclasses still runs and names the field
     with pytest.raises(ConfigError, match="optim.lr must be positive"):
         _apply("--optim.lr=-1")
+    with pytest.raises(ConfigError, match=r"^--data.batch_size: batch_size must be positive, got 0$"):
+        _apply("--data.batch_size", "0")
+    with pytest.raises(ConfigError, match=r"^--data.sources.0: source weight must be positive, got 0.0$"):
+        _apply('--data.sources=[{"kind": "csv", "path": "x.csv", "weight": 0}]')
 
 
 def test_both_value_forms_negative_numbers_and_strings_stay_strings():

@@ -1,7 +1,7 @@
 """Fine-tune a pretrained CLIP on your own image-caption pairs (CSV/TSV, WebDataset shards or a folder).
 
 Small data over-fits a whole CLIP quickly, so the image tower is locked (LiT, Zhai et al. 2022): only the
-text tower, the projections after it and the temperature learn, at a low learning rate with warm-up. The
+text tower (with its projection) and the temperature learn, at a low learning rate with warm-up. The
 data is the recipe argument:
 
     clipforge train finetune_csv --arg pairs.csv          # CSV/TSV with filepath,title columns

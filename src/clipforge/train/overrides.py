@@ -187,9 +187,8 @@ def _construct(build: typing.Callable[[], Any], where: str) -> Any:
     try:
         return build()
     except ConfigError as exc:
-        name = where.lstrip("-")
         message = str(exc)
-        raise ConfigError(message if name and name.split(".")[-1] in message else f"{where}: {message}") from None
+        raise ConfigError(message if where.lstrip("-") in message else f"{where}: {message}") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
