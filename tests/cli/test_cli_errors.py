@@ -142,12 +142,14 @@ def test_training_into_another_models_folder(tmp_path, capsys):
 
     other = clipforge.create_model("tiny-rn")  # an earlier run of another architecture in the same folder
     save_checkpoint(out / "checkpoints", TrainState(step=5), other.state_dict(), {}, _Scheduler(), 1)
+    (out / "config.json").write_text('{"the": "other run"}')
     recipe = write_recipe(tmp_path / "recipe.py", tmp_path / "train.csv", 8, "epochs=1, max_steps=1")
     assert cli(["train", str(recipe), "--arg", str(out)]) == errors.MODEL_ERROR
     line = one_error(capsys.readouterr().err, "train")
     assert f"{out} holds a checkpoint of a different model (step_000000005.pt: " in line
     assert f"use a new --output_dir or delete {out}" in line
     assert len(line) < 1000  # a summary, not hundreds of state-dict keys
+    assert (out / "config.json").read_text() == '{"the": "other run"}'  # the other run's config is kept
 
 
 def test_csv_column_errors_name_the_flags(tmp_path, capsys):

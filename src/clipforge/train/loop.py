@@ -60,6 +60,7 @@ class RunContext:
 
 @dataclass
 class TrainResult:
+    """What a run ended with: its state, where the model was saved, final metrics, bad samples, interruption."""
     state: TrainState
     output_dir: Path
     model_dir: Path | None
@@ -100,12 +101,14 @@ class StopSignal:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's RNGs from one number."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
 def build_model(cfg: TrainConfig) -> CLIP:
+    """The model a TrainConfig describes: architecture, initial weights, locked towers, checkpointing."""
     spec = cfg.model
     model = create_model(spec.name, pretrained=spec.pretrained, **spec.overrides)
     if spec.lock_image:
@@ -124,6 +127,7 @@ def _autocast_factory(precision: str, device: torch.device):
 
 
 def phase_at(phases: tuple[PhaseConfig, ...], step: int, total_steps: int) -> PhaseConfig | None:
+    """The training phase (CLIPA-style reduced sizes) that covers `step`, or None when no phases are set."""
     if not phases:
         return None
     edge = 0.0
@@ -185,7 +189,6 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop_after_steps: int | None) -> Tr
     checkpoint_dir = output_dir / "checkpoints"
     if dist.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
-        _write_config(cfg, output_dir)
     device = dist.device
     seed_everything(cfg.seed)  # the same initial weights on every rank (FSDP2 does not broadcast them)
     model = build_model(cfg)
@@ -219,6 +222,8 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop_after_steps: int | None) -> Tr
         scheduler.load_state_dict(payload["scheduler"])
         set_rng_state(payload["rng"])
         state = TrainState(**payload["state"])
+    if dist.is_main:  # only once the folder is known to hold this model's run (or none): never clobber another's
+        _write_config(cfg, output_dir)
     if cfg.model.compile:
         wrapped = torch.compile(wrapped)
 
