@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import sys
 
 import pytest
 
@@ -171,3 +172,11 @@ def test_print_config_resolves_typed_overrides_and_common_options(capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["optim"]["lr"] == 0.01 and data["model"]["lock_image"] is True
     assert data["logging"]["progress"] is False and data["device"] is None and data["schedule"]["max_steps"] == 20
+
+
+def test_progress_bar_only_on_a_terminal_unless_asked(capsys, monkeypatch):
+    for tty, extra, expected in [(False, [], False), (True, [], True), (False, ["--progress"], True),
+                                 (False, ["--logging.progress", "true"], True), (True, ["--no-progress"], False)]:
+        monkeypatch.setattr(sys.stderr, "isatty", lambda tty=tty: tty)
+        assert train_cli.main(["fashion_mnist", "--arg", "tiny", *extra, "--print-config"]) == 0
+        assert json.loads(capsys.readouterr().out)["logging"]["progress"] is expected, (tty, extra)

@@ -106,6 +106,7 @@ def split_args(argv: list[str]) -> TrainArgs:
 
 
 def recipes_text() -> str:
+    """The help paragraph listing the recipes shipped in `clipforge.recipes` with their summaries."""
     from ..recipes import list_recipes
 
     recipes = list_recipes()
@@ -132,6 +133,7 @@ def fields_text(config) -> str:
 
 
 def help_text(args: TrainArgs, module=None, config=None) -> str:
+    """`clipforge train --help`: general usage, or a recipe's docstring and its config fields when one is named."""
     parts = [USAGE, textwrap.fill(ABOUT, DOC_WIDTH), OPTIONS]
     if module is None:
         parts += [recipes_text(), EXAMPLES]
@@ -142,6 +144,7 @@ def help_text(args: TrainArgs, module=None, config=None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`clipforge train RECIPE [--section.field=value ...]`: build the config and train; returns the exit code."""
     args = split_args(list(sys.argv[1:] if argv is None else argv))
     if args.recipe is None:
         if args.show_help or args.show_list:
@@ -154,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     from ..train.overrides import apply_overrides
 
     module = load_recipe_module(args.recipe)
-    cfg = apply_overrides(recipe_config(module, args.arg), list(args.overrides))
+    overrides = list(args.overrides)
+    if not any(o.startswith("--logging.progress") for o in overrides) and not sys.stderr.isatty():
+        overrides.insert(0, "--logging.progress=false")  # bars only on a terminal, as in every clipforge command
+    cfg = apply_overrides(recipe_config(module, args.arg), overrides)
     if args.show_help:
         print(help_text(args, module, cfg))
         return 0
