@@ -18,7 +18,7 @@ COMMANDS = {
     "classify": "zero-shot classify images among text labels (JSON lines out)",
     "embed": "embed images or texts into a .npy file",
     "convert": "convert a checkpoint between clipforge, OpenCLIP and Hugging Face formats",
-    "train": "train or fine-tune a CLIP model from a recipe (configs/*.py)",
+    "train": "train or fine-tune a CLIP model from a shipped recipe (clipforge train --list) or a .py file",
     "eval": "zero-shot, retrieval, linear-probe and few-shot evaluation with a report",
     "data": "data tools: write WebDataset shards from a folder or CSV",
 }
@@ -63,6 +63,7 @@ def _is_global(token: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `clipforge` command: global options, then dispatch to `clipforge.cli.COMMAND.main`; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     leading = 0
     while leading < len(argv) and _is_global(argv[leading]):
