@@ -32,5 +32,6 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically: readers see the old file or the new one, never a partial write."""
     with atomic_open(path) as handle:
         handle.write(data)

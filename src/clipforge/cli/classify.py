@@ -27,6 +27,7 @@ from .errors import CliParser, UsageError, command
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `clipforge classify` argument parser (also the source of its --help)."""
     parser = CliParser(
         prog="clipforge classify",
         description="Zero-shot classify images: each label becomes text prompts (templates), the image goes to "
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_labels(spec: str) -> list[str]:
+    """Labels from `--labels`: comma-separated names, or @FILE with one label per line."""
     if spec.startswith("@"):
         labels = [line.strip() for line in read_text_arg(spec[1:], "--labels @FILE").splitlines() if line.strip()]
     else:
@@ -97,6 +99,7 @@ class _Lines:
 
 @command("clipforge classify")
 def main(argv: list[str] | None = None) -> int:
+    """`clipforge classify`: zero-shot labels for each image, one JSON object per line; returns the exit code."""
     args = build_parser().parse_args(argv)
     if args.top_k < 1 or args.batch_size < 1:
         raise UsageError("--top-k and --batch-size must be positive", "e.g. --top-k 3 --batch-size 32")

@@ -32,6 +32,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_progress_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --progress / --no-progress (default: a progress bar only when stderr is a terminal)."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "--progress", dest="progress", action="store_const", const=True, default=None, help="always show progress"
@@ -55,6 +56,7 @@ def show_progress(args: argparse.Namespace) -> bool:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the model options the subcommands share: --model, --pretrained and how to load them."""
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model",
@@ -147,6 +149,7 @@ def model_from_args(args: argparse.Namespace):
 
 
 def print_json(data, out_path: str | None) -> None:
+    """Print `data` as indented JSON, or write it atomically to `out_path` when one is given."""
     text = json.dumps(data, indent=2)
     if out_path:
         from ..atomic import atomic_write_bytes

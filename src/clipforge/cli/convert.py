@@ -9,6 +9,7 @@ from .errors import CliParser, command
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `clipforge convert` argument parser (also the source of its --help)."""
     parser = CliParser(
         prog="clipforge convert",
         description="Read any checkpoint clipforge loads (OpenAI .pt/TorchScript, OpenCLIP .pt/.bin/.safetensors "
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @command("clipforge convert")
 def main(argv: list[str] | None = None) -> int:
+    """`clipforge convert SOURCE DESTINATION --to FORMAT`; returns the exit code."""
     args = build_parser().parse_args(argv)
     from ..weights.loading import convert
 

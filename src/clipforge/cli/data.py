@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `clipforge data` parser with its subcommands (make-shards)."""
     parser = CliParser(
         prog="clipforge data",
         description="Prepare training data.",
@@ -117,6 +118,7 @@ def _inputs(args: argparse.Namespace, skip: Any) -> tuple[int, Iterator[tuple[st
 
 
 def make_shards(args: argparse.Namespace) -> int:
+    """`clipforge data make-shards`: write WebDataset tar shards from a folder or CSV; returns the exit code."""
     from tqdm import tqdm
 
     from ..data.shards import write_shards
@@ -148,6 +150,7 @@ def make_shards(args: argparse.Namespace) -> int:
 
 @command("clipforge data")
 def main(argv: list[str] | None = None) -> int:
+    """`clipforge data COMMAND`: dispatch to the data subcommand; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "make-shards":

@@ -26,6 +26,7 @@ from .errors import CliParser, UsageError, command
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `clipforge embed` argument parser (also the source of its --help)."""
     parser = CliParser(
         prog="clipforge embed",
         description="Embed images or texts with a CLIP model into OUT (.npy, float32, one L2-normalised row per "
@@ -57,6 +58,7 @@ def _save_npy(array, path: Path) -> None:
 
 @command("clipforge embed")
 def main(argv: list[str] | None = None) -> int:
+    """`clipforge embed`: write L2-normalised image or text embeddings to a .npy file; returns the exit code."""
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be positive, got {args.batch_size}", "e.g. --batch-size 64")

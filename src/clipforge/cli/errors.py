@@ -74,6 +74,7 @@ class CliParser(argparse.ArgumentParser):
     """argparse with one-line errors: a usage mistake raises UsageError instead of printing the usage block."""
 
     def error(self, message: str) -> NoReturn:
+        """Turn argparse's usage errors into UsageError, so they take the CLI's one error path."""
         raise UsageError(message, f"see {self.prog} --help")
 
 

@@ -33,6 +33,7 @@ DEFAULT_CACHE = Path.home() / ".cache" / "clipforge" / "features"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `clipforge eval` argument parser (also the source of its --help)."""
     parser = CliParser(
         prog="clipforge eval",
         description="Evaluate CLIP models on local datasets and write results.json, results.md and plots/. "
@@ -104,6 +105,7 @@ def _dataset_names() -> list[str]:
 
 @command("clipforge eval")
 def main(argv: list[str] | None = None) -> int:
+    """`clipforge eval`: run one model or a --config matrix and write the report; returns the exit code."""
     args = build_parser().parse_args(argv)
     from ..eval.runner import run_evaluations
     from ..eval.tasks import EvalRequest

@@ -9,6 +9,7 @@ from .errors import CliParser, command
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `clipforge models` argument parser (also the source of its --help)."""
     parser = CliParser(
         prog="clipforge models",
         description="List model architectures (for --model) and pretrained tags (for --pretrained).",
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @command("clipforge models")
 def main(argv: list[str] | None = None) -> int:
+    """`clipforge models`: list architectures, or (architecture, tag) pairs with --pretrained; returns the exit code."""
     from ..models.registry import get_model_config, list_models
     from ..weights.pretrained import PRETRAINED
 

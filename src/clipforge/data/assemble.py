@@ -41,11 +41,14 @@ class Access(Protocol):
 
     source: Any
 
-    def fetch(self, ref: Any) -> RawSample: ...
+    def fetch(self, ref: Any) -> RawSample:
+        """The raw sample `ref` points at (reading it may fail: the caller counts it as bad)."""
 
-    def replacement(self, seed: int) -> Any | None: ...
+    def replacement(self, seed: int) -> Any | None:
+        """A reference to use in place of a bad sample, chosen from `seed`; None when there is none."""
 
-    def drain_bad(self) -> Counter[str]: ...
+    def drain_bad(self) -> Counter[str]:
+        """Bad samples counted since the last call, by shard or file, and reset the count."""
 
 
 class BatchAssembler:

@@ -38,6 +38,7 @@ class BadTally:
 
     @property
     def seen(self) -> int:
+        """Samples seen so far, good and bad."""
         return self.good + sum(self.bad.values())
 
     def add(self, good: int, bad: Mapping[str, int]) -> None:

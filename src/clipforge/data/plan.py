@@ -42,12 +42,15 @@ class MapAccess:
         self.source = source
 
     def fetch(self, ref: int) -> RawSample:
+        """Read sample `ref` (an index) from the map-style source."""
         return self.source.read(ref)
 
     def replacement(self, seed: int) -> int:
+        """The index that replaces a bad sample: derived from `seed`, so a resumed run picks the same one."""
         return seed % len(self.source)
 
     def drain_bad(self) -> Counter[str]:
+        """Map-style sources count nothing themselves: always empty."""
         return Counter()
 
 
@@ -64,6 +67,7 @@ class IndexCursor(MapAccess):
         self._pass, self._permutation = -1, np.arange(0)
 
     def next_ref(self) -> int:
+        """The next index of this slot in the seeded per-pass permutation (a new permutation each pass)."""
         size = len(self.source)
         pass_index, offset = divmod(self.slot + self.count * self.slots, size)
         if pass_index != self._pass:
@@ -73,10 +77,12 @@ class IndexCursor(MapAccess):
         return int(self._permutation[offset])
 
     def skip(self, count: int) -> None:
+        """Advance past `count` indices without reading them (resuming mid-epoch)."""
         self.count += count
 
 
 def source_size(source: Any) -> int:
+    """The number of samples in a source (for wds, from sizes.json or by reading the shards)."""
     return source.size() if isinstance(source, WdsSource) else len(source)
 
 

@@ -42,6 +42,7 @@ def expand_braces(pattern: str) -> list[str]:
 
 
 def is_url(path: str) -> bool:
+    """Whether `path` is a remote URL for fsspec (file:// counts as local)."""
     return _SCHEME.match(path) is not None and not path.startswith("file://")
 
 

@@ -57,6 +57,7 @@ def _collate(items):
 
 @dataclass
 class EncodedSet:
+    """A dataset's encoded images: unit-norm features (N_kept, D), their dataset indices, the skipped ones."""
     features: torch.Tensor  # (N_kept, D) float32, L2-normalised
     indices: list[int]  # dataset index of each row
     skipped: dict[int, str]  # dataset index -> why it could not be read
@@ -64,6 +65,7 @@ class EncodedSet:
 
 
 def cache_key(model_hash: str, preprocess: Any, fingerprint: str) -> str:
+    """The feature-cache key: a hash of the weights, the preprocessing and the dataset files."""
     text = json.dumps({"model": model_hash, "preprocess": asdict(preprocess), "data": fingerprint}, sort_keys=True)
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 

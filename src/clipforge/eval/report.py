@@ -18,6 +18,7 @@ from ..plotting import new_figure, save_figure
 
 
 def write_results(records: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
+    """Write results.json (every record) and results.md (a table) under `out_dir`; return both paths."""
     out_dir = Path(out_dir)
     json_path, md_path = out_dir / "results.json", out_dir / "results.md"
     atomic_write_bytes(json_path, (json.dumps(records, indent=2) + "\n").encode())
@@ -56,6 +57,7 @@ def _fmt(value: float | None) -> str:
 
 
 def plot_per_class(classnames: list[str], per_class: list[float], title: str, out_png: Path) -> Path:
+    """Bar chart of per-class accuracy, saved to `out_png`."""
     fig = new_figure(max(5.0, 0.45 * len(classnames) + 2), 3.6)
     ax = fig.add_subplot(1, 1, 1)
     ax.bar(range(len(classnames)), per_class, color="#4c72b0")
@@ -68,6 +70,7 @@ def plot_per_class(classnames: list[str], per_class: list[float], title: str, ou
 
 
 def plot_confusion(classnames: list[str], confusion: list[list[int]], title: str, out_png: Path) -> Path:
+    """Row-normalised confusion matrix (true class x predicted class), saved to `out_png`."""
     import numpy as np
 
     matrix = np.asarray(confusion, dtype=float)
@@ -87,6 +90,7 @@ def plot_confusion(classnames: list[str], confusion: list[list[int]], title: str
 
 
 def plot_fewshot(curves: dict[str, dict[int, dict[str, float]]], title: str, out_png: Path) -> Path:
+    """Few-shot accuracy against shots per class (mean and std over seeds), saved to `out_png`."""
     fig = new_figure(5.5, 3.8)
     ax = fig.add_subplot(1, 1, 1)
     for method, by_k in curves.items():

@@ -63,6 +63,7 @@ class EvalRequest:
 
 @dataclass
 class TaskResult:
+    """One task's records, the artifacts its plots need, and how many image sets were encoded anew."""
     records: list[dict[str, Any]]
     artifacts: dict[str, Any]  # per_class (classnames, accuracy), confusion, fewshot curve, retrieval examples
     encoded_again: int  # how many image sets had to be encoded (0 when everything came from the cache)
@@ -82,6 +83,7 @@ class EvalContext:
     _hash: str | None = None
 
     def model_hash(self, model: CLIP) -> str:
+        """The hash of the model's weights (computed once), the feature cache's model key."""
         if self._hash is None:
             self._hash = weights_hash(model)
         return self._hash
@@ -105,6 +107,7 @@ class SubsetView:
         return len(self.rows)
 
     def load(self, index: int):
+        """Item `index` of the subset: the underlying dataset's row `rows[index]`."""
         return self.dataset.load(self.rows[index])
 
 
@@ -159,6 +162,7 @@ def _class_weights(
 
 
 def zeroshot(model: CLIP, req: EvalRequest, ctx: EvalContext) -> TaskResult:
+    """Zero-shot top-1/top-5 and mean per-class recall of `model` on a labelled dataset."""
     dataset = _load(req, req.split)
     if not hasattr(dataset, "labels"):
         raise ValueError(f"zero-shot classification needs a labelled dataset; {req.dataset} holds captions")
@@ -196,6 +200,7 @@ def zeroshot(model: CLIP, req: EvalRequest, ctx: EvalContext) -> TaskResult:
 
 
 def retrieval(model: CLIP, req: EvalRequest, ctx: EvalContext) -> TaskResult:
+    """Image-to-text and text-to-image recall@1/5/10 of `model` on a captioned dataset."""
     dataset = _load(req, req.split)
     if not hasattr(dataset, "captions"):
         raise ValueError(f"retrieval needs a captioned dataset; {req.dataset} holds class labels")
@@ -236,6 +241,7 @@ def _train_test(model: CLIP, req: EvalRequest, ctx: EvalContext):
 
 
 def linear_probe_task(model: CLIP, req: EvalRequest, ctx: EvalContext) -> TaskResult:
+    """Linear probe: logistic regression on the train split's features, scored on the evaluated split."""
     from .probe import linear_probe
 
     train_x, train_y, test_x, test_y, num_classes, again = _train_test(model, req, ctx)
@@ -249,6 +255,7 @@ def linear_probe_task(model: CLIP, req: EvalRequest, ctx: EvalContext) -> TaskRe
 
 
 def fewshot_task(model: CLIP, req: EvalRequest, ctx: EvalContext) -> TaskResult:
+    """k-shot prototype and linear-probe classifiers over the request's shots and seeds."""
     from .fewshot import few_shot
 
     train_x, train_y, test_x, test_y, num_classes, again = _train_test(model, req, ctx)
@@ -266,4 +273,5 @@ RUNNERS = {"zeroshot": zeroshot, "retrieval": retrieval, "linear_probe": linear_
 
 
 def run_task(model: CLIP, req: EvalRequest, ctx: EvalContext) -> TaskResult:
+    """Run `req` (any task) for `model`."""
     return RUNNERS[req.task](model, req, ctx)

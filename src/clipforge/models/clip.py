@@ -49,14 +49,17 @@ class CLIP(nn.Module):
 
     @property
     def embed_dim(self) -> int:
+        """Size D of the shared image-text embedding space."""
         return self.config.embed_dim
 
     @property
     def context_length(self) -> int:
+        """Token sequence length the text tower takes (77 for OpenAI's models)."""
         return self.config.text.context_length
 
     @property
     def image_size(self) -> int:
+        """Side in pixels of the square images the image tower takes."""
         return self.config.vision.image_size
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -106,14 +106,17 @@ class VisionConfig:
 
     @property
     def is_resnet(self) -> bool:
+        """Whether this is a ModifiedResNet tower (no patch size) rather than a ViT."""
         return self.patch_size is None
 
     @property
     def num_heads(self) -> int:
+        """Attention heads: `heads` when given, else width // head_width."""
         return self.heads if self.heads is not None else max(1, self.width // self.head_width)
 
     @property
     def grid_size(self) -> int:
+        """Side of the patch grid (ViT) or of the final feature map (ResNet, stride 32)."""
         return self.image_size // self.patch_size if self.patch_size else self.image_size // 32
 
 
@@ -162,6 +165,7 @@ class TextConfig:
 
     @property
     def num_heads(self) -> int:
+        """Attention heads: `heads` when given, else width // 64."""
         return self.heads if self.heads is not None else max(1, self.width // 64)
 
 
@@ -221,6 +225,7 @@ class CLIPConfig:
             object.__setattr__(self, "preprocess", PreprocessConfig(size=self.vision.image_size))
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON-ready data (tuples become lists)."""
         out = dataclasses.asdict(self)
         if isinstance(out["vision"]["layers"], tuple):
             out["vision"]["layers"] = list(out["vision"]["layers"])
@@ -240,6 +245,7 @@ class CLIPConfig:
         return _build(cls, {**data, "vision": vision, "text": text, "preprocess": preprocess}, "model")
 
     def replace(self, **changes: Any) -> CLIPConfig:
+        """A copy with `changes` applied (validated again)."""
         return dataclasses.replace(self, **changes)
 
 

@@ -36,6 +36,7 @@ class FrozenBatchNorm2d(nn.BatchNorm2d):
     checkpoints and optimizers that already hold its parameters are unaffected."""
 
     def forward(self, x: Tensor) -> Tensor:
+        """Batch norm with the stored statistics and affine terms: (B, C, H, W) -> (B, C, H, W)."""
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
 

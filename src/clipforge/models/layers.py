@@ -23,10 +23,12 @@ class QuickGELU(nn.Module):
     """x * sigmoid(1.702 x): the GELU approximation OpenAI's CLIP checkpoints were trained with."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x * sigmoid(1.702 x), elementwise (OpenAI's GELU approximation)."""
         return x * torch.sigmoid(1.702 * x)
 
 
 def make_activation(name: str) -> nn.Module:
+    """The activation module for a config name: 'gelu' or 'quick_gelu'."""
     if name == "quick_gelu":
         return QuickGELU()
     if name == "gelu":
@@ -42,6 +44,7 @@ class LayerScale(nn.Module):
         self.gamma = nn.Parameter(init_value * torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Scale each channel by its learned gamma: (..., C) -> (..., C)."""
         return x * self.gamma
 
 
@@ -218,6 +221,7 @@ class PatchDropout(nn.Module):
         self.exclude_first_token = exclude_first_token
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """In training, keep a random subset of patch tokens per image: (B, N, C) -> (B, keep, C)."""
         if not self.training or self.prob == 0.0:
             return x
         prefix, tokens = (x[:, :1], x[:, 1:]) if self.exclude_first_token else (x[:, :0], x)
@@ -245,6 +249,7 @@ class AttentionalPooler(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, L, C) -> (B, n_queries, D)
+        """Cross-attend learned queries to the tokens: (B, L, C) -> (B, n_queries, D)."""
         x = self.ln_k(x)
         q = self.ln_q(self.query).unsqueeze(0).expand(x.shape[0], -1, -1)
         return self.attn(q, x, x, need_weights=False)[0]

@@ -63,18 +63,22 @@ class CLIPOutput(dict):
     # Attribute access: None for an entry that was not computed.
     @property
     def image_features(self) -> torch.Tensor | None:
+        """Image embeddings (B, D), or None when no images were given."""
         return dict.get(self, "image_features")
 
     @property
     def text_features(self) -> torch.Tensor | None:
+        """Text embeddings (N, D), or None when no texts were given."""
         return dict.get(self, "text_features")
 
     @property
     def logit_scale(self) -> torch.Tensor:
+        """The exponentiated temperature (a scalar tensor) that multiplies cosine similarities."""
         return dict.__getitem__(self, "logit_scale")
 
     @property
     def logit_bias(self) -> torch.Tensor | None:
+        """SigLIP's logit bias (a scalar tensor), or None for models without one."""
         return dict.get(self, "logit_bias")
 
     # Sequence view, in open_clip's forward order.

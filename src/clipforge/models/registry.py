@@ -49,6 +49,7 @@ def list_models() -> list[str]:
 
 
 def with_quick_gelu(config: CLIPConfig) -> CLIPConfig:
+    """The same config with QuickGELU in both towers (the `-quickgelu` name variants)."""
     return config.replace(
         vision=dataclasses.replace(config.vision, act="quick_gelu"),
         text=dataclasses.replace(config.text, act="quick_gelu"),

@@ -20,6 +20,7 @@ from .config import VisionConfig
 
 
 class Bottleneck(nn.Module):
+    """ResNet bottleneck block with anti-aliased downsampling (average pool before the stride)."""
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
@@ -47,6 +48,7 @@ class Bottleneck(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, inplanes, H, W) -> (B, 4 * planes, H / stride, W / stride)."""
         identity = x if self.downsample is None else self.downsample(x)
         out = self.act1(self.bn1(self.conv1(x)))
         out = self.act2(self.bn2(self.conv2(out)))
@@ -71,6 +73,7 @@ class AttentionPool2d(nn.Module):
         self.num_heads = num_heads
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pool a feature map by attention from its mean token: (B, C, H, W) -> (B, output_dim)."""
         b, c, h, w = x.shape
         x = x.flatten(2).transpose(1, 2)  # (B, HW, C)
         x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)  # (B, HW + 1, C)
@@ -117,6 +120,7 @@ class ModifiedResNet(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
+        """OpenAI's initialisation: scaled attention-pool projections, residual branches start as identity."""
         std = self.attnpool.c_proj.in_features**-0.5
         for proj in (self.attnpool.q_proj, self.attnpool.k_proj, self.attnpool.v_proj, self.attnpool.c_proj):
             nn.init.normal_(proj.weight, std=std)
@@ -126,9 +130,11 @@ class ModifiedResNet(nn.Module):
                 nn.init.zeros_(block.bn3.weight)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each stage's activations in backward (memory for compute)."""
         self.grad_checkpointing = enable
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """The three-convolution stem and average pool: (B, 3, H, W) -> (B, width, H/4, W/4)."""
         x = self.act1(self.bn1(self.conv1(x)))
         x = self.act2(self.bn2(self.conv2(x)))
         x = self.act3(self.bn3(self.conv3(x)))
@@ -145,4 +151,5 @@ class ModifiedResNet(nn.Module):
         return self.attnpool(x), x.flatten(2).transpose(1, 2)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) -> pooled features (B, output_dim)."""
         return self.forward_tokens(images)[0]

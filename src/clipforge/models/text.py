@@ -38,6 +38,7 @@ class TextTransformer(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
+        """OpenAI's initialisation of embeddings, blocks and the projection."""
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
         std = self.cfg.width**-0.5
@@ -48,6 +49,7 @@ class TextTransformer(nn.Module):
             nn.init.normal_(self.text_projection, std=std)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in backward (memory for compute)."""
         self.transformer.grad_checkpointing = enable
 
     def _attention_mask(self, tokens: torch.Tensor) -> tuple[torch.Tensor | None, bool]:

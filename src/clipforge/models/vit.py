@@ -47,6 +47,7 @@ class VisionTransformer(nn.Module):
         self.proj = nn.Parameter(scale * torch.randn(pool_dim, output_dim))
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in backward (memory for compute)."""
         self.transformer.grad_checkpointing = enable
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:

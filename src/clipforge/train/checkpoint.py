@@ -36,6 +36,7 @@ class TrainState:
 
 
 def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch RNG states as tensors and ints, so a checkpoint restores them exactly."""
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
@@ -58,6 +59,7 @@ def _python_state_to_list(state: tuple) -> list:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the RNG states saved by `rng_state`."""
     torch.set_rng_state(state["torch"])
     np_state = state["numpy"]
     np.random.set_state(
@@ -76,6 +78,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    """`torch.save` to `path` atomically: a crash never leaves a half-written checkpoint."""
     with atomic_open(path) as handle:
         torch.save(obj, handle)
 
@@ -96,6 +99,7 @@ def save_checkpoint(
     scheduler: Any,
     keep_last: int,
 ) -> Path:
+    """Write a step checkpoint (model, optimizer, scheduler, RNG, data position); keep the newest `keep_last`."""
     path = folder / f"step_{state.step:09d}.pt"
     payload = {
         "format": "clipforge-train-checkpoint",

@@ -255,7 +255,9 @@ class TrainConfig:
             _check(abs(total - 1.0) < 1e-6, f"phases fractions must sum to 1, got {total}")
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as plain data (written as config.json beside the run's outputs)."""
         return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with `changes` applied (validated again)."""
         return dataclasses.replace(self, **changes)

@@ -71,6 +71,7 @@ class DistInfo:
 
     @property
     def is_distributed(self) -> bool:
+        """Whether more than one process takes part."""
         return self.world_size > 1
 
 

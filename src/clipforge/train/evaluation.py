@@ -34,6 +34,7 @@ class PeriodicEvaluator:
 
     @property
     def enabled(self) -> bool:
+        """Whether any evaluation (zero-shot, retrieval or harness requests) is configured."""
         return self.cfg.zeroshot is not None or self.cfg.retrieval is not None or bool(self.cfg.harness)
 
     def _load_zeroshot(self):

@@ -46,6 +46,7 @@ class FieldInfo:
 
 
 def is_union(tp: Any) -> bool:
+    """Whether a type annotation is a union (`A | B` or `Optional[A]`)."""
     return typing.get_origin(tp) in (typing.Union, types.UnionType)
 
 
@@ -81,6 +82,7 @@ def type_name(tp: Any) -> str:
 
 
 def is_dataclass_type(tp: Any) -> bool:
+    """Whether a type annotation is a dataclass class (a nested config section)."""
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 

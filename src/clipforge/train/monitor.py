@@ -74,6 +74,7 @@ class Monitor:
             self.wandb = wandb.init(project=cfg.wandb, dir=str(output_dir), config=run_config, resume="allow")
 
     def rate(self, samples_seen: int) -> float:
+        """Samples per second since the previous call."""
         now = time.perf_counter()
         elapsed = max(now - self._last_time, 1e-9)
         rate = (samples_seen - self._last_samples) / elapsed
@@ -81,9 +82,11 @@ class Monitor:
         return rate
 
     def reset_rate(self, samples_seen: int) -> None:
+        """Restart the rate clock (after evaluation or checkpointing, which are not training time)."""
         self._last_time, self._last_samples = time.perf_counter(), samples_seen
 
     def log(self, record: dict[str, Any]) -> None:
+        """Append a record to metrics.jsonl (non-finite values as null) and to TensorBoard / W&B when on."""
         if not self.enabled:
             return
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
@@ -98,12 +101,14 @@ class Monitor:
             self.wandb.log(numeric, step=step)
 
     def advance(self, steps: int, postfix: dict[str, Any] | None = None) -> None:
+        """Move the progress bar `steps` forward and update its postfix (loss, lr, samples/s)."""
         if self.bar is not None:
             self.bar.update(steps)
             if postfix:
                 self.bar.set_postfix(postfix, refresh=False)
 
     def write(self, message: str) -> None:
+        """Print a message without breaking the progress bar (rank 0 only)."""
         if not self.enabled:
             return
         if self.bar is not None:
@@ -112,6 +117,7 @@ class Monitor:
             print(message, flush=True)
 
     def close(self) -> None:
+        """Close the progress bar and the TensorBoard / W&B sinks."""
         if self.bar is not None:
             self.bar.close()
         if self.tb is not None:

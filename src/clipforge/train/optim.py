@@ -26,6 +26,7 @@ def is_no_decay(name: str, param: torch.Tensor) -> bool:
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters in two AdamW groups: with weight decay, and without (gains, biases, embeddings)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -35,6 +36,7 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters (fused when possible); an error when both towers are locked."""
     groups = parameter_groups(model, cfg.weight_decay)
     if not any(g["params"] for g in groups):
         raise ValueError("no trainable parameters: both towers are locked")
@@ -58,4 +60,5 @@ def lr_factor(step: int, total_steps: int, cfg: ScheduleConfig) -> float:
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, cfg: ScheduleConfig):
+    """Per-step learning-rate schedule: warm-up, then cosine or constant, as configured."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, cfg))

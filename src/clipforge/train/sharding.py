@@ -34,6 +34,7 @@ def _sharded_units(model: CLIP) -> list[nn.Module]:
 
 
 def uses_fsdp(strategy: Strategy, dist: DistInfo) -> bool:
+    """Whether the model is sharded: the fsdp strategy with more than one process."""
     return strategy == "fsdp" and dist.world_size > 1
 
 
@@ -91,6 +92,7 @@ def full_model_state(model: CLIP, strategy: Strategy, dist: DistInfo) -> dict[st
 
 
 def full_optimizer_state(model: CLIP, optimizer: torch.optim.Optimizer, strategy: Strategy, dist: DistInfo) -> dict:
+    """The full (unsharded) optimizer state for a checkpoint, whatever the strategy."""
     if uses_fsdp(strategy, dist):
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 

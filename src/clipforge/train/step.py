@@ -46,6 +46,7 @@ def contrastive_loss(cfg: LossConfig, out: Features, dist: DistInfo | None) -> t
 
 @dataclass
 class StepResult:
+    """One optimizer step's outcome: the full-batch loss and whether it was finite."""
     loss: float  # the full-batch objective (contrastive + distillation)
     finite: bool
 

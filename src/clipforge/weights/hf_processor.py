@@ -105,6 +105,7 @@ def preprocessor_to_hf(cfg: CLIPConfig) -> dict[str, Any]:
 
 
 def write_preprocessor_config(cfg: CLIPConfig, folder: str | os.PathLike) -> Path:
+    """Write the model's preprocessing as HF's preprocessor_config.json in `folder`; return its path."""
     path = Path(folder) / PREPROCESSOR_NAME
     atomic_write_bytes(path, (json.dumps(preprocessor_to_hf(cfg), indent=2, sort_keys=True) + "\n").encode())
     return path

@@ -38,6 +38,7 @@ REACH_TIMEOUT_S = 3.0  # a hub that does not accept a TCP connection in this tim
 
 
 def cache_dir(override: str | Path | None = None) -> Path:
+    """The hub cache folder: `override`, else huggingface_hub's (HF_HUB_CACHE)."""
     return Path(override) if override is not None else Path(hf_constants.HF_HUB_CACHE)
 
 

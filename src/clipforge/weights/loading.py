@@ -64,6 +64,7 @@ def build_model(config: CLIPConfig, state_dict: dict[str, torch.Tensor] | None =
 
 
 def load_state_dict_checked(model: CLIP, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load `state_dict` into `model`; missing, unexpected or mis-shaped keys raise one error naming them."""
     raise_on_mismatch(
         {k: tuple(v.shape) for k, v in model.state_dict().items()},
         state_dict,

@@ -32,10 +32,12 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metada
 
 
 def config_json(config: CLIPConfig) -> str:
+    """The clipforge config JSON for `config` (format name, version and model fields)."""
     return json.dumps({"format": "clipforge", "version": FORMAT_VERSION, "model": config.to_dict()}, indent=2)
 
 
 def parse_config_json(text: str, source: str) -> CLIPConfig:
+    """Parse a clipforge config JSON; a CheckpointError names `source` when it is not one."""
     from .formats import CheckpointError
 
     try:
@@ -48,6 +50,7 @@ def parse_config_json(text: str, source: str) -> CLIPConfig:
 
 
 def write_native(config: CLIPConfig, state_dict: dict[str, torch.Tensor], folder: str | Path) -> Path:
+    """Write a clipforge folder: safetensors weights (config in the header too) and the config JSON."""
     folder = Path(folder)
     text = config_json(config)
     atomic_save_safetensors(state_dict, folder / WEIGHTS_NAME, metadata={METADATA_KEY: text})
@@ -64,6 +67,7 @@ def embedded_config(path: str | Path) -> CLIPConfig | None:
 
 
 def read_native_dir(folder: str | Path) -> tuple[CLIPConfig, Path]:
+    """The config of a clipforge folder and the path of its weights file."""
     folder = Path(folder)
     config = parse_config_json((folder / CONFIG_NAME).read_text(), str(folder / CONFIG_NAME))
     return config, folder / WEIGHTS_NAME

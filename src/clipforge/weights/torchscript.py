@@ -93,6 +93,7 @@ class ScriptRecord:
 
     @property
     def attributes(self) -> dict[str, Any]:
+        """The record's attributes when its state is a dict, else empty."""
         return self.state if isinstance(self.state, dict) else {}
 
 

@@ -85,14 +85,17 @@ class ZeroShotClassifier:
 
     @torch.no_grad()
     def logits(self, images: ImageInput) -> torch.Tensor:
+        """Scaled cosine similarities of images to the classes: (B, C)."""
         device = self.weights.device
         features = self.model.encode_image(self._pixels(images).to(device), normalize=True).float()  # (B, D)
         return self.model.logit_scale.exp().float() * features @ self.weights  # (B, C)
 
     def predict(self, images: ImageInput) -> torch.Tensor:
+        """Class probabilities (softmax of the logits): (B, C)."""
         return self.logits(images).softmax(dim=-1)
 
     def top_k(self, images: ImageInput, k: int = 5) -> list[list[tuple[str, float]]]:
+        """For each image, the `k` most probable (class name, probability) pairs, best first."""
         probs = self.predict(images)
         values, indices = probs.topk(min(k, probs.shape[1]), dim=-1)
         return [

@@ -23,6 +23,7 @@ def _load_json(name: str) -> dict:
 
 
 def check_templates(templates: list[Template], source: str = "templates") -> list[Template]:
+    """Return `templates` when each has exactly one '{}' (or is callable); a ValueError naming `source` otherwise."""
     if not templates:
         raise ValueError(f"{source}: no templates given")
     bad = [t for t in templates if not callable(t) and (not isinstance(t, str) or t.count("{}") != 1)]
@@ -54,4 +55,5 @@ def get_templates(name_or_path: str | Path = "simple") -> list[str]:
 
 
 def imagenet_classnames() -> list[str]:
+    """The 1000 ImageNet class names of the CLIP paper, in class-index order."""
     return _load_json("imagenet_classnames.json")["classnames"]

@@ -74,7 +74,8 @@ class TensorSource(ABC):
         """(n, 3, S, S) float32 model input for the samples `indices`, as EvalTransform(cfg) would give."""
 
     @abstractmethod
-    def pil_image(self, index: int) -> Image.Image: ...
+    def pil_image(self, index: int) -> Image.Image:
+        """Sample `index` as a PIL image, so it goes through the same preprocessing as files."""
 
     @abstractmethod
     def caption_ids(self, indices: np.ndarray, seeds: np.ndarray) -> np.ndarray:

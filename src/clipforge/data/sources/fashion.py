@@ -39,6 +39,7 @@ class FashionMnistSource(TensorSource):
         return grey_to_model_input(self.grey[np.asarray(indices, dtype=np.int64)], cfg)  # numpy gather: no threads
 
     def pil_image(self, index: int) -> Image.Image:
+        """Image `index` as a 28x28 greyscale (mode L) PIL image."""
         return Image.fromarray(self.grey[index])  # (28, 28) uint8 -> mode "L"
 
     def caption_ids(self, indices: np.ndarray, seeds: np.ndarray) -> np.ndarray:

@@ -83,6 +83,7 @@ class WdsSource:
         workers: int,
         resampled: bool,
     ) -> ShardStream:
+        """The samples of this rank's and worker's shards for one epoch, in a seeded order."""
         return ShardStream(self, seed, epoch, source_id, rank, world_size, worker, workers, resampled)
 
 
@@ -184,6 +185,7 @@ class ShardStream:
         self.bad.clear()
 
     def fetch(self, ref: RawSample) -> RawSample:
+        """Stream samples are already read: the reference is the sample."""
         return ref
 
     def replacement(self, seed: int) -> RawSample | None:
@@ -191,5 +193,6 @@ class ShardStream:
         return self.buffer[seed % len(self.buffer)] if self.buffer else None
 
     def drain_bad(self) -> Counter[str]:
+        """Bad samples counted since the last call, by shard, and reset the count."""
         bad, self.bad = self.bad, Counter()
         return bad

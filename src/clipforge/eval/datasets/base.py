@@ -36,6 +36,7 @@ class DatasetNotFound(FileNotFoundError):
 
 
 class ImageSource(Protocol):
+    """A callable returning image `i` of a dataset as a PIL image."""
     def __call__(self, i: int) -> Image.Image: ...
 
 
@@ -144,6 +145,7 @@ class RetrievalSet:
 
 
 def check_split(name: str, split: str, valid: Sequence[str]) -> None:
+    """Raise a ValueError naming the dataset and its valid splits when `split` is not one of them."""
     if split not in valid:
         raise ValueError(f"{name}: split must be one of {list(valid)}, got {split!r}")
 

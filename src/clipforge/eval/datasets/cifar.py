@@ -53,6 +53,7 @@ class RestrictedUnpickler(pickle.Unpickler):
     """An Unpickler that resolves only numpy array reconstruction; any other global raises UnpicklingError."""
 
     def find_class(self, module: str, name: str):  # noqa: ANN201 - what pickle expects
+        """Allow only the numpy globals CIFAR pickles need; refuse anything else (no code runs)."""
         target = _ALLOWED.get((module, name))
         if target is None:
             raise pickle.UnpicklingError(f"refusing to load global {module}.{name} (only numpy arrays are allowed)")
