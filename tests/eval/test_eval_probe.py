@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from clipforge.eval import probe
+from clipforge.eval import logistic, probe
 from clipforge.eval.probe import fit_logistic, linear_probe, select_l2, stratified_split
 
 
@@ -94,7 +94,7 @@ def test_the_test_split_is_never_read_while_choosing_l2(monkeypatch):
     x, y = blobs(90, 3, 6, 3.0, seed=3)
     xt, yt = blobs(30, 3, 6, 3.0, seed=3, noise_seed=4)
     events = []
-    real_select, real_fit = probe.select_l2, probe.fit_logistic
+    real_select, real_fit = probe._search_l2, probe.fit_logistic
 
     def spy_select(features, labels, *args, **kwargs):
         assert features is x and labels is y  # exactly the training rows, nothing else
@@ -107,7 +107,7 @@ def test_the_test_split_is_never_read_while_choosing_l2(monkeypatch):
         events.append("final-fit" if features is x and events[-1:] == ["selected"] else "search-fit")
         return real_fit(features, labels, *args, **kwargs)
 
-    monkeypatch.setattr(probe, "select_l2", spy_select)
+    monkeypatch.setattr(probe, "_search_l2", spy_select)
     monkeypatch.setattr(probe, "fit_logistic", spy_fit)
     monkeypatch.setattr(_Sealed, "unsealed", staticmethod(lambda: events[-1:] == ["final-fit"]))
     sealed_x, sealed_y = xt.as_subclass(_Sealed), yt.as_subclass(_Sealed)
@@ -125,3 +125,121 @@ def test_fixed_l2_skips_the_search():
     assert result.l2 == 0.5 and math.isnan(result.val_top1) and result.top1 == 1.0
     with pytest.raises(ValueError, match="test_features"):
         linear_probe(x, y, x[:, :2], y, 3, l2=0.5)
+
+
+def overlapping(n: int, seed: int, noise_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """4 overlapping classes in 6 badly scaled, offset dimensions (not separable: a finite optimum at any l2)."""
+    x, y = blobs(n, 4, 6, 1.2, seed=seed, noise_seed=noise_seed)
+    return x * torch.tensor([1.0, 10.0, 0.1, 3.0, 1.0, 0.5]) + 2.0, y
+
+
+@pytest.mark.parametrize("solver", ["newton", "lbfgs"])
+def test_fit_agrees_with_scikit_learn_logistic_regression_at_the_same_c(solver):
+    sklearn = pytest.importorskip("sklearn")
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    assert sklearn.__version__
+    x, y = overlapping(400, seed=1, noise_seed=2)
+    xt, _ = overlapping(400, seed=1, noise_seed=3)
+    for l2 in (1e-1, 1e-3):
+        c = 1.0 / (l2 * len(y))  # sklearn minimises C * sum(loss) + ||w||^2 / 2 = (mean loss + l2/2 ||w||^2) * C N
+        for tol in (1e-4, 1e-10):  # the default tolerance (equal predictions) and a tight one (equal weights)
+            ref = make_pipeline(StandardScaler(), LogisticRegression(C=c, tol=tol, max_iter=10_000)).fit(x, y)
+            w, b = fit_logistic(x, y, 4, l2, max_iter=10_000, tol=tol, solver=solver)
+            probs = (xt.double() @ w + b).softmax(-1)  # (M, 4)
+            ref_probs = torch.from_numpy(ref.predict_proba(xt.numpy().astype("float64")))
+            assert torch.equal(probs.argmax(-1), ref_probs.argmax(-1)), (l2, tol)
+            # At tol 1e-4 both solvers stop a few 1e-3 short of the optimum (in probability), each its own way.
+            torch.testing.assert_close(probs, ref_probs, atol=1e-2 if tol > 1e-6 else 1e-6, rtol=0)
+            if tol < 1e-6:
+                # Weights on the standardised scale, as sklearn sees them; relative to their largest entry.
+                w_std = w * x.double().std(0, unbiased=False)[:, None]  # (D, C)
+                ref_w = torch.from_numpy(ref[-1].coef_.T)
+                torch.testing.assert_close(w_std, ref_w, atol=1e-6 * ref_w.abs().max(), rtol=0)
+
+
+def test_newton_and_lbfgs_reach_the_same_optimum_and_auto_picks_newton_for_small_problems():
+    x, y = overlapping(300, seed=4, noise_seed=5)
+    z = (x.double() - x.double().mean(0)) / x.double().std(0, unbiased=False)
+    z1 = torch.cat([z, torch.ones(300, 1, dtype=torch.float64)], 1)
+    start = torch.zeros(7, 4, dtype=torch.float64)
+    newton, info_n = logistic.solve(z1, y, 4, 1e-4, start, tol=1e-9, max_iter=1000, solver="newton")
+    lbfgs, info_l = logistic.solve(z1, y, 4, 1e-4, start, tol=1e-9, max_iter=10_000, solver="lbfgs")
+    assert info_n.solver == "newton" and info_l.solver == "lbfgs" and info_n.converged and info_l.converged
+    assert info_n.iterations < 30 < info_l.iterations  # quadratic vs superlinear convergence
+    torch.testing.assert_close(newton, lbfgs, atol=1e-5 * newton.abs().max(), rtol=0)
+    assert newton[-1].sum().abs() < 1e-9  # the bias null direction stays at its start (sum zero)
+    assert logistic.choose_solver(300, 6, 4, 1e-4) == "newton"
+    assert logistic.choose_solver(300, 6, 4, 0.0) == "lbfgs"  # no l2: the Hessian can be singular
+    assert logistic.choose_solver(50_000, 512, 10, 1e-4) == "lbfgs"
+    # Started at the optimum, no step is needed.
+    again, info = logistic.solve(z1, y, 4, 1e-4, newton, tol=1e-6, max_iter=1000, solver="lbfgs")
+    assert info.iterations == 0 and torch.equal(again, newton)
+
+
+def test_newton_falls_back_to_lbfgs_when_the_hessian_is_not_definite(monkeypatch):
+    x, y = overlapping(200, seed=6, noise_seed=7)
+    expected = fit_logistic(x, y, 4, 1e-2, solver="lbfgs", tol=1e-8)
+    failed = []
+
+    def not_definite(matrix):
+        failed.append(1)
+        return matrix, torch.ones((), dtype=torch.int32)
+
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", not_definite)
+    w, b = fit_logistic(x, y, 4, 1e-2, solver="newton", tol=1e-8)
+    assert failed == [1]
+    for got, ref in zip((w, b), expected):
+        torch.testing.assert_close(got, ref, atol=1e-5 * ref.abs().max(), rtol=0)
+
+
+def test_warm_start_is_read_in_raw_feature_units():
+    x, y = overlapping(200, seed=8, noise_seed=9)
+    w, b = fit_logistic(x, y, 4, 1e-2, tol=1e-10)
+    # From its own optimum (raw units) the fit takes no step: the same classifier comes back.
+    w2, b2 = fit_logistic(x, y, 4, 1e-2, tol=1e-6, init=(w, b), max_iter=1)
+    torch.testing.assert_close(w2, w, atol=1e-9 * w.abs().max(), rtol=0)
+    torch.testing.assert_close(b2, b, atol=1e-9 * b.abs().max(), rtol=0)
+    with pytest.raises(ValueError, match="init must be"):
+        fit_logistic(x, y, 4, 1e-2, init=(w[:3], b))
+
+
+def test_bad_inputs_are_named():
+    x, y = overlapping(40, seed=0, noise_seed=1)
+    with pytest.raises(ValueError, match="NaN"):
+        fit_logistic(torch.where(x > 20, float("nan"), x), y, 4, 1e-2)
+    with pytest.raises(ValueError, match="tol"):
+        fit_logistic(x, y, 4, 1e-2, tol=0.0)
+    with pytest.raises(ValueError, match="solver"):
+        fit_logistic(x, y, 4, 1e-2, solver="sag")
+
+
+@pytest.mark.parametrize("case", ["noisy", "blobs"])
+def test_warm_started_search_picks_the_same_l2_as_a_cold_sweep(case):
+    if case == "noisy":
+        x, y, classes = *two_class_noisy(1, 0.3), 2
+    else:
+        x, y = blobs(300, 10, 32, 0.5, seed=11)
+        classes = 10
+    warm = select_l2(x, y, classes, seed=0, warm_start=True)
+    cold = select_l2(x, y, classes, seed=0, warm_start=False)
+    assert warm[0] == pytest.approx(cold[0], rel=1e-12) and warm[1] == cold[1]
+    assert 1e-6 < warm[0] < 1e2  # an interior choice, so the search had something to find
+
+
+def test_small_fits_run_on_one_thread_and_restore_the_setting():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = []
+        with logistic.cpu_threads_for(torch.device("cpu"), 300, 32, 10):
+            seen.append(torch.get_num_threads())
+        with logistic.cpu_threads_for(torch.device("cpu"), 50_000, 512, 10):
+            seen.append(torch.get_num_threads())
+        with pytest.raises(RuntimeError), logistic.cpu_threads_for(torch.device("cpu"), 300, 32, 10):
+            raise RuntimeError("inside")
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
