@@ -94,7 +94,7 @@ def test_the_test_split_is_never_read_while_choosing_l2(monkeypatch):
     x, y = blobs(90, 3, 6, 3.0, seed=3)
     xt, yt = blobs(30, 3, 6, 3.0, seed=3, noise_seed=4)
     events = []
-    real_select, real_fit = probe._search_l2, probe.fit_logistic
+    real_select, real_fit, real_search_fit = probe._search_l2, probe.fit_logistic, probe._fit_standardised
 
     def spy_select(features, labels, *args, **kwargs):
         assert features is x and labels is y  # exactly the training rows, nothing else
@@ -104,11 +104,17 @@ def test_the_test_split_is_never_read_while_choosing_l2(monkeypatch):
         return out
 
     def spy_fit(features, labels, *args, **kwargs):
-        events.append("final-fit" if features is x and events[-1:] == ["selected"] else "search-fit")
+        events.append("final-fit" if features is x and events[-1:] == ["selected"] else "other-fit")
         return real_fit(features, labels, *args, **kwargs)
+
+    def spy_search_fit(*args, **kwargs):
+        if "selected" not in events:
+            events.append("search-fit")
+        return real_search_fit(*args, **kwargs)
 
     monkeypatch.setattr(probe, "_search_l2", spy_select)
     monkeypatch.setattr(probe, "fit_logistic", spy_fit)
+    monkeypatch.setattr(probe, "_fit_standardised", spy_search_fit)
     monkeypatch.setattr(_Sealed, "unsealed", staticmethod(lambda: events[-1:] == ["final-fit"]))
     sealed_x, sealed_y = xt.as_subclass(_Sealed), yt.as_subclass(_Sealed)
 

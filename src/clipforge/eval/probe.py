@@ -1,7 +1,7 @@
 """Linear probe on frozen features, as in the CLIP paper (Radford et al. 2021, appendix A.3).
 
 A multinomial logistic regression with L2 regularisation is trained full-batch in float64 (`logistic`:
-Newton's method when D * C is small, else L-BFGS; 1,000 iterations at most and max |gradient| <= 1e-4,
+Newton's method for small problems, else L-BFGS; 1,000 iterations at most and max |gradient| <= 1e-4,
 as the paper's scikit-learn setup). The objective, on features standardised with the mean and standard
 deviation of the rows being fitted (columns with zero spread are left unscaled), is
 
@@ -36,6 +36,7 @@ from .metrics import class_rank, mean_per_class_recall, topk_accuracy
 _LOG10_RANGE = (-6.0, 2.0)
 _COARSE_STEP = 2.0
 _FINEST_STEP = 1.0 / 8.0
+_TOL = 1e-4  # max |gradient| at which a fit stops: scikit-learn's default tol, on the same mean-loss scale
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,8 @@ class ProbeResult:
 
     top1, top5, mean_per_class_recall: test metrics (fractions in [0, 1]; top5 is 1.0 when C <= 5).
     l2: the regularisation strength used for the final fit. val_top1: validation top-1 at that l2
-    (NaN when l2 was given, not searched). weight (D, C) and bias (C,): the final classifier, applied
-    to raw (unstandardised) features as `features @ weight + bias`.
+    (NaN when l2 was given, not searched). weight (D, C) and bias (C,), float64: the final classifier,
+    applied to raw (unstandardised) features as `features @ weight + bias`.
     """
 
     top1: float
@@ -64,34 +65,24 @@ def _check_features(features: torch.Tensor, labels: torch.Tensor, name: str) -> 
         raise ValueError(f"{name}_labels must have shape ({features.shape[0]},), got {tuple(labels.shape)}")
 
 
-def fit_logistic(
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    num_classes: int,
-    l2: float,
-    max_iter: int = 1000,
-    *,
-    tol: float = 1e-4,
-    init: tuple[torch.Tensor, torch.Tensor] | None = None,
-    solver: Solver = "auto",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fit L2-regularised multinomial logistic regression; returns (W (D, C), b (C,)) for raw features.
+@dataclass(frozen=True)
+class _Standardised:
+    """Rows ready for the solver: z1 = [(x - mean) / std, 1] (N, D + 1) float64, labels (N,) long.
 
-    features (N, D), labels (N,) long. Solved in float64 on the features' device (see `logistic`) until
-    max |gradient| <= tol on the mean-loss scale (scikit-learn's lbfgs default tol is the same quantity).
-    Deterministic: starts from zero weights, or from `init` = (W, b) for raw features, e.g. the solution
-    at a neighbouring l2 (a warm start). solver: "auto" (Newton for small D * C, else L-BFGS), "newton",
-    "lbfgs". Results are returned in float64.
+    Built once per set of rows, so the l2 search's fits on the same split share it.
     """
+
+    z1: torch.Tensor
+    labels: torch.Tensor
+    mean: torch.Tensor  # (D,)
+    std: torch.Tensor  # (D,), zero spreads replaced by 1
+    num_classes: int
+
+
+def _standardise(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> _Standardised:
     _check_features(features, labels, "train")
     if features.shape[0] == 0:
         raise ValueError("fit_logistic needs at least one row")
-    if not l2 >= 0 or not math.isfinite(l2):
-        raise ValueError(f"l2 must be a finite non-negative number, got {l2}")
-    if max_iter < 1:
-        raise ValueError(f"max_iter must be positive, got {max_iter}")
-    if not tol > 0:
-        raise ValueError(f"tol must be positive, got {tol}")
     x = features.to(torch.float64)
     if not bool(torch.isfinite(x).all()):
         raise ValueError("train_features contain NaN or infinite values; drop or repair those rows first")
@@ -99,26 +90,65 @@ def fit_logistic(
     if int(y.min()) < 0 or int(y.max()) >= num_classes:
         raise ValueError(f"labels must lie in [0, {num_classes})")
     mean = x.mean(dim=0)  # (D,)
-    std = x.std(dim=0, unbiased=False)  # (D,)
+    centred = x - mean  # (N, D)
+    std = centred.square().mean(dim=0).sqrt_()  # (D,); population std, faster than Tensor.std on columns
     std = torch.where(std > 0, std, torch.ones_like(std))
-    ones = torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)
-    z1 = torch.cat([(x - mean) / std, ones], dim=1)  # (N, D + 1)
+    z1 = torch.cat([centred.div_(std), torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)
+    return _Standardised(z1, y, mean, std, num_classes)
 
+
+def _fit_standardised(
+    data: _Standardised,
+    l2: float,
+    max_iter: int,
+    tol: float,
+    init: tuple[torch.Tensor, torch.Tensor] | None,
+    solver: Solver,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`fit_logistic` on rows already standardised; init and the result are (W, b) for raw features."""
+    if not l2 >= 0 or not math.isfinite(l2):
+        raise ValueError(f"l2 must be a finite non-negative number, got {l2}")
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be positive, got {max_iter}")
+    if not tol > 0:
+        raise ValueError(f"tol must be positive, got {tol}")
+    mean, std, c = data.mean, data.std, data.num_classes
     if init is None:
-        theta0 = torch.zeros(x.shape[1] + 1, num_classes, dtype=x.dtype, device=x.device)
+        theta0 = torch.zeros(mean.shape[0] + 1, c, dtype=mean.dtype, device=mean.device)
     else:
-        w0, b0 = (t.to(device=x.device, dtype=x.dtype) for t in init)
-        if w0.shape != (x.shape[1], num_classes) or b0.shape != (num_classes,):
+        w0, b0 = (t.to(device=mean.device, dtype=mean.dtype) for t in init)
+        if w0.shape != (mean.shape[0], c) or b0.shape != (c,):
             raise ValueError(
-                f"init must be (W {(x.shape[1], num_classes)}, b {(num_classes,)}), "
-                f"got {tuple(w0.shape)} and {tuple(b0.shape)}"
+                f"init must be (W {(mean.shape[0], c)}, b {(c,)}), got {tuple(w0.shape)} and {tuple(b0.shape)}"
             )
         # Raw-feature (W, b) in the standardised parametrisation: z @ (W * std) + (b + mean @ W) == x @ W + b.
         theta0 = torch.cat([w0 * std[:, None], (b0 + mean @ w0)[None]])
-    theta, _ = solve(z1, y, num_classes, l2, theta0, tol=tol, max_iter=max_iter, solver=solver)
+    theta, _ = solve(data.z1, data.labels, c, l2, theta0, tol=tol, max_iter=max_iter, solver=solver)
     weight, bias = theta[:-1], theta[-1]  # (D, C), (C,)
     # Fold the standardisation in: (x - mean) / std @ W + b == x @ (W / std) + (b - (mean / std) @ W).
     return weight / std[:, None], bias - (mean / std) @ weight
+
+
+def fit_logistic(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    l2: float,
+    max_iter: int = 1000,
+    *,
+    tol: float = _TOL,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
+    solver: Solver = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit L2-regularised multinomial logistic regression; returns (W (D, C), b (C,)) for raw features.
+
+    features (N, D), labels (N,) long. Solved in float64 on the features' device (see `logistic`) until
+    max |gradient| <= tol on the mean-loss scale (scikit-learn's lbfgs default tol is the same quantity),
+    or max_iter steps. Deterministic: starts from zero weights, or from `init` = (W, b) for raw features,
+    e.g. the solution at a neighbouring l2 (a warm start). solver: "auto" (Newton while N * ((D + 1) C)^2
+    is small, else L-BFGS), "newton", "lbfgs". W and b are float64.
+    """
+    return _fit_standardised(_standardise(features, labels, num_classes), l2, max_iter, tol, init, solver)
 
 
 def stratified_split(
@@ -197,13 +227,14 @@ def _search_l2(
     fit_idx, val_idx = fit_idx.to(train_features.device), val_idx.to(train_features.device)
     x_fit, y_fit = train_features[fit_idx], train_labels[fit_idx.to(train_labels.device)]
     x_val, y_val = train_features[val_idx], train_labels[val_idx.to(train_labels.device)]
+    fit_rows = _standardise(x_fit, y_fit, num_classes)  # once for all the search's fits
     results: dict[float, tuple[float, float, float]] = {}  # log10(l2) -> ranking key
     fits: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}  # log10(l2) -> (W, b)
 
     def evaluate(log_l2: float) -> None:
         if log_l2 not in results:
             init = fits[min(fits, key=lambda done: abs(done - log_l2))] if warm_start and fits else None
-            weight, bias = fit_logistic(x_fit, y_fit, num_classes, 10.0**log_l2, max_iter, init=init)
+            weight, bias = _fit_standardised(fit_rows, 10.0**log_l2, max_iter, _TOL, init, "auto")
             fits[log_l2] = (weight, bias)
             top1, loss = _score(weight, bias, x_val, y_val)
             results[log_l2] = (top1, -loss, log_l2)
