@@ -322,3 +322,19 @@ def test_lock_with_unlocked_groups():
         "layer4",
         "attnpool",
     }
+
+
+@pytest.mark.parametrize("limit", [None, 1000, 7])
+def test_retrieval_eval_keeps_every_pair_of_a_small_held_out_set(tmp_path, dataset, limit):
+    from clipforge.train.evaluation import PeriodicEvaluator
+
+    lines = (dataset / "train.csv").read_text().splitlines()
+    held_out = tmp_path / "val.csv"  # 13 pairs: fewer than one batch of 256 and prime, so no batch size but 1 or 13
+    held_out.write_text("\n".join([lines[0]] + [f"{dataset / line}" for line in lines[1:14]]) + "\n")
+    model = clipforge.create_model("tiny-vit")
+    cfg = EvalConfig(retrieval=SourceConfig(kind="csv", path=str(held_out)), retrieval_max_samples=limit)
+    evaluator = PeriodicEvaluator(cfg, model, clipforge.get_tokenizer(model), torch.device("cpu"), None)
+    images, tokens = evaluator._load_retrieval()
+    expected = 13 if limit is None or limit > 13 else limit
+    assert images.shape[0] == tokens.shape[0] == expected
+    assert set(evaluator()) >= {"retrieval_image_to_text_R@1", "retrieval_text_to_image_R@10"}

@@ -11,6 +11,8 @@ from collections.abc import Callable
 import torch
 
 from ..data import DataConfig, TrainData
+from ..data.plan import source_size
+from ..data.sources import build_source
 from ..eval.metrics import retrieval_recall
 from ..eval.zeroshot import zeroshot_evaluate
 from ..factory import get_preprocess
@@ -49,16 +51,23 @@ class PeriodicEvaluator:
 
     def _load_retrieval(self) -> tuple[torch.Tensor, torch.Tensor]:
         limit = self.cfg.retrieval_max_samples
-        data_cfg = DataConfig(sources=(self.cfg.retrieval,), batch_size=min(256, limit or 256), seed=0)
+        available = source_size(build_source(self.cfg.retrieval))
+        wanted = available if limit is None else min(limit, available)
+        if wanted < 1:
+            source = self.cfg.retrieval
+            raise ValueError(f"eval.retrieval ({source.kind} {source.path}) holds no image-caption pairs")
+        # The data layer drops an epoch's remainder; a batch size that divides `wanted` keeps every pair,
+        # so a small held-out set (fewer pairs than one batch) is evaluated whole.
+        batch_size = max(d for d in range(1, min(256, wanted) + 1) if wanted % d == 0)
+        data_cfg = DataConfig(sources=(self.cfg.retrieval,), batch_size=batch_size, seed=0)
         data = TrainData(data_cfg, get_preprocess(self.model), self.tokenizer)
         images, tokens = [], []
         for batch in data.epoch(0):
             images.append(batch.images)
             tokens.append(batch.tokens)
-            if limit is not None and sum(len(t) for t in tokens) >= limit:
+            if sum(len(t) for t in tokens) >= wanted:
                 break
-        images_t, tokens_t = torch.cat(images), torch.cat(tokens)
-        return (images_t[:limit], tokens_t[:limit]) if limit is not None else (images_t, tokens_t)
+        return torch.cat(images)[:wanted], torch.cat(tokens)[:wanted]
 
     def __call__(self) -> dict[str, float]:
         out: dict[str, float] = {}
