@@ -130,3 +130,29 @@ def test_preprocess_batch_mixes_pil_images_and_paths(photos, tmp_path):
     assert torch.equal(batch[2], transform(photos["camera"]))
     with pytest.raises(ValueError, match="no images"):
         preprocess_batch([], transform)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="named pipes need a POSIX system")
+def test_fifo_and_directory_are_refused_without_blocking(tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "stray.png"
+    os.mkfifo(fifo)
+    outcome: list = []
+
+    def load() -> None:
+        try:
+            load_image(fifo)
+        except Exception as exc:  # the test inspects whatever was raised
+            outcome.append(exc)
+
+    worker = threading.Thread(target=load, daemon=True)  # a blocking open() of a FIFO never returns
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "load_image blocked on a FIFO"
+    assert isinstance(outcome[0], ImageLoadError) and "not a regular file" in str(outcome[0])
+    with pytest.raises(IsADirectoryError, match="give an image file"):
+        load_image(tmp_path)
+    Image.new("RGB", (4, 4)).save(tmp_path / "ok.png")
+    assert load_image(tmp_path / "ok.png").size == (4, 4)  # regular files still load through the same path

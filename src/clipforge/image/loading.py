@@ -14,9 +14,11 @@ the default, never touch it).
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
+import stat
 import struct
 import threading
 from typing import IO
@@ -91,13 +93,36 @@ def _load(source: ImageSource, label: str, max_pixels: int | None, background: B
     if isinstance(source, Image.Image):
         return _finish(source, label, max_pixels, background)
     if isinstance(source, (str, os.PathLike)):
-        with open(source, "rb") as file:  # missing or unreadable paths raise their own, clear, OSError
+        with _open_regular_file(source, label) as file:  # missing or unreadable paths raise their own OSError
             return _open_and_finish(file, label, max_pixels, background)
     if isinstance(source, (bytes, bytearray, memoryview)):
         return _open_and_finish(io.BytesIO(source), label, max_pixels, background)
     if hasattr(source, "read"):
         return _open_and_finish(source, label, max_pixels, background)
     raise TypeError(f"load_image takes a path, bytes, a binary file or a PIL image, got {type(source).__name__}")
+
+
+def _open_regular_file(path: str | os.PathLike, label: str) -> IO[bytes]:
+    """Open `path` for reading, refusing anything but a regular file.
+
+    A plain `open()` of a FIFO blocks until some process writes to it, so one stray named pipe in a photo
+    folder would hang a whole job; the file is therefore opened non-blocking, checked with fstat (no race
+    between the check and the read), and only then switched back to blocking reads.
+    """
+    nonblock = getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, os.O_RDONLY | nonblock)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory; give an image file", os.fspath(path))
+        if not stat.S_ISREG(mode):
+            raise ImageLoadError(f"{label}: not a regular file (a FIFO, socket or device); give an image file")
+        if nonblock:
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _open_and_finish(file: IO[bytes], label: str, max_pixels: int | None, background: Background) -> Image.Image:
