@@ -109,6 +109,10 @@ def classify_error(exc: BaseException) -> tuple[int, str, str]:
 
     if isinstance(exc, CliError):
         return exc.code, exc.message, exc.hint
+    from ..locking import FolderInUseError
+
+    if isinstance(exc, FolderInUseError):  # its message already ends with what to do
+        return RUNTIME_ERROR, str(exc), ""
     if isinstance(exc, KeyboardInterrupt):
         return INTERRUPTED, "interrupted", ""
     if isinstance(exc, HubDownloadError):

@@ -1,0 +1,79 @@
+"""The output-folder lock (clipforge.locking): a second writer gets a clear error, a killed holder frees it.
+
+Two jobs writing one folder is a silent corruption (interleaved metrics.jsonl, wrong sizes.json), so
+the lock must refuse at once, name the holder, and never outlive its holder (flock dies with the fd).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from clipforge.cli.errors import RUNTIME_ERROR, format_error
+from clipforge.locking import LOCK_NAME, FolderInUseError, output_lock
+
+_HOLDER = """
+import sys, time
+from clipforge.locking import output_lock
+with output_lock(sys.argv[1], what="clipforge test-holder"):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def _spawn_holder(folder):
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_second_lock_in_one_process_is_refused_and_names_the_holder(tmp_path):
+    out = tmp_path / "out"
+    with output_lock(out, what="clipforge train") as path:
+        assert path == out / LOCK_NAME
+        holder = json.loads(path.read_text())
+        assert holder["pid"] == os.getpid() and holder["what"] == "clipforge train"
+        with pytest.raises(FolderInUseError) as info:
+            with output_lock(out, what="clipforge train"):
+                pytest.fail("a second holder got the lock")
+        message = str(info.value)
+        assert f"{out} is in use by another clipforge train (pid {os.getpid()} on " in message
+        assert "wait for it or use another --output_dir" in message
+    # Released: the next job gets it, and the file no longer names a holder.
+    assert (out / LOCK_NAME).read_text() == ""
+    with output_lock(out):
+        pass
+
+
+def test_lock_held_by_another_process_then_freed_by_kill_9(tmp_path):
+    proc = _spawn_holder(tmp_path)
+    try:
+        with pytest.raises(FolderInUseError) as info:
+            with output_lock(tmp_path, what="clipforge make-shards", hint="use another --output"):
+                pass
+        assert f"another clipforge test-holder (pid {proc.pid} on " in str(info.value)
+        assert str(info.value).endswith("use another --output")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    # No cleanup by hand: the kernel dropped the flock with the killed process's file descriptor.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with output_lock(tmp_path, what="clipforge train"):
+                break
+        except FolderInUseError:
+            assert time.monotonic() < deadline, "lock still held 10 s after kill -9 of its holder"
+            time.sleep(0.1)
+
+
+def test_cli_reports_folder_in_use_as_one_line(tmp_path):
+    error = FolderInUseError(tmp_path, {"pid": 42, "host": "node7", "what": "clipforge train"}, "wait for it")
+    code, line = format_error("clipforge train", error)
+    assert code == RUNTIME_ERROR
+    expected = f"{tmp_path} is in use by another clipforge train (pid 42 on node7); wait for it"
+    assert line == f"clipforge train: error: {expected}"
