@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 
+from .argtypes import positive_int
 from .common import (
     add_common_arguments,
     add_model_arguments,
@@ -43,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="prompt templates: 'simple' (7, default), 'imagenet' (the CLIP paper's 80), 'photo' "
         "('a photo of a {}.'), or a file with one template per line containing {}",
     )
-    parser.add_argument("--top-k", type=int, default=3, help="labels reported per image (default 3)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--top-k", type=positive_int, default=3, help="labels reported per image (default 3)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
     parser.add_argument("--out", default=None, metavar="FILE", help="write the results here instead of stdout")
     parser.add_argument("--output", dest="out", help=argparse.SUPPRESS)  # the old name of --out
     parser.add_argument(
@@ -101,8 +102,6 @@ class _Lines:
 def main(argv: list[str] | None = None) -> int:
     """`clipforge classify`: zero-shot labels for each image, one JSON object per line; returns the exit code."""
     args = build_parser().parse_args(argv)
-    if args.top_k < 1 or args.batch_size < 1:
-        raise UsageError("--top-k and --batch-size must be positive", "e.g. --top-k 3 --batch-size 32")
     from tqdm import tqdm
 
     from ..factory import get_preprocess, get_tokenizer

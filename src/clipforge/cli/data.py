@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from .argtypes import positive_int
 from .common import add_common_arguments, add_progress_arguments, show_progress
 from .errors import INPUT_NOT_FOUND, CliError, CliParser, UsageError, command
 
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     make.add_argument(
         "--samples-per-shard",
-        type=int,
+        type=positive_int,
         default=DEFAULT_SAMPLES_PER_SHARD,
         metavar="N",
         help=f"samples per tar shard (default: {DEFAULT_SAMPLES_PER_SHARD})",

@@ -12,6 +12,7 @@ import io
 import json
 from pathlib import Path
 
+from .argtypes import positive_int
 from .common import (
     add_common_arguments,
     add_model_arguments,
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--texts", nargs="+", help="texts")
     source.add_argument("--text-file", help="a UTF-8 file with one text per line")
     parser.add_argument("--out", required=True, help="output .npy path")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="inputs per forward pass (default 64)")
     add_progress_arguments(parser)
     add_model_arguments(parser)
     add_common_arguments(parser)
@@ -60,8 +61,6 @@ def _save_npy(array, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     """`clipforge embed`: write L2-normalised image or text embeddings to a .npy file; returns the exit code."""
     args = build_parser().parse_args(argv)
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be positive, got {args.batch_size}", "e.g. --batch-size 64")
     out = Path(args.out)
     if out.suffix != ".npy":
         raise UsageError(f"--out {out} must end in .npy", f"e.g. --out {out.with_suffix('.npy')}")

@@ -18,6 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
+from .argtypes import non_negative_int, positive_int
 from .common import (
     DTYPES,
     add_common_arguments,
@@ -55,13 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--templates", default=None, help="template set (imagenet, simple, photo) or file")
     parser.add_argument("--descriptions", default=None, help="CuPL-style JSON {class: [descriptions]}")
     parser.add_argument("--hierarchy", default=None, help="CHiLS JSON {class: [subclasses]}")
-    parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="few-shot shots per class")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="few-shot sampling seeds")
-    parser.add_argument("--max-samples", type=int, default=None, help="evaluate a seeded subset of each split")
+    parser.add_argument("--ks", type=positive_int, nargs="+", default=[1, 2, 4, 8, 16], help="few-shot shots per class")
+    parser.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2], help="few-shot sampling seeds")
+    parser.add_argument("--max-samples", type=positive_int, default=None, help="evaluate a seeded subset of each split")
     parser.add_argument("--out", default="eval_results", help="report folder (default eval_results/)")
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="feature cache ('none' disables it)")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--workers", type=int, default=2, help="image decoding worker processes")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default 256)")
+    parser.add_argument("--workers", type=non_negative_int, default=2, help="image decoding worker processes")
     parser.add_argument("--no-plots", action="store_true")
     add_progress_arguments(parser)
     add_model_arguments(parser)

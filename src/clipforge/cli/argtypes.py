@@ -1,0 +1,46 @@
+"""argparse `type=` converters for every numeric option of the CLI, in one place.
+
+`type=int` accepts `--batch-size -1` (an empty result with exit 0) and `--top-k 0` (a traceback deep in the
+model code). These converters refuse such values while the command line is parsed, so argparse reports one
+line and exit code 2 through CliParser.error:
+
+    clipforge classify: error: argument --batch-size: must be a positive integer, got -1; see ...
+
+The message names what was expected and repeats what was given; argparse adds the option's name.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+# Above this an integer option is a typo, not a setting: batch sizes, shot counts, worker processes and seeds
+# all fit in 32 bits, and torch/numpy seeds or range() steps far beyond it fail late with obscure errors.
+MAX_INT = 2**31 - 1
+
+
+def _parse_int(text: str, expected: str) -> int:
+    """`text` as a base-10 integer, or ArgumentTypeError saying what was `expected` and what came."""
+    try:
+        value = int(text.strip(), 10)
+    except (ValueError, AttributeError):
+        raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}") from None
+    if value > MAX_INT:
+        raise argparse.ArgumentTypeError(f"must be {expected} of at most {MAX_INT}, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (batch sizes, top-k, shots per class, samples per shard)."""
+    value = _parse_int(text, "a positive integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (worker processes, where 0 means "in the main process"; random seeds)."""
+    value = _parse_int(text, "a non-negative integer")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
+    return value
+
