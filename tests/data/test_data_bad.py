@@ -1,11 +1,13 @@
 """Bad samples are skipped, replaced and counted per shard/file; too many of them raise DataError naming the worst."""
 
 import re
+import tarfile
 from collections import Counter
 
 import pytest
 
 from clipforge.data import DataConfig, DataError, SourceConfig, TrainData
+from clipforge.data.sources import FolderSource
 
 
 def _broken_shard_set(root, synth):
@@ -43,17 +45,27 @@ def test_bad_samples_are_skipped_and_counted_by_shard(tmp_path, synth, train_tra
     synth.assert_same_batches(list(data.epoch(0, start_batch=6)), batches[6:])
 
 
-def test_bad_files_of_map_sources_are_replaced(tmp_path, synth, train_transform, tokenizer):
+def test_bad_files_of_map_sources_are_replaced(tmp_path, synth, train_transform, tokenizer, monkeypatch):
     root = synth.write_folder(tmp_path / "images", 12)
     (root / "img0000.png").write_bytes(b"not an image")
     (root / "img0002.txt").unlink()
     (root / "img0004.txt").write_text("  \n")
     cfg = DataConfig(sources=(SourceConfig("folder", str(root)),), batch_size=4, max_bad_fraction=1.0)
     data = TrainData(cfg, train_transform, tokenizer)
+    reads: Counter = Counter()  # every read of a file, primary or replacement: each read of a bad one must count
+    original_read = FolderSource.read
+
+    def counting_read(self, index):
+        reads[re.sub(r".*/", "", self.paths[index])] += 1
+        return original_read(self, index)
+
+    monkeypatch.setattr(FolderSource, "read", counting_read)
     batches = list(data.epoch(0))
     assert len(batches) == 3 and all(len(b) == 4 for b in batches)
-    names = {re.sub(r".*/", "", name) for name in data.bad_counts}
-    assert names <= {"img0000.png", "img0002.png", "img0004.png"} and len(names) >= 1
+    counted = {re.sub(r".*/", "", name): n for name, n in data.bad_counts.items()}
+    bad_names = ("img0000.png", "img0002.png", "img0004.png")
+    assert counted == {name: reads[name] for name in bad_names}  # all three, each as often as it was drawn
+    assert all(counted[name] >= 1 for name in bad_names)
     ids = {synth.sample_id(c) for c in synth.captions(batches, tokenizer)}
     assert ids.isdisjoint({0, 2, 4})
     synth.assert_same_batches(list(data.epoch(0, start_batch=1)), batches[1:])
@@ -62,13 +74,17 @@ def test_bad_files_of_map_sources_are_replaced(tmp_path, synth, train_transform,
 def test_truncated_shard_counts_and_continues(tmp_path, synth, eval_transform, tokenizer):
     spec = synth.write_shard_set(tmp_path, shards=2, per_shard=8)
     first = tmp_path / "shard-000000.tar"
-    first.write_bytes(first.read_bytes()[:2000])  # cut inside the tar
-    cfg = DataConfig(sources=(SourceConfig("wds", spec, shuffle_buffer=0),), batch_size=2, epoch_samples=8)
+    with tarfile.open(first) as tar:  # cut inside the image of sample 3: samples 0-2 stay whole
+        cut = next(m.offset_data for m in tar.getmembers() if m.name == "000000003.png") + 100
+    first.write_bytes(first.read_bytes()[:cut])
+    # One pass over both shards: 3 + 8 good samples; the cut loses the rest of shard 0, counted once.
+    cfg = DataConfig(sources=(SourceConfig("wds", spec, shuffle_buffer=0),), batch_size=1, epoch_samples=11)
     batches = list(TrainData(cfg, eval_transform, tokenizer).epoch(0))
     bad = Counter()
     for b in batches:
         bad.update(b.bad)
-    assert set(bad) <= {str(first)}
+    assert bad == {str(first): 1}
+    assert sorted(synth.sample_id(c) for c in synth.captions(batches, tokenizer)) == [0, 1, 2, *range(8, 16)]
 
 
 def test_too_many_bad_samples_raise_naming_the_worst_shard(tmp_path, synth, eval_transform, tokenizer):
