@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipforge.image import EvalTransform, load_image
+from clipforge.image import EvalTransform, ImageLoadError, load_image
 from clipforge.models.config import PreprocessConfig
 
 from .bad import BadSample, DataError
@@ -104,7 +104,12 @@ class BatchAssembler:
             except (OSError, ValueError):  # ImageLoadError (corrupt, truncated, not an image), unreadable file
                 bad[raw.name] += 1
                 continue
-            return self._apply(image, derive_seed(AUGMENT, self.seed, *coords, position, attempt)), raw.caption
+            try:
+                tensor = self._apply(image, derive_seed(AUGMENT, self.seed, *coords, position, attempt))
+            except ImageLoadError:  # ImageAspectError: an extreme aspect ratio the transform refuses to resize
+                bad[raw.name] += 1
+                continue
+            return tensor, raw.caption
         return None
 
     def _tensor_slots(

@@ -10,19 +10,33 @@ deliberately differs. Nothing here imports torchvision.
 
 from .augment import AugmentConfig, TrainTransform
 from .convert import WHITE, to_rgb
-from .loading import DEFAULT_MAX_PIXELS, ImageLoadError, ImageTooLargeError, load_image
+from .loading import (
+    ALLOWED_FORMATS,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    ImageAspectError,
+    ImageLoadError,
+    ImageTooLargeError,
+    load_image,
+)
+from .resize_guard import DEFAULT_MAX_RESIZE_PIXELS, check_resize
 from .transforms import EvalTransform, build_transform, center_crop_or_pad, preprocess_batch, resized_size
 
 __all__ = [
+    "ALLOWED_FORMATS",
+    "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MAX_RESIZE_PIXELS",
     "WHITE",
     "AugmentConfig",
     "EvalTransform",
+    "ImageAspectError",
     "ImageLoadError",
     "ImageTooLargeError",
     "TrainTransform",
     "build_transform",
     "center_crop_or_pad",
+    "check_resize",
     "load_image",
     "preprocess_batch",
     "resized_size",

@@ -25,6 +25,7 @@ from PIL import Image, ImageEnhance
 from clipforge.models.config import ConfigError, PreprocessConfig
 
 from .convert import WHITE, Background, parse_background, to_rgb
+from .resize_guard import DEFAULT_MAX_RESIZE_PIXELS, check_resize, image_label
 from .tensor import RESAMPLE, Normalizer
 
 
@@ -172,6 +173,9 @@ class TrainTransform:
         size, aug, gen = self.cfg.size, self.aug, self.generator
         image = to_rgb(image, self.background)
         left, top, w, h = random_resized_crop_box(image.width, image.height, aug.scale, aug.ratio, gen)
+        # The output is size x size whatever the crop, and Pillow's intermediate (one pass over the crop's rows or
+        # columns) is at most size x the crop's long side; the guard makes that bound explicit for any size.
+        check_resize((w, h), (size, size), DEFAULT_MAX_RESIZE_PIXELS, label=image_label(image))
         # Crop and resize in one step: Pillow's box argument also lets the filter see just outside the crop.
         image = image.resize((size, size), self.resample, box=(left, top, left + w, top + h))
         if aug.color_jitter is not None and _chance(aug.color_jitter_prob, gen):

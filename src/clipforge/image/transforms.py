@@ -23,6 +23,8 @@ uses nearest-neighbour for those modes, so open_clip does too); 16-bit and float
 clipped; CMYK and YCbCr images are resized after conversion to RGB, not before (a few grey levels apart).
 "nearest" interpolation, which open_clip rejects, is torchvision's NEAREST on the same geometry. A resize that
 would make a side 0 (aspect ratios beyond size:1 in "longest" mode) keeps it at 1 pixel, where open_clip raises.
+A resize whose output would exceed `max_resize_pixels` (extreme aspect ratios in "shortest" mode: a 1 x 100,000
+image would become 224 x 22,400,000) raises ImageAspectError before allocating, where open_clip runs out of memory.
 EXIF orientation is not applied here (nor by open_clip): `load_image` applies it when reading files.
 """
 
@@ -39,6 +41,7 @@ from clipforge.models.config import PreprocessConfig, ResizeMode
 from .augment import AugmentConfig, TrainTransform
 from .convert import WHITE, Background, parse_background, to_rgb
 from .loading import DEFAULT_MAX_PIXELS, ImageSource, load_image
+from .resize_guard import DEFAULT_MAX_RESIZE_PIXELS, check_resize, image_label
 from .tensor import RESAMPLE, Normalizer
 
 
@@ -86,11 +89,22 @@ class EvalTransform:
     Args:
         cfg: size, normalisation, filter, resize mode and padding colour.
         background: what transparent pixels are composited over (see convert.to_rgb); white by default.
+        max_resize_pixels: refuse (ImageAspectError) an image whose resize before the crop would make more pixels
+            than this: see resize_guard.py; None disables the guard (trusted inputs only).
     """
 
-    def __init__(self, cfg: PreprocessConfig, background: Background = WHITE) -> None:
+    def __init__(
+        self,
+        cfg: PreprocessConfig,
+        background: Background = WHITE,
+        *,
+        max_resize_pixels: int | None = DEFAULT_MAX_RESIZE_PIXELS,
+    ) -> None:
+        if max_resize_pixels is not None and max_resize_pixels < cfg.size * cfg.size:
+            raise ValueError(f"max_resize_pixels must be at least size**2 = {cfg.size**2} or None")
         self.cfg = cfg
         self.background = parse_background(background)
+        self.max_resize_pixels = max_resize_pixels
         self.resample = RESAMPLE[cfg.interpolation]
         self.normalize = Normalizer(cfg.mean, cfg.std)
 
@@ -98,8 +112,13 @@ class EvalTransform:
         if not isinstance(image, Image.Image):
             raise TypeError(f"EvalTransform takes a PIL image, got {type(image).__name__}; use load_image for files")
         size = self.cfg.size
-        image = to_rgb(image, self.background)
         target = resized_size(image.width, image.height, size, self.cfg.resize_mode)
+        # Checked first, before even the mode conversion: nothing is allocated for an image that is refused.
+        check_resize(
+            image.size, target, self.max_resize_pixels, label=image_label(image), remedy=", or use resize_mode "
+            "'longest' (pad) or 'squash', or raise EvalTransform(..., max_resize_pixels=...) for trusted inputs"
+        )
+        image = to_rgb(image, self.background)
         if target != image.size:
             image = image.resize(target, self.resample)
         if self.cfg.resize_mode != "squash":
