@@ -59,6 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ks", type=positive_int, nargs="+", default=[1, 2, 4, 8, 16], help="few-shot shots per class")
     parser.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2], help="few-shot sampling seeds")
     parser.add_argument("--max-samples", type=positive_int, default=None, help="evaluate a seeded subset of each split")
+    parser.add_argument(
+        "--carve-test-fraction",
+        type=_open_fraction,
+        default=0.2,
+        help="when the dataset has no separate --train-split (e.g. a folder without train/ and test/), probes and "
+        "few-shot learn from a seeded stratified split carved from it: this share of each class is tested "
+        "(default 0.2; the report says so)",
+    )
+    parser.add_argument(
+        "--no-carve", action="store_true", help="refuse such a dataset for linear_probe/fewshot instead of carving"
+    )
+    parser.add_argument("--split-seed", type=non_negative_int, default=0, help="seed of the carved split (default 0)")
     parser.add_argument("--out", default="eval_results", help="report folder (default eval_results/)")
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="feature cache ('none' disables it)")
     parser.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default 256)")
@@ -68,6 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(parser)
     add_common_arguments(parser)
     return parser
+
+
+def _open_fraction(text: str) -> float:
+    """A number strictly between 0 and 1 (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number strictly between 0 and 1, got {text}")
+    return value
 
 
 def _matrix(path: str, default_out: str):
@@ -132,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                 tuple(args.ks),
                 tuple(args.seeds),
                 max_samples=args.max_samples,
+                carve_test_fraction=None if args.no_carve else args.carve_test_fraction,
+                split_seed=args.split_seed,
             )
             for dataset in args.dataset
             for task in args.task

@@ -1,17 +1,20 @@
 """Image features of an evaluation set, computed once and cached on disk.
 
-The cache key joins the model's weights hash, the preprocessing config and the dataset's fingerprint
-(name, split, files), so re-running a report re-encodes nothing, and a changed checkpoint or
-preprocessing gets new features. Images are decoded and preprocessed in DataLoader worker
-processes; unreadable images are skipped and counted (their rows are absent from the result, and
-the kept indices are returned so labels and captions stay aligned).
+The cache key joins everything the features depend on: the model's weights hash, the model's
+preprocessing config, the transform actually applied (its description), the autocast dtype and device
+type (bf16 and fp32 features differ), the dataset's fingerprint (name, split, item names) and its content
+signature (size and mtime_ns of every file, and the bytes where cheap; see items.py), so a rewritten image,
+a changed checkpoint, preprocessing or precision gets new features, never stale ones. Images are decoded and
+preprocessed in DataLoader worker processes; unreadable images are skipped and counted (their rows are
+absent from the result, and the kept indices are returned so labels and captions stay aligned).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,8 @@ from tqdm import tqdm
 from ..image import ImageLoadError
 from ..models.clip import CLIP
 from ..weights.native import atomic_save_safetensors
+from .items import content_signature
+from .zeroshot import encoding_context
 
 
 def weights_hash(model: CLIP) -> str:
@@ -64,10 +69,84 @@ class EncodedSet:
     cache_hit: bool
 
 
-def cache_key(model_hash: str, preprocess: Any, fingerprint: str) -> str:
-    """The feature-cache key: a hash of the weights, the preprocessing and the dataset files."""
-    text = json.dumps({"model": model_hash, "preprocess": asdict(preprocess), "data": fingerprint}, sort_keys=True)
+def transform_signature(transform: Any) -> str | None:
+    """A stable description of `transform` for the cache key, or None when it has none.
+
+    `cache_signature()` when the transform defines it; else its class and repr when the repr describes it
+    (clipforge's EvalTransform lists size, resize mode, filter, mean, std, ...); a repr that only gives an
+    address ("<function f at 0x...>") describes nothing, so such a transform is not cached.
+    """
+    custom = getattr(transform, "cache_signature", None)
+    if callable(custom):
+        return str(custom())
+    text = repr(transform)
+    if " at 0x" in text:
+        return None
+    cfg = getattr(transform, "cfg", None)
+    config = json.dumps(asdict(cfg), sort_keys=True, default=str) if is_dataclass(cfg) else ""
+    return f"{type(transform).__module__}.{type(transform).__qualname__}:{text}:{config}"
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """The autocast dtype features are computed under ("float32" when none)."""
+    return "float32" if dtype is None or dtype == torch.float32 else str(dtype).removeprefix("torch.")
+
+
+def cache_key(
+    model_hash: str,
+    preprocess: Any,
+    fingerprint: str,
+    *,
+    transform: str | None = None,
+    precision: str = "float32",
+    device_type: str = "cpu",
+    content: str | None = None,
+) -> str:
+    """The feature-cache key: a hash of the weights, the preprocessing, the transform, precision and the data."""
+    text = json.dumps(
+        {
+            "model": model_hash,
+            "preprocess": asdict(preprocess),
+            "transform": transform,
+            "precision": precision,
+            "device": device_type,
+            "data": fingerprint,
+            "content": content,
+        },
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+def _cache_path(
+    model: CLIP,
+    dataset: Any,
+    transform: Any,
+    cache_dir: str | Path,
+    model_hash: str | None,
+    dtype: torch.dtype | None,
+    device: torch.device,
+    hash_contents: bool | None,
+) -> Path | None:
+    described = transform_signature(transform)
+    if described is None:
+        warnings.warn(
+            f"features of {dataset.name} are not cached: the transform {transform!r} has no stable description "
+            "(give it a cache_signature() method or an informative __repr__)",
+            stacklevel=3,
+        )
+        return None
+    key = cache_key(
+        model_hash or weights_hash(model),
+        model.config.preprocess,
+        dataset.fingerprint,
+        transform=described,
+        precision=precision_name(dtype),
+        device_type=device.type,
+        content=content_signature(dataset, hash_contents),
+    )
+    return Path(cache_dir) / f"{key}.safetensors"
 
 
 def encode_images(
@@ -82,13 +161,20 @@ def encode_images(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     progress: bool = True,
+    hash_contents: bool | None = None,
 ) -> EncodedSet:
-    """L2-normalised image features of every readable item of `dataset` (cached when cache_dir is set)."""
+    """L2-normalised image features of every readable item of `dataset` (cached when cache_dir is set).
+
+    Args:
+        dtype: autocast dtype (e.g. torch.bfloat16); None or float32: no autocast.
+        hash_contents: whether the cache key hashes the image files' bytes, beyond their size and mtime_ns:
+            True, False, or None (auto: when the files total at most items.AUTO_HASH_LIMIT_BYTES).
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     path = None
     if cache_dir is not None:
-        key = cache_key(model_hash or weights_hash(model), model.config.preprocess, dataset.fingerprint)
-        path = Path(cache_dir) / f"{key}.safetensors"
-        if path.exists():
+        path = _cache_path(model, dataset, transform, cache_dir, model_hash, dtype, device, hash_contents)
+        if path is not None and path.exists():
             from safetensors import safe_open
 
             with safe_open(str(path), framework="pt") as handle:
@@ -96,22 +182,16 @@ def encode_images(
                 features = handle.get_tensor("features")
             skipped = {int(k): v for k, v in meta["skipped"].items()}
             return EncodedSet(features, meta["indices"], skipped, cache_hit=True)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
     loader = DataLoader(
         _Preprocessed(dataset, transform), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
     )
     chunks, indices, skipped = [], [], {}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            for images, idx, bad in tqdm(loader, desc=f"encode {dataset.name}", disable=not progress, unit="batch"):
-                skipped.update(dict(bad))
-                if len(idx):
-                    chunks.append(model.encode_image(images.to(device), normalize=True).float().cpu())
-                    indices.extend(idx)
-    finally:
-        model.train(was_training)
+    with encoding_context(model, device, dtype) as dev:
+        for images, idx, bad in tqdm(loader, desc=f"encode {dataset.name}", disable=not progress, unit="batch"):
+            skipped.update(dict(bad))
+            if len(idx):
+                chunks.append(model.encode_image(images.to(dev), normalize=True).float().cpu())  # (B, D)
+                indices.extend(idx)
     if not chunks:
         raise ValueError(f"{dataset.name}: no readable image among {len(dataset)} items")
     features = torch.cat(chunks)
@@ -129,16 +209,10 @@ def encode_texts(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """L2-normalised text features (T, D), float32."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    """L2-normalised text features (T, D), float32, under autocast to `dtype` (None: none)."""
     out = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            for start in range(0, len(texts), batch_size):
-                tokens = tokenizer(texts[start : start + batch_size]).to(device)
-                out.append(model.encode_text(tokens, normalize=True).float().cpu())
-    finally:
-        model.train(was_training)
+    with encoding_context(model, device, dtype) as dev:
+        for start in range(0, len(texts), batch_size):
+            tokens = tokenizer(texts[start : start + batch_size]).to(dev)
+            out.append(model.encode_text(tokens, normalize=True).float().cpu())  # (B, D)
     return torch.cat(out)

@@ -1,7 +1,9 @@
 """Evaluation reports: results as JSON records and a Markdown table, and plots read at a glance.
 
-results.json   one record per (model, dataset, split, task, metric)
-results.md     one table per task: a row per (model, dataset), a column per metric
+results.json   one record per (model, dataset, split, task, metric); linear-probe and few-shot records carry
+               `split_policy` (what trained, what was tested), `skipped_images` records list the skipped images
+results.md     one table per task: a row per (model, dataset), a column per metric; then which split trained
+               what, and the skipped images (path and reason)
 plots/         per-class accuracy and confusion matrix (zero-shot), accuracy vs k (few-shot),
                retrieval examples (a caption and its top images)
 """
@@ -47,7 +49,40 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
             cells = [_fmt(values.get(m)) for m in metrics]
             lines.append(f"| {model} | {dataset} | {split} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
+    parts += [section for section in (_splits_section(records), _skipped_section(records)) if section]
     return "\n\n".join(parts) + "\n"
+
+
+def _splits_section(records: list[dict[str, Any]]) -> str:
+    """Which images trained and which were tested, once per (model, dataset, task) that learned from a split."""
+    seen = dict.fromkeys(
+        (r["model"], r["dataset"], r["task"], r["split_policy"]) for r in records if r.get("split_policy")
+    )
+    if not seen:
+        return ""
+    lines = ["## splits", ""]
+    lines += [f"- {model} / {dataset} / {task}: {policy}" for model, dataset, task, policy in seen]
+    return "\n".join(lines)
+
+
+def _skipped_section(records: list[dict[str, Any]]) -> str:
+    """The skipped images of each (dataset, split), listed once however many tasks and models read them."""
+    groups: dict[tuple, list[str]] = {}
+    for r in records:
+        if r["metric"] != "skipped_images" or not r["value"]:
+            continue
+        listed = tuple((s["path"], s["reason"]) for s in r.get("skipped", ()))
+        key = (r["dataset"], r["split"], int(r["value"]), listed, r.get("skipped_not_listed", 0))
+        groups.setdefault(key, []).append(f"{r['model']} {r['task']}")
+    if not groups:
+        return ""
+    lines = ["## skipped images"]
+    for (dataset, split, count, listed, rest), readers in groups.items():
+        lines += ["", f"{dataset} / {split}: {count} skipped (read by {', '.join(dict.fromkeys(readers))})", ""]
+        lines += [f"- `{path}`: {reason}" for path, reason in listed]
+        if rest:
+            lines.append(f"- ... and {rest} more not listed")
+    return "\n".join(lines)
 
 
 def _fmt(value: float | None) -> str:

@@ -6,6 +6,12 @@ report plots (per-class accuracy, confusion matrix, few-shot curve, retrieval ex
 zero-shot with prompt ensembling (Radford et al. 2021, 3.1.4), CuPL descriptions (Pratt et al. 2023),
 CHiLS subclasses (Novack et al. 2023); linear probe with L2 chosen on a split of the training data
 (App. A.3); k-shot prototype and linear-probe classifiers over several seeds.
+
+Tasks that learn from a train split (linear probe, few-shot) never learn from test images: the pair is
+checked by `splits.plan_train_test` (a dataset without a distinct train split gets a seeded, disjoint,
+stratified split carved, or is refused), and every record of such a task carries `split_policy`, the
+sentence saying what trained and what was tested. Every encoded split adds a `skipped_images` record
+whose `skipped` lists the unreadable images (path and reason, the first MAX_LISTED_SKIPS of them).
 """
 
 from __future__ import annotations
@@ -21,10 +27,14 @@ from ..models.clip import CLIP
 from ..zeroshot import build_class_weights, get_templates
 from .datasets import load_eval_dataset
 from .features import EncodedSet, encode_images, encode_texts, weights_hash
+from .items import item_name
 from .metrics import confusion_matrix, mean_per_class_recall, retrieval_recall, topk_accuracy
+from .splits import RowsView, plan_train_test
+from .zeroshot import encoding_context
 
 TaskName = Literal["zeroshot", "retrieval", "linear_probe", "fewshot"]
 TASKS = ("zeroshot", "retrieval", "linear_probe", "fewshot")
+MAX_LISTED_SKIPS = 50  # skipped images listed by name per encoded split; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,9 @@ class EvalRequest:
         ks / seeds: few-shot shots per class and sampling seeds.
         options: extra keyword options for the dataset loader (e.g. CSV column names).
         max_samples: evaluate a seeded random subset of at most this many items per split (None: all).
+        carve_test_fraction: when the train split holds the same images as the evaluated one (a dataset
+            without separate splits), the share of each class a seeded carved split tests; None refuses.
+        split_seed: the seed of that carved split.
     """
 
     task: TaskName
@@ -55,10 +68,14 @@ class EvalRequest:
     seeds: tuple[int, ...] = (0, 1, 2)
     options: dict[str, Any] = field(default_factory=dict)
     max_samples: int | None = None
+    carve_test_fraction: float | None = 0.2
+    split_seed: int = 0
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; expected one of {list(TASKS)}")
+        if self.carve_test_fraction is not None and not 0 < self.carve_test_fraction < 1:
+            raise ValueError(f"carve_test_fraction must be in (0, 1) or None, got {self.carve_test_fraction}")
 
 
 @dataclass
@@ -80,6 +97,7 @@ class EvalContext:
     device: torch.device | str | None = None
     dtype: torch.dtype | None = None
     progress: bool = True
+    hash_contents: bool | None = None  # feature-cache key hashes file bytes: None = auto (small sets)
     _hash: str | None = None
 
     def model_hash(self, model: CLIP) -> str:
@@ -89,33 +107,22 @@ class EvalContext:
         return self._hash
 
 
-class SubsetView:
+class SubsetView(RowsView):
     """A seeded random subset of a Classification/RetrievalSet with the same protocol (for max_samples)."""
 
     def __init__(self, dataset: Any, count: int, seed: int = 0) -> None:
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count].sort().values
-        self.dataset, self.rows = dataset, order.tolist()
-        self.name, self.split = dataset.name, dataset.split
-        self.fingerprint = f"{dataset.fingerprint}:subset{count}:{seed}"
-        if hasattr(dataset, "labels"):
-            self.labels = tuple(dataset.labels[i] for i in self.rows)
-            self.classnames, self.templates = dataset.classnames, dataset.templates
-        if hasattr(dataset, "captions"):
-            self.captions = tuple(dataset.captions[i] for i in self.rows)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def load(self, index: int):
-        """Item `index` of the subset: the underlying dataset's row `rows[index]`."""
-        return self.dataset.load(self.rows[index])
+        super().__init__(dataset, order.tolist(), f"{dataset.fingerprint}:subset{count}:{seed}")
 
 
-def _load(req: EvalRequest, split: str):
-    dataset = load_eval_dataset(req.dataset, req.root, split, **req.options)
+def _subset(req: EvalRequest, dataset: Any) -> Any:
     if req.max_samples is not None and len(dataset) > req.max_samples:
         return SubsetView(dataset, req.max_samples)
     return dataset
+
+
+def _load(req: EvalRequest, split: str):
+    return _subset(req, load_eval_dataset(req.dataset, req.root, split, **req.options))
 
 
 def _encode(model: CLIP, dataset, ctx: EvalContext) -> EncodedSet:
@@ -130,6 +137,7 @@ def _encode(model: CLIP, dataset, ctx: EvalContext) -> EncodedSet:
         device=ctx.device,
         dtype=ctx.dtype,
         progress=ctx.progress,
+        hash_contents=ctx.hash_contents,
     )
 
 
@@ -148,17 +156,29 @@ def _record(ctx: EvalContext, req: EvalRequest, metric: str, value: float, split
     }
 
 
+def skipped_record(ctx: EvalContext, req: EvalRequest, dataset: Any, encoded: EncodedSet) -> dict:
+    """The `skipped_images` record of one encoded split: the count, and which images and why (capped)."""
+    record = _record(ctx, req, "skipped_images", len(encoded.skipped), dataset.split)
+    listed = sorted(encoded.skipped)[:MAX_LISTED_SKIPS]
+    record["skipped"] = [{"path": item_name(dataset, i), "reason": encoded.skipped[i]} for i in listed]
+    record["skipped_not_listed"] = len(encoded.skipped) - len(listed)
+    return record
+
+
 def _class_weights(
     model: CLIP, req: EvalRequest, names: list[str], default_templates: tuple[str, ...], ctx: EvalContext
 ) -> torch.Tensor:
     tokenizer = get_tokenizer(model)
     templates = get_templates(req.templates) if req.templates else list(default_templates)
-    if req.descriptions:
-        from .prompts import class_weights_from_descriptions, load_class_descriptions
+    # Class prompts are encoded under the same autocast as the images: mixing bf16 images with fp32 text
+    # would score neither configuration the user asked for.
+    with encoding_context(model, ctx.device, ctx.dtype):
+        if req.descriptions:
+            from .prompts import class_weights_from_descriptions, load_class_descriptions
 
-        described = load_class_descriptions(req.descriptions)
-        return class_weights_from_descriptions(model, tokenizer, names, described, templates).float().cpu()
-    return build_class_weights(model, tokenizer, names, templates, ctx.batch_size).float().cpu()
+            described = load_class_descriptions(req.descriptions)
+            return class_weights_from_descriptions(model, tokenizer, names, described, templates).float().cpu()
+        return build_class_weights(model, tokenizer, names, templates, ctx.batch_size).float().cpu()
 
 
 def zeroshot(model: CLIP, req: EvalRequest, ctx: EvalContext) -> TaskResult:
@@ -191,7 +211,7 @@ def zeroshot(model: CLIP, req: EvalRequest, ctx: EvalContext) -> TaskResult:
     cm = confusion_matrix(logits.argmax(-1), labels, len(classnames))
     per_class = (cm.diag().float() / cm.sum(1).clamp(min=1).float()).tolist()
     records = [_record(ctx, req, k, v) for k, v in scores.items()]
-    records.append(_record(ctx, req, "skipped_images", len(encoded.skipped)))
+    records.append(skipped_record(ctx, req, dataset, encoded))
     return TaskResult(
         records,
         {"classnames": classnames, "per_class": per_class, "confusion": cm.tolist()},
@@ -221,52 +241,80 @@ def retrieval(model: CLIP, req: EvalRequest, ctx: EvalContext) -> TaskResult:
             }
         )
     records = [_record(ctx, req, k, v) for k, v in scores.items()]
+    records.append(skipped_record(ctx, req, dataset, encoded))
     return TaskResult(records, {"examples": examples, "dataset": dataset}, int(not encoded.cache_hit))
 
 
-def _train_test(model: CLIP, req: EvalRequest, ctx: EvalContext):
-    train_set, test_set = _load(req, req.train_split), _load(req, req.split)
-    if not hasattr(train_set, "labels"):
+@dataclass
+class _TrainTest:
+    train_x: torch.Tensor  # (N_train, D)
+    train_y: torch.Tensor  # (N_train,)
+    test_x: torch.Tensor  # (N_test, D)
+    test_y: torch.Tensor  # (N_test,)
+    num_classes: int
+    policy: str
+    skip_records: list[dict]
+    encoded_again: int
+
+
+def _train_test(model: CLIP, req: EvalRequest, ctx: EvalContext) -> _TrainTest:
+    """Encode the disjoint train/test pair of `req` (see splits.plan_train_test); max_samples applies after."""
+    full_train = load_eval_dataset(req.dataset, req.root, req.train_split, **req.options)
+    full_test = load_eval_dataset(req.dataset, req.root, req.split, **req.options)
+    if not hasattr(full_train, "labels") or not hasattr(full_test, "labels"):
         raise ValueError(f"{req.task} needs a labelled dataset; {req.dataset} holds captions")
+    plan = plan_train_test(full_train, full_test, test_fraction=req.carve_test_fraction, seed=req.split_seed)
+    train_set, test_set = _subset(req, plan.train), _subset(req, plan.test)
     train_enc, test_enc = _encode(model, train_set, ctx), _encode(model, test_set, ctx)
-    encoded_again = int(not train_enc.cache_hit) + int(not test_enc.cache_hit)
-    return (
+    policy = plan.policy
+    if train_set is not plan.train or test_set is not plan.test:
+        policy += f"; max_samples={req.max_samples}: seeded subsets of {len(train_set)} and {len(test_set)} images"
+    return _TrainTest(
         train_enc.features,
         _labels(train_set, train_enc),
         test_enc.features,
         _labels(test_set, test_enc),
         len(test_set.classnames),
-        encoded_again,
+        policy,
+        [skipped_record(ctx, req, train_set, train_enc), skipped_record(ctx, req, test_set, test_enc)],
+        int(not train_enc.cache_hit) + int(not test_enc.cache_hit),
     )
+
+
+def _with_policy(records: list[dict], policy: str) -> list[dict]:
+    for record in records:
+        record["split_policy"] = policy
+    return records
 
 
 def linear_probe_task(model: CLIP, req: EvalRequest, ctx: EvalContext) -> TaskResult:
     """Linear probe: logistic regression on the train split's features, scored on the evaluated split."""
     from .probe import linear_probe
 
-    train_x, train_y, test_x, test_y, num_classes, again = _train_test(model, req, ctx)
-    result = linear_probe(train_x, train_y, test_x, test_y, num_classes)
+    data = _train_test(model, req, ctx)
+    result = linear_probe(data.train_x, data.train_y, data.test_x, data.test_y, data.num_classes)
     records = [_record(ctx, req, m, getattr(result, m)) for m in ("top1", "top5", "mean_per_class_recall")]
     records += [
         _record(ctx, req, "l2", result.l2, req.train_split),
         _record(ctx, req, "val_top1", result.val_top1, req.train_split),
     ]
-    return TaskResult(records, {}, again)
+    return TaskResult(_with_policy(records + data.skip_records, data.policy), {}, data.encoded_again)
 
 
 def fewshot_task(model: CLIP, req: EvalRequest, ctx: EvalContext) -> TaskResult:
     """k-shot prototype and linear-probe classifiers over the request's shots and seeds."""
     from .fewshot import few_shot
 
-    train_x, train_y, test_x, test_y, num_classes, again = _train_test(model, req, ctx)
+    data = _train_test(model, req, ctx)
     records, curves = [], {}
     for method in ("prototype", "linear_probe"):
-        out = few_shot(train_x, train_y, test_x, test_y, num_classes, ks=req.ks, seeds=req.seeds, method=method)
+        arrays = (data.train_x, data.train_y, data.test_x, data.test_y)
+        out = few_shot(*arrays, data.num_classes, ks=req.ks, seeds=req.seeds, method=method)
         curves[method] = {int(k): v for k, v in out.items()}
         for k, stats in out.items():
             records.append(_record(ctx, req, f"{method}_{k}shot_top1_mean", stats["mean"]))
             records.append(_record(ctx, req, f"{method}_{k}shot_top1_std", stats["std"]))
-    return TaskResult(records, {"fewshot": curves}, again)
+    return TaskResult(_with_policy(records + data.skip_records, data.policy), {"fewshot": curves}, data.encoded_again)
 
 
 RUNNERS = {"zeroshot": zeroshot, "retrieval": retrieval, "linear_probe": linear_probe_task, "fewshot": fewshot_task}
