@@ -4,25 +4,30 @@ RECIPE is a shipped recipe name (`clipforge train --list`) or a user's .py file 
 Overrides are type-checked against the config dataclasses (train/overrides.py); `--help` after a recipe
 lists every field with its type, the recipe's value and its documentation. The resolved config is written
 to OUTPUT_DIR/config.json; rerunning the same command resumes from the newest checkpoint there.
+Under torchrun only rank 0 reports; the output folder is locked while a run writes it.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import textwrap
 from dataclasses import dataclass, field
 
-from .errors import interrupted_exit
+from .errors import INTERRUPTED, TERMINATED, interrupted_exit
 
 USAGE = (
-    "usage: clipforge train RECIPE [--arg ARG] [--print-config] [--section.field=value | --section.field value ...]\n"
+    "usage: clipforge train RECIPE [--arg ARG] [--print-config] [--restart] "
+    "[--section.field=value | --section.field value ...]\n"
     "       clipforge train --list\n"
     "       clipforge train RECIPE --help"
 )
 OPTIONS = """options:
   --arg ARG        the recipe's argument (a variant such as 'smoke', or a data path; see the recipe's text)
   --print-config   print the resolved config as JSON and exit
+  --restart        start over at step 0 in an output folder that holds an earlier run; its metrics.jsonl,
+                   checkpoints/, ... are kept with a .N suffix (the same as --checkpoint.restart=true)
   --list           list the shipped recipes
   --progress, --no-progress  the same as --logging.progress=true/false
   -h, --help       this help; after a recipe, also every config field with its type, value and meaning"""
@@ -89,6 +94,8 @@ def split_args(argv: list[str]) -> TrainArgs:
                 values["arg"] = argv[i]
             else:
                 values["arg"] = token.split("=", 1)[1]
+        elif token == "--restart":
+            values["overrides"].append("--checkpoint.restart=true")
         elif token in ("--progress", "--no-progress"):  # the option every clipforge command takes
             values["overrides"].append(f"--logging.progress={token == '--progress'}")
         elif token == "--device" and i + 1 < len(argv) and argv[i + 1] == "auto":  # as in the other commands
@@ -172,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as exc:
         print(f"clipforge train: error: {exc}", file=sys.stderr)
         return 1
+    if not result.is_main:  # under torchrun, rank 0 alone reports the run (the others have no model path)
+        if result.interrupted:
+            return INTERRUPTED if result.stop_signal == signal.SIGINT else TERMINATED
+        return 0
     if result.interrupted:
         return interrupted_exit("clipforge train", result.state.step, result.stop_signal)  # 130 Ctrl-C, 143 SIGTERM
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.final_metrics.items())

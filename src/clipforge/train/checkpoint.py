@@ -5,13 +5,17 @@ the data position (epoch, batches consumed in it), so a run killed mid-epoch and
 the same losses as an uninterrupted one. Files are written to a temporary name, fsynced and renamed,
 so a crash during a write leaves the previous checkpoint intact; they load with
 `torch.load(weights_only=True)` (only tensors and plain containers are stored).
+
+Resuming never hides what happened: a damaged newest checkpoint is skipped with a warning naming it
+and the one used instead (`ResumePoint.damaged`), and a folder whose checkpoints are all unreadable is
+an `UnreadableCheckpointsError` (rerun with --restart to start over), never a silent restart at step 0.
 """
 
 from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,10 @@ class TrainState:
     batch_in_epoch: int = 0  # micro-batches of `epoch` already consumed
     samples_seen: int = 0
     skipped_nan_steps: int = 0
+    # Run totals over every rank up to the last checkpoint, so a resumed run keeps counting (and keeps
+    # data.max_bad_fraction judged over the whole run) instead of starting from zero.
+    good_samples: int = 0
+    bad_samples: dict[str, int] = field(default_factory=dict)  # {file or shard name: bad samples met}
 
 
 def rng_state() -> dict[str, Any]:
@@ -116,16 +124,35 @@ def save_checkpoint(
     return path
 
 
+class DamagedCheckpointError(CheckpointError):
+    """A training checkpoint cannot be read (truncated, corrupt, not a clipforge training checkpoint)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"checkpoint {path} cannot be read ({reason})")
+        self.path = path
+        self.reason = reason
+
+
+class UnreadableCheckpointsError(CheckpointError):
+    """A run folder holds checkpoints but none of them is readable: resuming is impossible, restarting would
+    silently throw the run away, so the user has to choose (`--restart`, or repair/delete the files)."""
+
+
+_PAYLOAD_KEYS = ("state", "model", "optimizer", "scheduler", "rng")
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint safely (weights_only). A damaged file is a clear error naming it."""
+    """Read a checkpoint safely (weights_only). A damaged file is a DamagedCheckpointError naming it and why."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling/zip failure means a damaged file
-        raise RuntimeError(
-            f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); delete it to resume from the previous one"
-        ) from exc
+        first = " ".join(str(exc).split()).split(". ")[0][:200]  # torch's zip errors go on for a paragraph
+        raise DamagedCheckpointError(path, f"{type(exc).__name__}: {first}") from exc
     if not isinstance(payload, dict) or payload.get("format") != "clipforge-train-checkpoint":
-        raise RuntimeError(f"{path} is not a clipforge training checkpoint")
+        raise DamagedCheckpointError(path, "not a clipforge training checkpoint")
+    missing = [key for key in _PAYLOAD_KEYS if not isinstance(payload.get(key), dict)]
+    if missing:
+        raise DamagedCheckpointError(path, f"no {', '.join(missing)} in it")
     return payload
 
 
@@ -165,13 +192,38 @@ def _check_fits(path: Path, payload: dict[str, Any], expected: dict[str, tuple[i
         raise CheckpointMismatchError(f"{where} holds a checkpoint of a different model ({path.name}: {difference})")
 
 
+@dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint a run resumes from, and the newer ones skipped because they could not be read.
+
+    Fields:
+        path: the checkpoint file used.
+        payload: its content (state, model, optimizer, scheduler, rng).
+        damaged: (file, reason) of every newer checkpoint that was unreadable, newest first.
+    """
+
+    path: Path
+    payload: dict[str, Any]
+    damaged: tuple[tuple[Path, str], ...] = ()
+
+    def warning(self) -> str | None:
+        """One line saying which damaged checkpoints were skipped and which one is used; None if none was."""
+        if not self.damaged:
+            return None
+        skipped = "; ".join(f"{path} ({reason})" for path, reason in self.damaged)
+        return f"skipped damaged checkpoint(s) {skipped}; resuming from {self.path} instead"
+
+
 def find_resume_checkpoint(
     folder: Path, resume: str | None, expected: dict[str, tuple[int, ...]] | None = None
-) -> tuple[Path, dict[str, Any]] | None:
-    """(path, payload) to resume from: `resume="auto"` picks the newest readable checkpoint in `folder`.
+) -> ResumePoint | None:
+    """The checkpoint to resume from: `resume="auto"` picks the newest readable checkpoint in `folder`.
 
-    With `expected` ({state-dict key: shape} of the model being trained), a checkpoint of another model
-    is a CheckpointMismatchError saying so, with what to do, before anything is loaded.
+    A damaged newer checkpoint is skipped and listed in `ResumePoint.damaged` (the caller warns). If `folder`
+    holds checkpoints and none is readable, UnreadableCheckpointsError: restarting at step 0 would silently
+    throw the run (and its metrics history) away. With `expected` ({state-dict key: shape} of the model being
+    trained), a checkpoint of another model is a CheckpointMismatchError saying so, with what to do, before
+    anything is loaded. None: nothing to resume (no checkpoint, or `resume=None`).
     """
     if resume is None:
         return None
@@ -184,16 +236,25 @@ def find_resume_checkpoint(
             _check_fits(path, payload, expected, f"checkpoint.resume={resume!r}")
         except CheckpointMismatchError as exc:
             raise CheckpointMismatchError(f"{exc}; resume from a checkpoint of this model") from None
-        return path, payload
+        return ResumePoint(path, payload)
+    damaged: list[tuple[Path, str]] = []
+    output_dir = folder.parent if folder.name == "checkpoints" else folder
     for path in reversed(list_checkpoints(folder)):
         try:
             payload = load_checkpoint(path)
-        except RuntimeError:
-            continue  # a damaged newest file (crash mid-write of a non-atomic copy): use the one before
-        output_dir = folder.parent if folder.name == "checkpoints" else folder
+        except DamagedCheckpointError as exc:
+            damaged.append((path, exc.reason))  # e.g. a disk error or a copy cut short: try the one before
+            continue
         try:
             _check_fits(path, payload, expected, str(output_dir))
         except CheckpointMismatchError as exc:
             raise CheckpointMismatchError(f"{exc}; use a new --output_dir or delete {output_dir}") from None
-        return path, payload
+        return ResumePoint(path, payload, tuple(damaged))
+    if damaged:
+        names = "; ".join(f"{path.name} ({reason})" for path, reason in damaged)
+        raise UnreadableCheckpointsError(
+            f"{folder} holds {len(damaged)} checkpoint(s) and none is readable: {names}; nothing can be resumed. "
+            f"Rerun with --restart to start over from step 0 (the old metrics.jsonl and checkpoints are kept "
+            f"beside the new ones with a .N suffix), or use another --output_dir"
+        )
     return None

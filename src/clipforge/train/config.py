@@ -159,13 +159,18 @@ class CheckpointConfig:
     Fields:
         every_steps: save every N optimizer steps; None: only at the end and on SIGTERM/SIGINT.
         keep_last: checkpoints kept; older ones are deleted.
-        resume: "auto" resumes from the newest checkpoint in the output folder if any; a path resumes from
-            that checkpoint; None never resumes.
+        resume: "auto" resumes from the newest readable checkpoint in the output folder if any (a damaged
+            newer one is skipped with a warning; if none is readable the run stops and asks for restart); a
+            path resumes from that checkpoint; None never resumes.
+        restart: start over at step 0 in a folder that holds an earlier run (CLI: --restart): its
+            metrics.jsonl, checkpoints/, summary.json, model/ and config.json are moved aside with a .N
+            suffix (never deleted), then the run starts as in an empty folder.
     """
 
     every_steps: int | None = 500
     keep_last: int = 2
     resume: str | None = "auto"
+    restart: bool = False
 
     def __post_init__(self) -> None:
         _check(self.keep_last >= 1, f"checkpoint.keep_last must be >= 1, got {self.keep_last}")

@@ -8,12 +8,18 @@ accumulation (train/step.py), clip, schedule, clamp the temperature, log, evalua
 atomically every N steps and on SIGTERM/SIGINT, and resume exactly (model, optimizer, scheduler,
 RNG and data position) from the newest checkpoint. Derived run state lives in `RunContext`; the
 config is never written to.
+
+Rank 0 holds the output folder's lock (clipforge.locking) for the whole run, so a second run into the
+same folder stops at once with a clear error. Resuming says what it did: damaged checkpoints skipped,
+records of redone steps dropped; an earlier run's history is moved aside, never truncated (history.py).
+Under FSDP every rank runs the evaluation: the sharded towers' forward all-gathers their parameters.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import random
 import signal
@@ -23,25 +29,44 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import nn
 
 from ..atomic import atomic_write_bytes
 from ..data import DataError, TrainData
 from ..factory import get_preprocess, get_tokenizer
+from ..locking import FolderInUseError, output_lock
 from ..models.clip import CLIP
 from ..models.layers import PatchDropout
 from ..weights.loading import create_model, load_model, save_model
 from .checkpoint import TrainState, find_resume_checkpoint, save_checkpoint, set_rng_state
 from .config import PhaseConfig, TrainConfig
-from .distributed import DistInfo, all_reduce_mean, barrier, cleanup_distributed, init_distributed
+from .distributed import (
+    DistInfo,
+    all_reduce_mean,
+    barrier,
+    broadcast_object,
+    cleanup_distributed,
+    init_distributed,
+)
 from .evaluation import PeriodicEvaluator
 from .freeze import lock_image_tower, lock_text_tower
+from .history import METRICS, describe_moves, drop_records_after, has_history, set_aside
 from .losses import clamp_logit_scale_
 from .monitor import Monitor
 from .optim import build_optimizer, build_scheduler
-from .sharding import full_model_state, full_optimizer_state, load_full_states, sync_replicated_grads, wrap_model
+from .sharding import (
+    full_model_state,
+    full_optimizer_state,
+    load_full_states,
+    sync_replicated_grads,
+    uses_fsdp,
+    wrap_model,
+)
 from .step import run_step
+
+log = logging.getLogger(__name__)
 
 
 class TrainingError(RuntimeError):
@@ -60,7 +85,12 @@ class RunContext:
 
 @dataclass
 class TrainResult:
-    """What a run ended with: its state, where the model was saved, final metrics, bad samples, interruption."""
+    """What a run ended with: its state, where the model was saved, final metrics, bad samples, interruption.
+
+    Every rank gets one; only the one with `is_main` (rank 0) wrote the model and reports the run.
+    `bad_samples` are the run's totals over every rank (and over earlier runs this one resumed).
+    """
+
     state: TrainState
     output_dir: Path
     model_dir: Path | None
@@ -68,6 +98,7 @@ class TrainResult:
     final_metrics: dict[str, float] = field(default_factory=dict)
     bad_samples: dict[str, int] = field(default_factory=dict)
     stop_signal: int | None = None  # the signal that interrupted the run (SIGINT: the CLI exits 130, SIGTERM 143)
+    is_main: bool = True
 
 
 class StopSignal:
@@ -144,6 +175,8 @@ def apply_phase(
     """Reduce image size / text length for a CLIPA phase (Li et al. 2023); set its patch dropout."""
     if phase is None:
         return images, tokens
+    resized = phase.image_size is not None and phase.image_size != model.image_size
+    model.set_position_interpolation(resized)  # explicit: the model refuses other sizes otherwise
     if phase.image_size is not None and phase.image_size != images.shape[-1]:
         images = F.interpolate(images, size=(phase.image_size,) * 2, mode="bilinear", antialias=True)
     if phase.context_length is not None and phase.context_length < tokens.shape[1]:
@@ -176,12 +209,78 @@ def train(cfg: TrainConfig, *, stop_after_steps: int | None = None) -> TrainResu
     (checkpoint, then return with interrupted=True); tests use it to emulate pre-emption."""
     dist = init_distributed(cfg.device)
     try:
-        result = _train(cfg, dist, stop_after_steps)
+        with _locked_output(Path(cfg.output_dir), dist):
+            result = _train(cfg, dist, stop_after_steps)
     except BaseException:
         cleanup_distributed(wait=False)
         raise
     cleanup_distributed()
     return result
+
+
+@contextlib.contextmanager
+def _locked_output(output_dir: Path, dist: DistInfo):
+    """Rank 0 holds OUTPUT_DIR/.lock for the run; if another job holds it, every rank raises FolderInUseError."""
+    with contextlib.ExitStack() as stack:
+        refusal = None
+        if dist.is_main:
+            try:
+                stack.enter_context(output_lock(output_dir, what="clipforge train"))
+            except FolderInUseError as exc:
+                refusal = (exc.folder, exc.holder, exc.hint)
+        refusal = broadcast_object(refusal, dist)  # the other ranks stop with the same message, not in a hang
+        if refusal is not None:
+            raise FolderInUseError(*refusal)
+        yield
+
+
+def _prepare_history(cfg: TrainConfig, output_dir: Path, checkpoint_dir: Path, dist: DistInfo, shapes):
+    """Set an earlier run aside on restart, find the checkpoint to resume from, keep metrics.jsonl whole.
+
+    Rank 0 moves files; every rank then reads the same checkpoint. Returns the ResumePoint or None.
+    """
+    if cfg.checkpoint.restart:
+        moved = set_aside(output_dir) if dist.is_main else []
+        if moved:
+            print(f"restart: the earlier run is kept as {describe_moves(moved)}", flush=True)
+        barrier(dist)
+    found = find_resume_checkpoint(checkpoint_dir, cfg.checkpoint.resume, expected=shapes)
+    if not dist.is_main:
+        return found
+    if found is not None:
+        if (warning := found.warning()) is not None:
+            log.warning("%s", warning)
+        step = int(found.payload["state"].get("step", 0))
+        dropped, cut = drop_records_after(output_dir / METRICS, step)
+        if dropped or cut:
+            log.warning(
+                "%s: dropped %d record(s) of steps after %d (this resume redoes them)%s",
+                output_dir / METRICS,
+                dropped,
+                step,
+                f" and {cut} line(s) cut by the interruption" if cut else "",
+            )
+    elif has_history(output_dir):  # starting over in a folder with an earlier run: keep its history
+        moved = set_aside(output_dir)
+        log.warning(
+            "%s holds an earlier run with no checkpoint to resume from; starting at step 0 and keeping it as %s",
+            output_dir,
+            describe_moves(moved),
+        )
+    return found
+
+
+def _merge_bad_counts(state: TrainState, new: dict[str, int], good: int, dist: DistInfo) -> None:
+    """Add every rank's bad/good sample counts since the last merge to the run totals in `state` (a collective)."""
+    parts = [(good, new)]
+    if dist.world_size > 1:
+        parts = [None] * dist.world_size
+        torch_dist.all_gather_object(parts, (good, dict(new)))
+    for rank_good, rank_bad in parts:
+        state.good_samples += rank_good
+        for name, count in rank_bad.items():
+            state.bad_samples[name] = state.bad_samples.get(name, 0) + count
+    new.clear()
 
 
 def _train(cfg: TrainConfig, dist: DistInfo, stop_after_steps: int | None) -> TrainResult:
@@ -197,6 +296,8 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop_after_steps: int | None) -> Tr
         model = model.to(torch.bfloat16)
     model = model.to(device).train()
     teacher = _load_teacher(cfg.model.teacher, device) if cfg.model.teacher else None
+    if teacher is not None and any(p.image_size is not None for p in cfg.phases):
+        teacher.set_position_interpolation(True)  # it embeds the same reduced-size batches
     tokenizer = get_tokenizer(model)
     data = TrainData(cfg.data, get_preprocess(model, train=True), tokenizer, dist.rank, dist.world_size)
     accum = cfg.schedule.accum_steps
@@ -215,13 +316,16 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop_after_steps: int | None) -> Tr
     scheduler = build_scheduler(optimizer, total_steps, cfg.schedule)
     state = TrainState()
     shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    found = find_resume_checkpoint(checkpoint_dir, cfg.checkpoint.resume, expected=shapes)
+    found = _prepare_history(cfg, output_dir, checkpoint_dir, dist, shapes)
     if found is not None:
-        path, payload = found
+        payload = found.payload
         load_full_states(model, optimizer, payload, cfg.strategy, dist)
         scheduler.load_state_dict(payload["scheduler"])
         set_rng_state(payload["rng"])
         state = TrainState(**payload["state"])
+        # The data layer's max_bad_fraction check goes on from the run's totals, not from zero.
+        data.tally.good = state.good_samples
+        data.tally.bad.update(state.bad_samples)
     if dist.is_main:  # only once the folder is known to hold this model's run (or none): never clobber another's
         _write_config(cfg, output_dir)
     if cfg.model.compile:
@@ -231,16 +335,22 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop_after_steps: int | None) -> Tr
     ctx = RunContext(dist, output_dir, checkpoint_dir, monitor)
     if found is not None:
         monitor.write(
-            f"resumed from {found[0]} at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})"
+            f"resumed from {found.path} at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})"
         )
 
     autocast = _autocast_factory(cfg.precision, device)
     global_batch = cfg.data.batch_size * accum * dist.world_size
-    bad_total: dict[str, int] = {}
+    bad_new: dict[str, int] = {}  # this rank's bad samples since the last merge into state.bad_samples
+    good_new = [0]
     interrupted = False
     final_metrics: dict[str, float] = {}
 
+    def merge_counts() -> None:
+        _merge_bad_counts(state, bad_new, good_new[0], dist)
+        good_new[0] = 0
+
     def checkpoint() -> None:
+        merge_counts()  # collective: the checkpoint holds every rank's counts
         model_state = full_model_state(model, cfg.strategy, dist)  # collective under FSDP
         optim_state = full_optimizer_state(model, optimizer, cfg.strategy, dist)
         if dist.is_main:
@@ -250,10 +360,14 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop_after_steps: int | None) -> Tr
     eval_dtype = torch.bfloat16 if cfg.precision != "fp32" else None
     evaluator = PeriodicEvaluator(cfg.eval, model, tokenizer, device, eval_dtype)
 
+    # FSDP2's forward all-gathers each sharded tower's parameters: a forward on rank 0 alone waits forever
+    # for the other ranks, so under FSDP every rank evaluates (the same data, so the same collectives).
+    evaluate_here = dist.is_main or uses_fsdp(cfg.strategy, dist)
+
     def evaluate() -> dict[str, float]:
-        metrics = evaluator() if (dist.is_main and evaluator.enabled) else {}
+        metrics = evaluator() if (evaluate_here and evaluator.enabled) else {}
         barrier(dist)
-        if metrics:
+        if metrics and dist.is_main:
             monitor.log({"step": state.step, **{f"eval/{k}": v for k, v in metrics.items()}})
             monitor.write(f"step {state.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         return metrics
@@ -265,7 +379,8 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop_after_steps: int | None) -> Tr
             try:
                 for batch in data.epoch(state.epoch, start_batch=state.batch_in_epoch):
                     for name, count in batch.bad.items():
-                        bad_total[name] = bad_total.get(name, 0) + count
+                        bad_new[name] = bad_new.get(name, 0) + count
+                    good_new[0] += len(batch)
                     micro.append((batch.images.to(device, non_blocking=True), batch.tokens.to(device)))
                     if len(micro) < accum:
                         continue
@@ -294,7 +409,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop_after_steps: int | None) -> Tr
                     clamp_logit_scale_(model.logit_scale, math.log(cfg.loss.max_logit_scale))
                     state.step += 1
                     state.samples_seen += global_batch
-                    _log_step(ctx, cfg, state, result.loss, optimizer, model, grad_norm, bad_total, total_steps)
+                    _log_step(ctx, cfg, state, result.loss, optimizer, model, grad_norm, bad_new, total_steps)
                     if cfg.eval.every_steps and state.step % cfg.eval.every_steps == 0 and state.step < total_steps:
                         evaluate()
                     due = cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0
@@ -324,12 +439,13 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop_after_steps: int | None) -> Tr
             final = CLIP(model.config)
             final.load_state_dict({k: v.float() for k, v in final_state.items()})
             save_model(final, model_dir)
-            _write_summary(output_dir, state, final_metrics, bad_total)
+            _write_summary(output_dir, state, final_metrics, state.bad_samples)
             if cfg.logging.plot:
                 _plot(ctx)
     monitor.close()
     barrier(dist)  # every rank leaves together, after rank 0 has written the final model
-    return TrainResult(state, output_dir, model_dir, interrupted, final_metrics, bad_total, stop.signum)
+    bad = dict(state.bad_samples)
+    return TrainResult(state, output_dir, model_dir, interrupted, final_metrics, bad, stop.signum, dist.is_main)
 
 
 def _clip_gradients(model: CLIP, max_norm: float | None) -> float:
@@ -349,14 +465,17 @@ def _log_step(
     optimizer,
     model: CLIP,
     grad_norm: float,
-    bad_total: dict[str, int],
+    bad_new: dict[str, int],
     total_steps: int,
 ) -> None:
     lr = optimizer.param_groups[0]["lr"]
     ctx.monitor.advance(1, {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}"})
     if state.step % cfg.logging.every_steps and state.step != total_steps:
         return
-    loss_mean = float(all_reduce_mean(torch.tensor(loss, device=ctx.dist.device), ctx.dist))
+    # One collective for both: the mean loss, and the bad samples every rank met since the last checkpoint.
+    means = all_reduce_mean(torch.tensor([loss, float(sum(bad_new.values()))], device=ctx.dist.device), ctx.dist)
+    loss_mean = float(means[0])
+    bad_samples = sum(state.bad_samples.values()) + round(float(means[1]) * ctx.dist.world_size)
     rate = ctx.monitor.rate(state.samples_seen)
     record = {
         "step": state.step,
@@ -367,7 +486,7 @@ def _log_step(
         "grad_norm": grad_norm,
         "samples_per_s": rate,
         "samples_seen": state.samples_seen,
-        "bad_samples": sum(bad_total.values()),
+        "bad_samples": bad_samples,
         "skipped_nan_steps": state.skipped_nan_steps,
     }
     ctx.monitor.log(record)

@@ -1,8 +1,7 @@
 """Watching a run: JSONL metrics, a progress bar, and optional TensorBoard / Weights & Biases.
 
-Only rank 0 writes. `metrics.jsonl` gets one JSON object per log step (and per evaluation); on
-resume, records past the resumed step are dropped first, so the file of a killed-and-resumed run
-reads exactly like one of an uninterrupted run.
+Only rank 0 writes. `metrics.jsonl` gets one JSON object per log step (and per evaluation), always
+appended; what happens to an earlier run's file on resume or restart is train/history.py's job.
 """
 
 from __future__ import annotations
@@ -14,21 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from .config import LogConfig
-
-
-def truncate_jsonl_after(path: Path, step: int) -> None:
-    """Drop records whose "step" is greater than `step` (they belong to work the resume redoes)."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by the crash
-        if record.get("step", 0) <= step:
-            kept.append(line)
-    path.write_text("".join(line + "\n" for line in kept))
 
 
 class Monitor:
@@ -53,7 +37,6 @@ class Monitor:
         self._last_samples = 0
         if not enabled:
             return
-        truncate_jsonl_after(self.jsonl, start_step)
         if cfg.progress:
             from tqdm import tqdm
 
