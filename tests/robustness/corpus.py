@@ -210,7 +210,8 @@ def is_fifo(path: str | bytes) -> bool:
 
 @dataclass(frozen=True)
 class BadCsv:
-    """A CSV file with filepath,title columns pointing at `good` images; `expect`: "ok" or "refuse_or_report"."""
+    """A CSV file of (image, text) rows; `expect`: "ok", "refuse", "refuse_or_report" (naming `bad_line`) or
+    "ok_or_refuse"."""
 
     name: str
     path: str
@@ -219,8 +220,9 @@ class BadCsv:
     bad_line: int | None = None  # the line a report must name when the command goes on
 
 
-def write_csvs(root: Path, good: list[str], rng_seed: int = SEED) -> list[BadCsv]:
-    """Write the CSV corpus under `root`, each listing (some of) the valid images in `good`."""
+def write_csvs(root: Path, good: list[str], header: tuple[str, str], rng_seed: int = SEED) -> list[BadCsv]:
+    """Write the CSV corpus under `root`, each listing the valid images in `good`; `header` names the image and
+    text columns (("filepath", "title") for make-shards, ("path", "label") for eval)."""
     root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(rng_seed)
     rows = [(path, f"a photo number {i}") for i, path in enumerate(good)]
@@ -229,8 +231,8 @@ def write_csvs(root: Path, good: list[str], rng_seed: int = SEED) -> list[BadCsv
     def text(lines: list[str]) -> str:
         return "".join(line + "\n" for line in lines)
 
-    def body(header: str = "filepath,title") -> list[str]:
-        return [header] + [f'"{p}","{c}"' for p, c in rows]
+    def body(columns: str = ",".join(header)) -> list[str]:
+        return [columns] + [f'"{p}","{c}"' for p, c in rows]
 
     cases: list[BadCsv] = []
 
@@ -250,9 +252,9 @@ def write_csvs(root: Path, good: list[str], rng_seed: int = SEED) -> list[BadCsv
     wrong[2] = f'"{rows[1][0]}","caption","extra","fields"'
     wrong[3] = f'"{rows[2][0]}"'
     put("wrong-column-count.csv", text(wrong).encode(), n, "refuse_or_report", bad_line=3)
-    put("missing-columns.csv", text(body("filepath,description")).encode(), n, "refuse")
+    put("missing-columns.csv", text(body(header[0] + ",description")).encode(), n, "refuse")
     put("empty.csv", b"", 0, "refuse")
-    put("header-only.csv", b"filepath,title\n", 0, "refuse")
+    put("header-only.csv", (",".join(header) + "\n").encode(), 0, "refuse")
     put("binary.csv", bytes(rng.randrange(256) for _ in range(4096)), 0, "refuse")
     put("nul-bytes.csv", text(body()).encode().replace(b"a photo number 0", b"a photo\0number 0"), n, "ok_or_refuse")
     return cases
