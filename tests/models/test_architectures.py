@@ -214,9 +214,11 @@ def test_full_size_forward_backward_on_meta_device(name):
 
 
 def test_vit_accepts_a_smaller_image_by_resizing_positions():
-    """Reduced-resolution training phases (CLIPA) feed smaller images; the configured size is unchanged."""
+    """Reduced-resolution training phases (CLIPA) feed smaller images once they ask for position interpolation;
+    the configured size is unchanged."""
     torch.manual_seed(0)
     model = CLIP(get_model_config("tiny-vit")).eval()
+    model.set_position_interpolation(True)
     with torch.no_grad():
         small = model.encode_image(torch.randn(2, 3, 16, 16))
         full = model.encode_image(torch.randn(2, 3, 32, 32))

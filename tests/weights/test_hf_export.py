@@ -249,7 +249,7 @@ def test_transformers_saved_image_processor_is_honoured(exported, tmp_path):
     ("data", "expected"),
     [
         ({}, PreprocessConfig(size=32)),
-        ({"size": 48, "crop_size": 48}, PreprocessConfig(size=48)),  # legacy int sizes
+        ({"size": 32, "crop_size": 32}, PreprocessConfig(size=32)),  # legacy int sizes
         (
             {"size": {"height": 32, "width": 32}, "do_center_crop": False},
             PreprocessConfig(size=32, resize_mode="squash"),
@@ -281,6 +281,8 @@ def test_preprocess_from_hf_fields(data, expected):
         ({"do_resize": False}, "do_resize is false"),
         ({"resample": 1}, "LANCZOS"),
         ({"size": {"height": 40, "width": 40}, "crop_size": 32}, "resizes to 40x40 then crops 32"),
+        # issue 8: the model's image size wins over a processor made for another size
+        ({"size": 48, "crop_size": 48}, "produces 48x48 images but the model takes 32x32"),
     ],
 )
 def test_inexpressible_settings_warn(data, warning):
@@ -331,10 +333,12 @@ def test_longest_resize_mode_warns_and_writes_shortest(tmp_path):
 
 
 def test_preprocess_size_other_than_image_size_writes_the_image_size(tmp_path):
-    """issue 8: a quickstart model had vision.image_size 28 and preprocess size 32; the export takes 28."""
-    model = clipforge.create_model("tiny-vit", vision={"image_size": 28, "patch_size": 7}, preprocess={"size": 32})
+    """issue 8: a quickstart model had vision.image_size 28 and preprocess size 32; the config now follows the
+    model's size (with a warning naming both), and so does the export."""
     with pytest.warns(UserWarning, match="preprocess.size=32 differs from vision.image_size=28"):
-        clipforge.save_model(model, tmp_path, format="hf")
+        model = clipforge.create_model("tiny-vit", vision={"image_size": 28, "patch_size": 7}, preprocess={"size": 32})
+    assert model.config.preprocess.size == 28
+    clipforge.save_model(model, tmp_path, format="hf")
     config = json.loads((tmp_path / hf_processor.PREPROCESSOR_NAME).read_text())
     assert config["size"] == {"shortest_edge": 28} and config["crop_size"] == {"height": 28, "width": 28}
     processor = transformers.CLIPProcessor.from_pretrained(tmp_path)

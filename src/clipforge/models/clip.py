@@ -67,6 +67,12 @@ class CLIP(nn.Module):
         self.visual.set_grad_checkpointing(enable)
         self.text.set_grad_checkpointing(enable)
 
+    def set_position_interpolation(self, enable: bool = True) -> None:
+        """Let the image tower take inputs of other sizes than `image_size` (whole patches), its position grid
+        resampled to theirs: CLIPA's reduced-resolution training phases. Off by default, so that an image
+        preprocessed for another model is an error rather than a silently wrong embedding; ViT towers only."""
+        self.visual.set_position_interpolation(enable)
+
     def set_fused_attention(self, enable: bool = True) -> None:
         """Use torch SDPA kernels (default) or the explicit softmax(QK^T)V path."""
         for module in self.modules():

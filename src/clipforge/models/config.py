@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -174,7 +175,9 @@ class PreprocessConfig:
     """How images are prepared for this model (what open_clip calls preprocess_cfg).
 
     Fields:
-        size: output side in pixels (the model's image_size).
+        size: output side in pixels. Inside a `CLIPConfig` it is always the vision tower's `image_size` (the one
+            source of truth for the input size: a model's preprocessing cannot feed it another size); it is a
+            field so that a transform can also be built from a `PreprocessConfig` alone.
         mean / std: per-channel normalisation, RGB order.
         interpolation: resize filter.
         resize_mode: "shortest" (resize shortest side, centre crop: CLIP), "longest" (fit inside,
@@ -209,7 +212,9 @@ class CLIPConfig:
         init_logit_scale: initial log temperature (log(1/0.07) as in CLIP).
         init_logit_bias: initial logit bias; None means the model has no bias (softmax-loss CLIP),
             a value adds the learnable bias that sigmoid-loss (SigLIP) models use.
-        preprocess: image preprocessing that goes with the model.
+        preprocess: image preprocessing that goes with the model; None gives the defaults. Its `size` must be
+            `vision.image_size` (None is filled in with it), and `replace(vision=...)` carries a new image size
+            into it: the model's input size is stated once, in `vision.image_size`.
     """
 
     embed_dim: int = 512
@@ -223,12 +228,19 @@ class CLIPConfig:
         _check(self.embed_dim > 0, f"embed_dim must be positive, got {self.embed_dim}")
         if self.preprocess is None:
             object.__setattr__(self, "preprocess", PreprocessConfig(size=self.vision.image_size))
+        _check(
+            self.preprocess.size == self.vision.image_size,
+            f"preprocess.size={self.preprocess.size} differs from vision.image_size={self.vision.image_size}: the "
+            "preprocessing must produce the size the model takes; set vision.image_size only (preprocess.size "
+            "follows it, e.g. CLIPConfig.replace(vision=...) or create_model(..., vision={'image_size': N}))",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-ready data (tuples become lists)."""
         out = dataclasses.asdict(self)
         if isinstance(out["vision"]["layers"], tuple):
             out["vision"]["layers"] = list(out["vision"]["layers"])
+        del out["preprocess"]["size"]  # it is vision.image_size: stored once, so no file can make them differ
         return out
 
     @classmethod
@@ -239,14 +251,39 @@ class CLIPConfig:
             vision = _build(VisionConfig, data.pop("vision", {}), "vision")
             text = _build(TextConfig, data.pop("text", {}), "text")
             pre = data.pop("preprocess", None)
+            if pre is not None:
+                pre = {**pre, "size": _legacy_preprocess_size(pre, vision.image_size)}
             preprocess = _build(PreprocessConfig, pre, "preprocess") if pre is not None else None
         except TypeError as exc:  # pragma: no cover - _build reports unknown keys itself
             raise ConfigError(str(exc)) from exc
         return _build(cls, {**data, "vision": vision, "text": text, "preprocess": preprocess}, "model")
 
     def replace(self, **changes: Any) -> CLIPConfig:
-        """A copy with `changes` applied (validated again)."""
+        """A copy with `changes` applied (validated again). A new `vision` without a new `preprocess` carries its
+        image size into the preprocessing, which always produces the size the model takes."""
+        vision = changes.get("vision")
+        if vision is not None and "preprocess" not in changes and self.preprocess.size != vision.image_size:
+            changes["preprocess"] = dataclasses.replace(self.preprocess, size=vision.image_size)
         return dataclasses.replace(self, **changes)
+
+
+def _legacy_preprocess_size(preprocess: dict[str, Any], image_size: int) -> int:
+    """The preprocess size of a config read from a dict: the vision tower's image size.
+
+    clipforge writes no `preprocess.size` (it is `vision.image_size`), but files written before issue 8 carry one,
+    and some of them (the Fashion-MNIST quickstart: 32 for a 28 px model) carry another size; such a model was fed
+    images its patch grid cut short, so it is read with the size it takes, and a warning names both numbers.
+    """
+    size = preprocess.get("size", image_size)
+    if size != image_size:
+        warnings.warn(
+            f"preprocess.size={size} differs from vision.image_size={image_size}; the model takes {image_size} px "
+            f"images, so its preprocessing now produces {image_size} px (preprocess.size always follows "
+            "vision.image_size; a model trained on cropped inputs may score differently)",
+            UserWarning,
+            stacklevel=4,
+        )
+    return image_size
 
 
 def _build(cls: type, values: dict[str, Any], where: str):

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import VisionConfig
+from .inputs import check_image_size
 
 
 class Bottleneck(nn.Module):
@@ -133,6 +134,14 @@ class ModifiedResNet(nn.Module):
         """Recompute each stage's activations in backward (memory for compute)."""
         self.grad_checkpointing = enable
 
+    def set_position_interpolation(self, enable: bool = True) -> None:
+        """Refused when enabled: the attention pool's positions are a fixed grid (use a ViT for CLIPA phases)."""
+        if enable:
+            raise ValueError(
+                "a ModifiedResNet image tower takes only vision.image_size inputs (its attention pool has a fixed "
+                "position grid); reduced-size training phases need a ViT image tower"
+            )
+
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         """The three-convolution stem and average pool: (B, 3, H, W) -> (B, width, H/4, W/4)."""
         x = self.act1(self.bn1(self.conv1(x)))
@@ -141,7 +150,10 @@ class ModifiedResNet(nn.Module):
         return self.avgpool(x)  # (B, width, H/4, W/4)
 
     def forward_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pooled embedding (B, D) and the final feature map as tokens (B, HW/1024, 32 * width)."""
+        """Pooled embedding (B, D) and the final feature map as tokens (B, HW/1024, 32 * width).
+
+        Only `vision.image_size` inputs are taken: the attention pool's positions are a fixed grid."""
+        check_image_size(images, self.cfg)
         x = self.stem(images.to(self.conv1.weight.dtype))
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             if self.grad_checkpointing and torch.is_grad_enabled():

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import VisionConfig
+from .inputs import check_image_size
 from .layers import AttentionalPooler, PatchDropout, Transformer
 
 
@@ -45,6 +46,14 @@ class VisionTransformer(nn.Module):
             pool_dim = width
         self.ln_post = norm(pool_dim)
         self.proj = nn.Parameter(scale * torch.randn(pool_dim, output_dim))
+        # Inputs of another size than cfg.image_size are refused unless this is set (set_position_interpolation).
+        self.interpolate_positions = False
+
+    def set_position_interpolation(self, enable: bool = True) -> None:
+        """Accept inputs of any size (a multiple of the patch size), resampling the learned position grid to
+        theirs, as CLIPA's reduced-resolution training phases need (Li et al. 2023). Off by default: a wrongly
+        preprocessed image would otherwise be embedded without a word."""
+        self.interpolate_positions = enable
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in backward (memory for compute)."""
@@ -52,6 +61,7 @@ class VisionTransformer(nn.Module):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Patchify and add class token and positions: (B, 3, H, W) -> (B, 1 + N, width)."""
+        check_image_size(images, self.cfg, self.interpolate_positions)
         x = self.conv1(images)  # (B, width, g, g)
         x = x.flatten(2).transpose(1, 2)  # (B, N, width)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)

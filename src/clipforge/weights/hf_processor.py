@@ -66,17 +66,11 @@ _PIL_NAMES = {1: "LANCZOS", 4: "BOX", 5: "HAMMING"}
 def preprocessor_to_hf(cfg: CLIPConfig) -> dict[str, Any]:
     """A `CLIPImageProcessor` config (preprocessor_config.json as a dict) equivalent to `cfg.preprocess`.
 
-    The output side is the vision tower's `image_size`: that is what the exported CLIPModel takes, even where a
-    clipforge config's preprocess size says otherwise (such a config would feed the model a wrong size).
+    The output side is the vision tower's `image_size` (which `CLIPConfig` keeps `preprocess.size` equal to):
+    that is what the exported CLIPModel takes.
     """
     pre = cfg.preprocess
     side = cfg.vision.image_size
-    if pre.size != side:
-        warnings.warn(
-            f"preprocess.size={pre.size} differs from vision.image_size={side}; {PREPROCESSOR_NAME} is written for "
-            f"{side}, the size the exported model takes",
-            stacklevel=3,
-        )
     mode = pre.resize_mode
     if mode == "longest":
         warnings.warn(
@@ -217,6 +211,13 @@ def preprocess_from_hf(data: Mapping[str, Any], image_size: int, where: str = PR
         warnings.warn(
             f"{where}: do_resize is false; clipforge always resizes, here to {side} ({mode} mode)", stacklevel=3
         )
+    if side != image_size:
+        warnings.warn(
+            f"{where}: produces {side}x{side} images but the model takes {image_size}x{image_size} "
+            f"(vision.image_size); clipforge preprocesses to {image_size}, the size the model takes",
+            stacklevel=3,
+        )
+        side = image_size
 
     rescale = data.get("rescale_factor", 1 / 255) if _flag(data, "do_rescale", where) else 1.0
     if isinstance(rescale, bool) or not isinstance(rescale, (int, float)) or not rescale > 0:

@@ -11,6 +11,7 @@ The image tower (`visual.*`) has identical names. A hub repository pushed by ope
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -138,6 +139,7 @@ def config_from_openclip(model_cfg: dict[str, Any], preprocess_cfg: dict[str, An
         layer_norm_eps=_norm_eps(t.get("norm_kwargs"), "text_cfg"),
     )
     pre = dict(preprocess_cfg or {})
+    _check_preprocess_size(pre.get("size", image_size), image_size)
     preprocess = PreprocessConfig(
         size=image_size,
         mean=tuple(pre.get("mean", PreprocessConfig.mean)),
@@ -155,6 +157,20 @@ def config_from_openclip(model_cfg: dict[str, Any], preprocess_cfg: dict[str, An
         init_logit_bias=None if bias is None else float(bias),
         preprocess=preprocess,
     )
+
+
+def _check_preprocess_size(size: Any, image_size: int) -> None:
+    """open_clip preprocesses at the vision tower's image size whatever preprocess_cfg.size says (its factory
+    overwrites it); so does clipforge, and a file whose size differs gets a warning naming both."""
+    if isinstance(size, (list, tuple)) and len(set(size)) == 1:
+        size = size[0]
+    if size != image_size:
+        warnings.warn(
+            f"open_clip preprocess_cfg.size={size!r} differs from vision_cfg.image_size={image_size}; images are "
+            f"preprocessed to {image_size}, the size the model takes (as open_clip does)",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def config_to_openclip(config: CLIPConfig) -> dict[str, Any]:
@@ -211,7 +227,8 @@ def config_to_openclip(config: CLIPConfig) -> dict[str, Any]:
     if t.proj_bias or not t.causal_mask:
         model_cfg["custom_text"] = True  # open_clip builds these text options only in CustomTextCLIP
     p = config.preprocess
-    preprocess_cfg = {
+    preprocess_cfg = {  # open_clip's PreprocessCfg fields, as its hub configs write them
+        "size": v.image_size,
         "mean": list(p.mean),
         "std": list(p.std),
         "interpolation": p.interpolation,
