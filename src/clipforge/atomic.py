@@ -3,6 +3,11 @@
 A crash or kill mid-write leaves either the old file or no file, never a truncated one; every
 writer in clipforge (checkpoints, configs, features, reports, plots) goes through here.
 
+Temporary files end in `.clipforge-partial.tmp`, so that what a killed writer left behind can be recognised and
+removed (`remove_stale_temporaries`, called by a job that holds the folder's lock). A full disk is reported as a
+`NoSpaceError` naming the device, the file and the space needed, instead of a bare `OSError 28` or PyTorch's
+"unexpected pos"; the partial file is removed and the file being replaced stays intact.
+
 The temporary file from `mkstemp` is private (mode 0600); before the rename it gets the mode any other new file
 would get, 0666 minus the umask, or keeps the permissions of the file it replaces, as an in-place write would.
 """
@@ -10,7 +15,10 @@ would get, 0666 minus the umask, or keeps the permissions of the file it replace
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
+import shutil
 import stat
 import tempfile
 import threading
@@ -18,13 +26,86 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+TEMP_SUFFIX = ".clipforge-partial.tmp"  # every temporary file clipforge writes ends so; see remove_stale_temporaries
+_STALE = re.compile(r"^\..+(\.clipforge-partial\.tmp|\.tar\.tmp-\d+)$")  # and clipforge 0.1 shard temporaries
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+class NoSpaceError(OSError):
+    """A write failed because the file system is full (or the user's quota is used up); the message says where and
+    about how much was needed. Files that were being replaced are left as they were."""
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """Whether `exc`, or an exception it was raised from or while handling, is ENOSPC / EDQUOT.
+
+    torch.save reports a failed write as `RuntimeError: ... unexpected pos`, with the OSError as its context.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _NO_SPACE:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def mount_point(path: str | os.PathLike) -> str:
+    """The mount point of the file system holding `path` (its nearest existing folder), for messages."""
+    current = os.path.abspath(os.fspath(path))
+    while not os.path.exists(current):
+        current = os.path.dirname(current)
+    while not os.path.ismount(current):
+        current = os.path.dirname(current)
+    return current
+
+
+def no_space_error(path: str | os.PathLike, needed_bytes: int) -> NoSpaceError:
+    """A NoSpaceError for a failed write of `path`: the device (mount point), the space needed and free, what to do."""
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    try:
+        free = f", {shutil.disk_usage(folder).free / 1e6:.1f} MB free"
+    except OSError:
+        free = ""
+    needed = f"about {max(needed_bytes, 1) / 1e6:.1f} MB needed for this file{free}"
+    return NoSpaceError(
+        errno.ENOSPC,
+        f"no space left on the device mounted at {mount_point(folder)} while writing {os.fspath(path)} ({needed}); "
+        "free some space or write elsewhere; earlier outputs were left intact and the partial file was removed",
+        os.fspath(path),
+    )
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a killed clipforge writer left in `folder`; the paths removed.
+
+    Call only while holding the folder's lock (clipforge.locking.output_lock): a temporary file of a writer that
+    is still running looks the same as one left by a killed writer.
+    """
+    removed = []
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for entry in os.scandir(folder):
+            if _STALE.match(entry.name) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
+
+
+def _size_of(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """`with atomic_open(p) as f: f.write(...)`: `p` appears only once the block finished without error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as handle:
             _set_mode_like_open(handle.fileno(), path)
@@ -32,8 +113,11 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        written = _size_of(tmp)
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, Exception) and is_no_space(exc):
+            raise no_space_error(path, written) from exc
         raise
 
 

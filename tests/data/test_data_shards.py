@@ -32,7 +32,7 @@ def test_make_shards_round_trip_from_folder(tmp_path, synth, eval_transform, tok
     assert data_main(argv) == 0
     printed = capsys.readouterr()
     assert "wrote 11 samples in 3 shards" in printed.out and "skipped 2 bad inputs" in printed.out
-    assert sorted(p.name for p in out.iterdir()) == [f"shard-{i:06d}.tar" for i in range(3)] + ["sizes.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", *(f"shard-{i:06d}.tar" for i in range(3)), "sizes.json"]
     assert json.loads((out / "sizes.json").read_text()) == {
         "shard-000000.tar": 4,
         "shard-000001.tar": 4,
@@ -98,7 +98,7 @@ def test_write_shards_is_atomic_and_keeps_other_sizes(tmp_path, synth):
 
     with pytest.raises(RuntimeError):
         write_shards(failing(), tmp_path / "partial", 5)
-    assert list((tmp_path / "partial").iterdir()) == []  # no half-written shard left behind
+    assert [p.name for p in (tmp_path / "partial").iterdir()] == [".lock"]  # no half-written shard left behind
 
 
 def test_brace_expansion():

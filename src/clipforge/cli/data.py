@@ -1,19 +1,20 @@
 """`clipforge data`: data preparation commands. `make-shards` turns a CSV/TSV file or an image folder with
 sidecar captions into WebDataset tar shards (img2dataset's layout, see clipforge.data.shards).
 
-Inputs that cannot be used (unreadable or corrupt images, missing or empty captions) are skipped and counted;
-the count and the first few reasons are printed at the end.
+Inputs that cannot be used (unreadable or corrupt images, FIFOs or devices, oversized files, missing or empty
+captions, malformed CSV rows) are skipped and counted; the count and the first few reasons are printed at the end.
+The output folder is locked while shards are written: a second make-shards into it stops with a clear error.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import os
 from collections.abc import Iterator
 from typing import Any
 
+from ..safeio import DEFAULT_MAX_IMAGE_BYTES
 from .argtypes import positive_int
 from .common import add_common_arguments, add_progress_arguments, show_progress
 from .errors import INPUT_NOT_FOUND, CliError, CliParser, UsageError, command
@@ -60,6 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--image-column", default="filepath", help="CSV image path column (default: filepath)")
     make.add_argument("--caption-column", default="title", help="CSV caption column (default: title)")
     make.add_argument("--separator", default=None, help="CSV separator (default: tab for .tsv, else comma)")
+    make.add_argument(
+        "--encoding",
+        default=None,
+        help="CSV text encoding, e.g. latin-1 (default: UTF-8, or UTF-16 when the file starts with its BOM)",
+    )
+    make.add_argument(
+        "--max-image-mb",
+        type=float,
+        default=DEFAULT_MAX_IMAGE_BYTES / 2**20,
+        metavar="MB",
+        help=f"skip image files larger than this (default: {DEFAULT_MAX_IMAGE_BYTES // 2**20} MiB)",
+    )
     add_progress_arguments(make)
     add_common_arguments(make)
     add_common_arguments(parser)
@@ -69,38 +82,40 @@ def build_parser() -> argparse.ArgumentParser:
 _FLAGS = {"image": "--image-column", "caption": "--caption-column"}
 
 
-def check_csv_columns(args: argparse.Namespace) -> None:
-    """Name the CLI flags, not SourceConfig fields, when the CSV header lacks a column (CsvSource would say
+def read_csv_source(args: argparse.Namespace) -> Any:
+    """The CsvSource of --from-csv; errors name the CLI flags, not SourceConfig fields (CsvSource would say
     "set image_column / caption_column in the SourceConfig", which a command-line user cannot act on)."""
-    separator = args.separator or ("\t" if args.from_csv.lower().endswith(".tsv") else ",")
+    from ..data.csvfile import CsvColumnError, CsvFormatError
+    from ..data.sources import CsvSource
+
     try:
-        with open(args.from_csv, encoding="utf-8", newline="") as handle:
-            header = next(csv.reader(handle, delimiter=separator), [])
+        return CsvSource(args.from_csv, args.image_column, args.caption_column, args.separator, encoding=args.encoding)
     except FileNotFoundError as exc:
         raise CliError(f"--from-csv {args.from_csv}: no such file", "check the path", INPUT_NOT_FOUND) from exc
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"--from-csv {args.from_csv}: not UTF-8 text ({exc.reason})", "save it as UTF-8") from exc
-    wanted = {"image": args.image_column, "caption": args.caption_column}
-    missing = [f"{_FLAGS[role]} {name!r}" for role, name in wanted.items() if name not in header]
-    if not missing:
-        return
-    hint = "pass --image-column / --caption-column with names from the header"
-    if len(header) <= 1:
-        hint += f", or the right --separator (used: {separator!r})"
-    problem = f"--from-csv {args.from_csv} has no column for {' and '.join(missing)}; its columns: {header}"
-    raise UsageError(problem, hint)
+    except CsvColumnError as exc:
+        wanted = {"image": args.image_column, "caption": args.caption_column}
+        missing = [f"{_FLAGS[role]} {name!r}" for role, name in wanted.items() if name in exc.missing]
+        hint = "pass --image-column / --caption-column with names from the header"
+        if len(exc.columns) <= 1:
+            hint += f", or the right --separator (used: {exc.separator!r})"
+        problem = f"--from-csv {args.from_csv} has no column for {' and '.join(missing)}; its columns: {exc.columns}"
+        raise UsageError(problem, hint) from exc
+    except CsvFormatError as exc:  # undecodable text, an unterminated quote, too many malformed rows
+        raise UsageError(f"--from-csv {exc}".replace("(e.g. encoding='", "(e.g. --encoding '"), "") from exc
 
 
 def _inputs(args: argparse.Namespace, skip: Any) -> tuple[int, Iterator[tuple[str, str, dict[str, Any]]]]:
     """(number of inputs, iterator of (image path, caption, extra json)) for the chosen source."""
     from ..data.bad import BadSample
-    from ..data.sources import CsvSource, FolderSource
+    from ..data.sources import FolderSource
 
     if args.from_csv:
-        check_csv_columns(args)
-        table = CsvSource(args.from_csv, args.image_column, args.caption_column, args.separator)
+        table = read_csv_source(args)
+        for line, reason in table.skipped_rows:
+            skip(f"{args.from_csv}:{line}", f"malformed row: {reason}")
         rows = list(zip(table.paths, table.captions))
-        return len(rows), ((path, caption or "", {"source": path}) for path, caption in rows)
+        total = len(rows) + len(table.skipped_rows)
+        return total, ((path, caption or "", {"source": path}) for path, caption in rows)
     if not os.path.isdir(args.from_folder):
         what = "not a folder" if os.path.exists(args.from_folder) else "no such folder"
         raise CliError(f"--from-folder {args.from_folder}: {what}", "check the path", INPUT_NOT_FOUND)
@@ -126,6 +141,8 @@ def make_shards(args: argparse.Namespace) -> int:
 
     if args.samples_per_shard < 1:
         raise UsageError(f"--samples-per-shard must be positive, got {args.samples_per_shard}", "e.g. 10000")
+    if not args.max_image_mb > 0:  # also refuses NaN
+        raise UsageError(f"--max-image-mb must be positive, got {args.max_image_mb}", "e.g. --max-image-mb 64")
     skipped: list[tuple[str, str]] = []
 
     def skip(name: str, reason: str) -> None:
@@ -133,7 +150,10 @@ def make_shards(args: argparse.Namespace) -> int:
 
     total, samples = _inputs(args, skip)
     progress = tqdm(samples, total=total, unit="img", disable=not show_progress(args), desc="make-shards")
-    paths = write_shards(progress, args.out, args.samples_per_shard, args.prefix, on_skip=skip)
+    max_bytes = int(args.max_image_mb * 2**20)
+    paths = write_shards(
+        progress, args.out, args.samples_per_shard, args.prefix, on_skip=skip, max_image_bytes=max_bytes
+    )
     written = total - len(skipped)
     print(f"wrote {written} samples in {len(paths)} shards to {args.out}; skipped {len(skipped)} bad inputs")
     for name, reason in skipped[:_SHOW_SKIPPED]:

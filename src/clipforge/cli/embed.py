@@ -19,11 +19,33 @@ from .common import (
     add_progress_arguments,
     model_from_args,
     preprocessed_batches,
-    read_text_arg,
     report_skipped,
     show_progress,
 )
-from .errors import CliParser, UsageError, command
+from .errors import INPUT_NOT_FOUND, USAGE_ERROR, CliError, CliParser, UsageError, command
+
+
+def read_text_lines(path: str) -> list[str]:
+    """The lines of --text-file, decoded as UTF-8 (a BOM is dropped).
+
+    Undecodable bytes are one error naming the line and byte offset, so the user can find and fix them; the file
+    must be a regular file (a FIFO would block) of at most 256 MiB.
+    """
+    from ..safeio import read_regular_file
+
+    try:
+        data = read_regular_file(path, what="text file")
+    except FileNotFoundError as exc:
+        raise CliError(f"--text-file {path}: no such file", "check the path", INPUT_NOT_FOUND) from exc
+    try:
+        return data.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise CliError(
+            f"--text-file {path}: line {line} (byte offset {exc.start}) is not UTF-8 text ({exc.reason})",
+            "re-save the file as UTF-8",
+            USAGE_ERROR,
+        ) from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..atomic import atomic_write_bytes
     from ..factory import get_preprocess, get_tokenizer
 
-    texts = read_text_arg(args.text_file, "--text-file").splitlines() if args.text_file else args.texts
+    texts = read_text_lines(args.text_file) if args.text_file else args.texts
     model, random_weights = model_from_args(args)
     progress = show_progress(args)
     rows, kept, skipped = [], [], []

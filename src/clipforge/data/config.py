@@ -7,6 +7,7 @@ the config: `TrainData` takes rank and world size, `TrainData.epoch` the epoch.
 
 from __future__ import annotations
 
+import codecs
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -39,6 +40,8 @@ class SourceConfig:
         image_column / caption_column: csv: column names of the image path and the caption (open_clip's
             defaults). Relative image paths are relative to the CSV file's folder.
         separator: csv: the field separator; None means tab for .tsv files and comma otherwise.
+        encoding: csv: the file's text encoding (a Python codec name such as "latin-1"); None means UTF-8, or
+            UTF-16 when the file starts with its byte-order mark (Excel's "Unicode text").
         templates: fashion_mnist: caption templates with one "{}" for the class name; None means
             FASHION_TRAIN_TEMPLATES.
         split: fashion_mnist: "train" (60,000 images) or "test" (10,000).
@@ -52,6 +55,7 @@ class SourceConfig:
     image_column: str = "filepath"
     caption_column: str = "title"
     separator: str | None = None
+    encoding: str | None = None
     templates: tuple[str, ...] | None = None
     split: str = "train"
     shuffle_buffer: int = 1000
@@ -65,6 +69,11 @@ class SourceConfig:
             self.separator is None or len(self.separator) == 1,
             f"separator must be one character, got {self.separator!r}",
         )
+        if self.encoding is not None:
+            try:
+                codecs.lookup(self.encoding)
+            except LookupError:
+                raise ConfigError(f"encoding {self.encoding!r} is not a Python codec name (e.g. 'latin-1')") from None
         if self.templates is not None:
             object.__setattr__(self, "templates", tuple(self.templates))
             _check(len(self.templates) > 0, "templates must not be empty")

@@ -14,6 +14,7 @@ import re
 from typing import IO
 
 from clipforge.models.config import ConfigError
+from clipforge.safeio import open_regular_file
 
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
@@ -87,9 +88,10 @@ def check_local_shards(spec: str, urls: list[str]) -> None:
 
 
 def open_binary(url: str) -> IO[bytes]:
-    """Open a local path or an fsspec URL for reading bytes."""
+    """Open a local path or an fsspec URL for reading bytes; a local path must be a regular file (a FIFO named
+    shard.tar would block the reader forever: NotRegularFileError, an OSError, instead)."""
     if not is_url(url):
-        return open(_local(url), "rb")
+        return open_regular_file(_local(url), what="shard")
     import fsspec
 
     return fsspec.open(url, "rb").open()

@@ -8,8 +8,9 @@ compressed), so a shard is read once, front to back, from local disk or any fssp
 
 Nothing here decodes images: a sample whose image is corrupt is only found out when it is decoded for a batch.
 What can be checked from the bytes alone (no image member, caption missing, empty or not UTF-8, a shard that
-cannot be opened or ends early) is reported here, as `BadSample`, so that skipping ahead for a resume sees
-exactly the same samples as the run it resumes.
+cannot be opened or ends early, a member whose header claims more than MAX_MEMBER_BYTES, which is skipped
+unread) is reported here, as `BadSample`, so that skipping ahead for a resume sees exactly the same samples as
+the run it resumes.
 """
 
 from __future__ import annotations
@@ -21,12 +22,16 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from clipforge.safeio import DEFAULT_MAX_IMAGE_BYTES
+
 from .bad import BadSample
 from .shardspec import open_binary
 
 IMAGE_EXTS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
 _KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # WebDataset's base_plus_ext
 _READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, ValueError)
+MAX_MEMBER_BYTES = DEFAULT_MAX_IMAGE_BYTES  # a larger member (by its tar header) is a bad sample, never read
+_OVERSIZED = b"<oversized>"  # placeholder, told apart by identity
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,9 @@ def caption_from_parts(parts: dict[str, bytes], where: str) -> str:
 
 
 def _sample(url: str, key: str, parts: dict[str, bytes]) -> RawSample:
+    oversized = sorted(ext for ext, data in parts.items() if data is _OVERSIZED)
+    if oversized:
+        raise BadSample(url, f"sample {key!r}: member(s) {oversized} over {MAX_MEMBER_BYTES:,} bytes, not read")
     ext = next((e for e in IMAGE_EXTS if e in parts), None)
     if ext is None:
         raise BadSample(url, f"sample {key!r} has no image ({', '.join(sorted(parts))})")
@@ -100,6 +108,9 @@ def iter_shard(url: str) -> Iterator[RawSample | BadSample]:
                     if key is not None:
                         yield _finish(url, key, parts)
                     key, parts = parsed[0], {}
+                if member.size > MAX_MEMBER_BYTES:  # not read: the stream skips its data
+                    parts[parsed[1]] = _OVERSIZED
+                    continue
                 extracted = tar.extractfile(member)
                 parts[parsed[1]] = extracted.read() if extracted is not None else b""
     except _READ_ERRORS as exc:  # unreadable or truncated shard: the sample being read is lost

@@ -20,7 +20,7 @@ def build_source(cfg: SourceConfig) -> Any:
     if cfg.kind == "tuxpaint":
         return TuxPaintSource(cfg.path)
     if cfg.kind == "csv":
-        return CsvSource(cfg.path, cfg.image_column, cfg.caption_column, cfg.separator)
+        return CsvSource(cfg.path, cfg.image_column, cfg.caption_column, cfg.separator, encoding=cfg.encoding)
     if cfg.kind == "folder":
         return FolderSource(cfg.path)
     return WdsSource(cfg.path, cfg.shuffle_buffer)

@@ -1,7 +1,8 @@
 """Image folder source: every image file under a directory, captioned by the text file beside it (x.jpg + x.txt).
 
 The folder is listed once (recursively, sorted, so the index of a file is stable); captions are read when a
-sample is drawn, so a missing, empty or non-UTF-8 caption file is counted as a bad sample of that image.
+sample is drawn, so a missing, empty, non-UTF-8 or oversized caption file (or a FIFO or device in its place) is
+counted as a bad sample of that image.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 
 from clipforge.models.config import ConfigError
+from clipforge.safeio import DEFAULT_MAX_TEXT_BYTES, read_regular_file
 
 from ..bad import BadSample
 from ..tarsamples import RawSample
@@ -30,14 +32,13 @@ def list_images(root: str) -> list[str]:
 
 def read_caption_file(path: str, image: str) -> str:
     """The stripped UTF-8 text of a caption file; BadSample (named after `image`) when missing, empty or invalid."""
-    try:
-        with open(path, "rb") as file:
-            text = file.read().decode("utf-8")
+    try:  # a FIFO named x.txt would block, /dev/zero would never end: a regular file of at most 1 MiB
+        text = read_regular_file(path, DEFAULT_MAX_TEXT_BYTES, what="caption file").decode("utf-8")
     except FileNotFoundError as exc:
         raise BadSample(image, "missing caption file") from exc
     except UnicodeDecodeError as exc:
         raise BadSample(image, f"caption is not UTF-8 ({exc.reason})") from exc
-    except OSError as exc:
+    except OSError as exc:  # also NotRegularFileError, FileTooLargeError
         raise BadSample(image, f"cannot read caption: {exc}") from exc
     text = text.strip()
     if not text:

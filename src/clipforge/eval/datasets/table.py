@@ -8,10 +8,10 @@ label is a class name; the class names are the sorted distinct labels. A ".tsv" 
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
+from clipforge.data.csvfile import read_csv
 from clipforge.zeroshot import get_templates
 
 from .base import ClassificationSet, DatasetNotFound, PathImages, RetrievalSet, fingerprint
@@ -31,12 +31,10 @@ def _find_csv(root: str | None, split: str) -> Path:
     raise DatasetNotFound("csv", root, CSV_LAYOUT)
 
 
-def _read_rows(path: Path, delimiter: str | None) -> tuple[list[str], list[dict[str, str]]]:
-    sep = delimiter or ("\t" if path.suffix.lower() == ".tsv" else ",")
-    with open(path, encoding="utf-8", newline="") as file:
-        reader = csv.DictReader(file, delimiter=sep)
-        rows = list(reader)
-        return list(reader.fieldnames or []), rows
+def _read_rows(path: Path, delimiter: str | None, path_column: str) -> tuple[list[str], list[tuple[int, dict]]]:
+    """(columns, [(line, row)]) by the shared CSV reader: BOMs, encodings and bad quoting are reported there."""
+    table = read_csv(path, separator=delimiter, path_column=path_column)
+    return list(table.columns), list(table.rows)
 
 
 def _column(columns: list[str], wanted: str, path: Path, role: str) -> str:
@@ -66,7 +64,7 @@ def load_csv(
         templates: the template set (name or file) for classification.
     """
     csv_path = _find_csv(root, split)
-    columns, rows = _read_rows(csv_path, delimiter)
+    columns, rows = _read_rows(csv_path, delimiter, path_column)
     if task is None:
         task = "classification" if label_column in columns else "retrieval"
     if task not in ("classification", "retrieval"):
@@ -80,7 +78,7 @@ def load_csv(
     )
     base = csv_path.parent
     pairs = []
-    for number, row in enumerate(rows, start=2):
+    for number, row in rows:
         image, text = (row.get(path_key) or "").strip(), (row.get(text_key) or "").strip()
         if not image or not text:
             raise ValueError(f"{csv_path}:{number}: empty {path_key!r} or {text_key!r}")
