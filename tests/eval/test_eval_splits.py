@@ -123,3 +123,25 @@ def test_cli_report_says_which_split_trained_what(tmp_path, capsys):
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if "error:" in line]
     assert len(errors) == 1 and "no separate 'train' split" in errors[0] and "Traceback" not in err
+
+
+def test_shards_without_split_folders_are_carved(tmp_path, tiny_model):
+    import io
+    import tarfile
+
+    paths = write_noise_folder(tmp_path / "imgs", classes=2, per_class=5)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    with tarfile.open(shards / "shard-000000.tar", "w") as tar:
+        for i, path in enumerate(paths):
+            for name, data in ((f"{i:04d}.png", path.read_bytes()), (f"{i:04d}.cls", str(i // 5).encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    (shards / "classnames.txt").write_text("zero\none\n")
+    train_full = load_eval_dataset("wds", str(shards), "train")
+    plan = plan_train_test(train_full, load_eval_dataset("wds", str(shards), "test"), test_fraction=0.2, seed=0)
+    assert plan.carved and _paths(plan.train).isdisjoint(_paths(plan.test)) and len(plan.test) == 2
+    request = EvalRequest("linear_probe", "wds", root=str(shards))
+    records = run_task(tiny_model, request, EvalContext("r", progress=False)).records
+    assert records[0]["split_policy"].startswith("carved:")
