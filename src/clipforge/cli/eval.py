@@ -8,8 +8,11 @@ One model from --model/--pretrained, or a matrix of models x datasets from --con
                      {"task": "linear_probe", "dataset": "fashion_mnist"}],
      "out": "report", "batch_size": 256}
 
-Features are cached (keyed by the weights hash, preprocessing and dataset files), so re-running a
-report re-encodes nothing.
+Features are cached (keyed by the weights hash, the preprocessing and transform, the precision, the
+dataset's files and their size, mtime and, for small sets, bytes), so re-running a report re-encodes
+nothing and a rewritten image is re-encoded. Linear probes and few-shot classifiers never learn from
+test images: a dataset without a separate train split gets a seeded carved split (--carve-test-fraction,
+--split-seed; --no-carve refuses), and the report says which split trained what.
 """
 
 from __future__ import annotations
