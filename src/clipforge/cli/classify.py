@@ -9,7 +9,6 @@ document {"model", "pretrained", "random_weights", "results", "skipped"}.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from .argtypes import positive_int
@@ -17,6 +16,7 @@ from .common import (
     add_common_arguments,
     add_model_arguments,
     add_progress_arguments,
+    json_text,
     model_from_args,
     preprocessed_batches,
     print_json,
@@ -79,7 +79,7 @@ class _Lines:
         self.lines: list[str] = []
 
     def write(self, record: dict) -> None:
-        line = json.dumps(record)
+        line = json_text(record)
         if self.out is None:
             sys.stdout.write(line + "\n")
         else:

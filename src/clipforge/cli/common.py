@@ -6,6 +6,7 @@ import argparse
 import difflib
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -81,6 +82,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow full unpickling of a trusted legacy checkpoint that weights_only loading refuses",
     )
+    group.add_argument(
+        "--allow-nonfinite-weights",
+        action="store_true",
+        help="load a checkpoint whose weights hold NaN or inf (refused by default); outputs may then be null",
+    )
 
 
 def _mps_available() -> bool:
@@ -140,17 +146,50 @@ def model_from_args(args: argparse.Namespace):
             args.model,
         )
         return create_model(args.model, device=args.device, dtype=dtype), True
+    loading = {
+        "allow_unsafe_pickle": args.allow_unsafe_pickle,
+        "check_finite": not getattr(args, "allow_nonfinite_weights", False),
+    }
     if args.model is None:
-        model = load_model(
-            args.pretrained, device=args.device, dtype=dtype, allow_unsafe_pickle=args.allow_unsafe_pickle
+        return load_model(args.pretrained, device=args.device, dtype=dtype, **loading), False
+    return create_model(args.model, pretrained=args.pretrained, device=args.device, dtype=dtype, **loading), False
+
+
+def _finite_or_null(data, where: str, found: list[str]):
+    """`data` with every NaN / inf float replaced by None (JSON null); `found` collects where they were."""
+    if isinstance(data, float) and not math.isfinite(data):
+        found.append(f"{where}={data}")
+        return None
+    if isinstance(data, dict):
+        return {k: _finite_or_null(v, f"{where}.{k}" if where else str(k), found) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite_or_null(v, f"{where}[{i}]", found) for i, v in enumerate(data)]
+    return data
+
+
+def json_text(data, **dumps_kwargs) -> str:
+    """`json.dumps(data)` that is always valid JSON: NaN and inf (which Python writes as the bare words NaN and
+    Infinity, rejected by every strict JSON reader) become null, with a warning saying where they were."""
+    try:
+        return json.dumps(data, allow_nan=False, **dumps_kwargs)
+    except ValueError:
+        found: list[str] = []
+        clean = _finite_or_null(data, "", found)
+        if not found:
+            raise
+        log.warning(
+            "%d non-finite number(s) written as null (first: %s): the model's outputs are not finite; its weights "
+            "may hold NaN/inf",
+            len(found),
+            found[0],
         )
-        return model, False
-    return create_model(args.model, pretrained=args.pretrained, device=args.device, dtype=dtype), False
+        return json.dumps(clean, allow_nan=False, **dumps_kwargs)
 
 
 def print_json(data, out_path: str | None) -> None:
-    """Print `data` as indented JSON, or write it atomically to `out_path` when one is given."""
-    text = json.dumps(data, indent=2)
+    """Print `data` as indented JSON, or write it atomically to `out_path` when one is given (always valid JSON:
+    non-finite numbers become null, see json_text)."""
+    text = json_text(data, indent=2)
     if out_path:
         from ..atomic import atomic_write_bytes
 

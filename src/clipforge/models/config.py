@@ -9,7 +9,10 @@ Field names follow open_clip's JSON model configs where they mean the same thing
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import types
+import typing
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -81,6 +84,7 @@ class VisionConfig:
     def __post_init__(self) -> None:
         if isinstance(self.layers, list):
             object.__setattr__(self, "layers", tuple(self.layers))
+        _check_types(self, "vision")
         _check_choice("vision.act", self.act, ("gelu", "quick_gelu"))
         _check_choice("vision.pool_type", self.pool_type, ("tok", "avg", "none"))
         _check(self.image_size > 0, f"vision.image_size must be positive, got {self.image_size}")
@@ -157,6 +161,7 @@ class TextConfig:
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
+        _check_types(self, "text")
         _check_choice("text.act", self.act, ("gelu", "quick_gelu"))
         _check_choice("text.pool_type", self.pool_type, ("argmax", "eos", "first", "last", "none"))
         _check(self.context_length > 0, f"text.context_length must be positive, got {self.context_length}")
@@ -193,6 +198,7 @@ class PreprocessConfig:
     fill_color: int = 0
 
     def __post_init__(self) -> None:
+        _check_types(self, "preprocess")
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
         _check(len(self.mean) == 3 and len(self.std) == 3, "preprocess mean and std need three values (RGB)")
@@ -225,6 +231,7 @@ class CLIPConfig:
     preprocess: PreprocessConfig | None = None
 
     def __post_init__(self) -> None:
+        _check_types(self, "model")
         _check(self.embed_dim > 0, f"embed_dim must be positive, got {self.embed_dim}")
         if self.preprocess is None:
             object.__setattr__(self, "preprocess", PreprocessConfig(size=self.vision.image_size))
@@ -293,3 +300,74 @@ def _build(cls: type, values: dict[str, Any], where: str):
         raise ConfigError(f"unknown {where} config field(s) {unknown}; valid fields: {sorted(names)}")
     values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items()}
     return cls(**values)
+
+
+# Numeric fields that only make sense positive (and finite): a width of 0, a negative head count or a NaN
+# epsilon from a hand-edited file must fail here, naming the field, not deep inside the model or silently.
+_POSITIVE_FIELDS = frozenset(
+    {
+        "embed_dim", "image_size", "layers", "width", "heads", "head_width", "patch_size", "mlp_ratio",
+        "attn_pooler_queries", "attn_pooler_heads", "layer_norm_eps", "context_length", "vocab_size", "size",
+    }
+)
+
+
+@functools.cache
+def _field_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether `value` fits the annotation `hint` (bool is not an int; an int is a float; lists pass as tuples)."""
+    origin = typing.get_origin(hint)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is Literal:  # the choice checks name the allowed values; only the kind is checked here
+        return isinstance(value, type(typing.get_args(hint)[0]))
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (tuple, list)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_type_ok(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_type_ok(v, a) for v, a in zip(value, args))
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def _check_types(config: Any, where: str) -> None:
+    """ConfigError naming the first field whose value has the wrong JSON type, or is a non-positive size.
+
+    Configs come from files (clipforge, open_clip and Hugging Face JSON): `"width": "768"` or `"layers": [2]`
+    must be refused here, naming the field, rather than fail later inside the model as a TypeError, build a
+    model of another shape, or allocate memory for a bogus size.
+    """
+    hints = _field_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not _type_ok(value, hints[f.name]):
+            raise ConfigError(
+                f"{where}.{f.name}={value!r} has the wrong type ({type(value).__name__}); expected "
+                f"{_describe(hints[f.name])}"
+            )
+        if f.name in _POSITIVE_FIELDS and value is not None:
+            numbers = value if isinstance(value, (tuple, list)) else (value,)
+            _check(
+                all(math.isfinite(v) and v > 0 for v in numbers),
+                f"{where}.{f.name}={value!r} must be positive and finite",
+            )

@@ -12,17 +12,21 @@ wrappers); the per-format key maps live in `openai.py`, `openclip.py` and `hf.py
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import pickle
 import re
 import sys
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+
+from ..models.config import ConfigError
 
 CheckpointFormat = Literal["safetensors", "torchscript", "pickle"]
 
@@ -34,7 +38,43 @@ _MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 
 
 class CheckpointError(ValueError):
-    """A checkpoint cannot be read or does not fit: missing, corrupt, unsafe, or the wrong architecture."""
+    """A checkpoint cannot be read or does not fit: missing, corrupt, unsafe, or the wrong architecture.
+
+    Every failure to read a checkpoint is one (tests/weights/test_bad_checkpoints.py runs a corpus of broken
+    and malicious files through the loaders to hold this), so a caller catches one type and the CLI prints
+    one line with exit code 4.
+    """
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint refused because reading it would run code from the file (a pickle naming arbitrary globals)."""
+
+
+class CheckpointConfigError(CheckpointError, ConfigError):
+    """A checkpoint's own config (JSON beside or inside it) has a bad field: both a CheckpointError and a
+    ConfigError, so callers that catch either keep working; the message names the file and the field."""
+
+
+@contextlib.contextmanager
+def reading_config(source: str | os.PathLike) -> Iterator[None]:
+    """Turn any error met while parsing the config file `source` into a CheckpointConfigError naming it.
+
+    A config written by hand or by another tool can be malformed JSON, hold a list where an object belongs or a
+    string where a number does; the translators then fail with ConfigError, TypeError, AttributeError, ...
+    The user needs to know which file is wrong, and the CLI needs one error type.
+    """
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise CheckpointConfigError(f"{source}: config is not valid JSON ({exc})") from exc
+    except ConfigError as exc:
+        raise CheckpointConfigError(f"{source}: {exc}") from exc
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, RecursionError, OverflowError) as exc:
+        raise CheckpointConfigError(
+            f"{source}: a config field has the wrong type or value ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _shortened(items: list[str], limit: int) -> str:
@@ -90,8 +130,58 @@ def _directory_error(path: Path) -> CheckpointError:
     )
 
 
+# safetensors dtype names -> bytes per element (the format's spec; F8 variants are one byte).
+_SAFETENSORS_ITEMSIZE = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E4M3FNUZ": 1, "F8_E5M2": 1, "F8_E5M2FNUZ": 1, "E8M0": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+    "C64": 8,
+}
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _safetensors_header_problem(header: Any) -> tuple[str | None, int]:
+    """(why the parsed header is not a valid safetensors header or None, end of the data it describes).
+
+    Checked here rather than left to the safetensors library, whose errors (unknown dtype, negative or
+    overlapping offsets) are not CheckpointErrors and whose messages do not name the tensor.
+    """
+    if not isinstance(header, dict):
+        return f"the header is a JSON {type(header).__name__}, not an object", 0
+    spans = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+                return "__metadata__ must map names to strings", 0
+            continue
+        if not isinstance(entry, dict):
+            return f"tensor {name!r}: entry is a JSON {type(entry).__name__}, not an object", 0
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if dtype not in _SAFETENSORS_ITEMSIZE:
+            return f"tensor {name!r} has unknown dtype {dtype!r}", 0
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+            return f"tensor {name!r} has shape {shape!r}; expected a list of non-negative integers", 0
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
+            return f"tensor {name!r} has data_offsets {offsets!r}; expected two non-negative integers", 0
+        begin, end = offsets
+        if end - begin != math.prod(shape) * _SAFETENSORS_ITEMSIZE[dtype]:
+            return f"tensor {name!r}: data_offsets [{begin}, {end}] do not hold a {dtype} tensor of shape {shape}", 0
+        spans.append((begin, end, name))
+    spans.sort()
+    for (_, end_a, a), (begin_b, _, b) in zip(spans, spans[1:]):
+        if begin_b < end_a:
+            return f"the data of tensors {a!r} and {b!r} overlap", 0
+    return None, max((end for _, end, _ in spans), default=0)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a valid JSON value")
+
+
 def _safetensors_problem(path: Path, head: bytes, size: int) -> str | None:
-    """None when the file is a complete safetensors file; else why not. Caller checked the '{' at byte 8."""
+    """None when the file is a complete, well-formed safetensors file; else why not. Caller checked the '{'."""
     header_len = int.from_bytes(head[:8], "little")
     if header_len > _MAX_SAFETENSORS_HEADER:
         return f"a safetensors header length of {header_len} bytes is implausible"
@@ -101,10 +191,14 @@ def _safetensors_problem(path: Path, head: bytes, size: int) -> str | None:
         f.seek(8)
         raw = f.read(header_len)
     try:
-        header = json.loads(raw)
-        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-    except (ValueError, TypeError, KeyError, IndexError) as exc:
-        return f"the safetensors header is not valid ({exc})"
+        header = json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        return "the safetensors header is nested too deeply to be a tensor table"
+    except (ValueError, UnicodeDecodeError) as exc:
+        return f"the safetensors header is not valid JSON ({exc})"
+    problem, end = _safetensors_header_problem(header)
+    if problem is not None:
+        return f"the safetensors header is not valid: {problem}"
     if 8 + header_len + end > size:
         return f"the tensors need {8 + header_len + end} bytes but the file has {size}"
     return None
@@ -182,12 +276,12 @@ def _load_pickle(path: Path, allow_unsafe_pickle: bool) -> Any:
         if "Weights only load failed" not in message or refused is None:
             raise _corrupt(path, _weights_only_reason(message)) from exc
         if not allow_unsafe_pickle:
-            raise CheckpointError(
-                f"{path}: refused to unpickle: the file references {refused}, which is not a tensor, container or "
+            raise UnsafeCheckpointError(
+                f"{path}: refused as unsafe: the file references {refused}, which is not a tensor, container or "
                 "other type that torch.load(weights_only=True) allows. Unpickling arbitrary objects can run code "
                 "from the file, so clipforge never does it by default. If you trust this file (a legacy training "
-                "checkpoint you made yourself, say), pass allow_unsafe_pickle=True to load it with "
-                "torch.load(weights_only=False), then re-save it as safetensors."
+                "checkpoint you made yourself, say), pass allow_unsafe_pickle=True (CLI: --allow-unsafe-pickle) to "
+                "load it with torch.load(weights_only=False), then re-save it as safetensors."
             ) from None
     except Exception as exc:  # torch reports corruption as RuntimeError, EOFError, UnicodeDecodeError, ...
         raise _corrupt(path, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}") from exc
@@ -240,7 +334,7 @@ def read_tensors(path: str | os.PathLike, *, allow_unsafe_pickle: bool = False) 
 
         try:
             return load_file(path, device="cpu")
-        except (SafetensorError, OSError, ValueError) as exc:
+        except (SafetensorError, OSError, ValueError, RuntimeError, MemoryError) as exc:
             raise _corrupt(path, str(exc)) from exc
     if fmt == "torchscript":
         from .torchscript import read_torchscript
@@ -249,4 +343,12 @@ def read_tensors(path: str | os.PathLike, *, allow_unsafe_pickle: bool = False) 
     return _unwrap_state_dict(_load_pickle(path, allow_unsafe_pickle), path)
 
 
-__all__ = ["CheckpointError", "CheckpointFormat", "detect_checkpoint_format", "read_tensors"]
+__all__ = [
+    "CheckpointConfigError",
+    "CheckpointError",
+    "CheckpointFormat",
+    "UnsafeCheckpointError",
+    "detect_checkpoint_format",
+    "read_tensors",
+    "reading_config",
+]

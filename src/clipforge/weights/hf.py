@@ -28,7 +28,7 @@ import torch
 from ..atomic import atomic_write_bytes
 from ..models.clip import CLIP
 from ..models.config import CLIPConfig, ConfigError, TextConfig, VisionConfig
-from .formats import CheckpointError, raise_on_mismatch, read_tensors
+from .formats import CheckpointError, raise_on_mismatch, read_tensors, reading_config
 from .hf_processor import read_preprocessor_config
 from .native import atomic_save_safetensors
 
@@ -379,7 +379,10 @@ def clipforge_to_hf(sd: Mapping[str, torch.Tensor], cfg: CLIPConfig) -> dict[str
 
 def _load_sharded(index_path: Path) -> dict[str, torch.Tensor]:
     try:
-        weight_map = json.loads(index_path.read_text())["weight_map"]
+        with reading_config(index_path):
+            weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise ConfigError("weight_map must map tensor names to shard file names")
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{index_path}: not a valid shard index (needs a 'weight_map' object): {exc}") from exc
     sd: dict[str, torch.Tensor] = {}
@@ -416,14 +419,20 @@ def read_hf_dir(path: str | os.PathLike) -> tuple[CLIPConfig, dict[str, torch.Te
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
         raise CheckpointError(f"no {CONFIG_NAME} in {folder}: a transformers CLIPModel directory needs one")
-    try:
-        hf_config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{config_path} is not valid JSON: {exc}") from exc
-    cfg = config_from_hf(hf_config)
+    cfg = read_hf_config(config_path)
     # The image processor config beside it (if any) says how images are prepared; without one, the defaults.
-    cfg = cfg.replace(preprocess=read_preprocessor_config(folder, cfg.vision.image_size))
+    with reading_config(folder / "preprocessor_config.json"):
+        cfg = cfg.replace(preprocess=read_preprocessor_config(folder, cfg.vision.image_size))
     return cfg, hf_to_clipforge(read_hf_state_dict(folder), cfg)
+
+
+def read_hf_config(config_path: Path) -> CLIPConfig:
+    """The clipforge config of a transformers config.json; a CheckpointConfigError names the file and field."""
+    with reading_config(config_path):
+        hf_config = json.loads(config_path.read_text(encoding="utf-8"))
+        if not isinstance(hf_config, dict):
+            raise ConfigError(f"expected a JSON object, got a {type(hf_config).__name__}")
+        return config_from_hf(hf_config)
 
 
 def write_hf_dir(model: CLIP | tuple[CLIPConfig, Mapping[str, torch.Tensor]], path: str | os.PathLike) -> Path:

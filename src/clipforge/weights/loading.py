@@ -24,7 +24,14 @@ from ..models.clip import CLIP
 from ..models.config import CLIPConfig, ConfigError, PreprocessConfig
 from ..models.registry import get_model_config, with_quick_gelu
 from . import hf, hf_processor, native, openclip
-from .formats import CheckpointError, detect_checkpoint_format, raise_on_mismatch, read_tensors
+from .formats import (
+    CheckpointConfigError,
+    CheckpointError,
+    detect_checkpoint_format,
+    raise_on_mismatch,
+    read_tensors,
+    reading_config,
+)
 from .hub import HUB_PREFIX, download_first, download_optional, offline_note
 from .openai import config_from_openai_state_dict, openai_to_clipforge
 from .pretrained import PretrainedWeights, find_pretrained, tags_for
@@ -55,23 +62,71 @@ def _place(model: CLIP, device: str | torch.device | None, dtype: torch.dtype | 
     return model.eval()
 
 
-def build_model(config: CLIPConfig, state_dict: dict[str, torch.Tensor] | None = None, source: str = "") -> CLIP:
-    """A CLIP model for `config`, with `state_dict` loaded strictly (errors name the keys)."""
+def build_model(
+    config: CLIPConfig,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    source: str = "",
+    *,
+    check_finite: bool = True,
+) -> CLIP:
+    """A CLIP model for `config`, with `state_dict` loaded strictly (errors name the keys).
+
+    The state dict is checked against the config before any real memory is allocated for the model (see
+    `check_state_dict`): a config whose width would need tens of GB fails on the tensors' shapes, not in
+    the allocator. `check_finite=False` loads weights holding NaN or inf (to inspect a diverged run).
+    """
+    if state_dict is None:
+        return CLIP(config)
+    check_state_dict(config, state_dict, source, check_finite=check_finite)
     model = CLIP(config)
-    if state_dict is not None:
-        load_state_dict_checked(model, state_dict, source)
+    # Checkpoint dtypes (fp16 OpenAI files) are cast to the model's dtype by load_state_dict's copy_.
+    model.load_state_dict(state_dict, strict=True)
     return model
 
 
-def load_state_dict_checked(model: CLIP, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Load `state_dict` into `model`; missing, unexpected or mis-shaped keys raise one error naming them."""
+def check_state_dict(
+    config: CLIPConfig, state_dict: dict[str, torch.Tensor], source: str = "", *, check_finite: bool = True
+) -> None:
+    """Raise a CheckpointError unless `state_dict` fits a model built from `config`: the same keys and shapes,
+    floating-point tensors where the model has them, and (with `check_finite`) no NaN or inf values.
+
+    The expected shapes come from the model built on the meta device, which allocates nothing: the config of a
+    file is as untrusted as its tensors. Integer tensors would be cast silently by load_state_dict, and NaN
+    weights load without a word and turn every output into NaN, so both are refused here, naming the tensor.
+    """
+    what = source or "checkpoint"
+    with torch.device("meta"):
+        skeleton = CLIP(config)
+    expected = skeleton.state_dict()
     raise_on_mismatch(
-        {k: tuple(v.shape) for k, v in model.state_dict().items()},
+        {k: tuple(v.shape) for k, v in expected.items()},
         state_dict,
-        f"{source or 'checkpoint'} does not match the model configuration",
+        f"{what} does not match the model configuration",
         hint="Check that the architecture (arch=...) or config file belongs to these weights.",
     )
-    # Checkpoint dtypes (fp16 OpenAI files) are cast to the model's dtype by load_state_dict's copy_.
+    for key, tensor in state_dict.items():
+        if expected[key].is_floating_point() and not tensor.is_floating_point():
+            raise CheckpointError(
+                f"{what}: tensor {key!r} has dtype {tensor.dtype}, but the model needs floating-point weights there; "
+                "the file is not a CLIP checkpoint, or was quantized in a way clipforge does not read"
+            )
+    if check_finite:
+        for key, tensor in state_dict.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise CheckpointError(
+                    f"{what}: tensor {key!r} has {bad} non-finite value(s) (NaN or inf) of {tensor.numel()}; the "
+                    "weights are corrupt or come from a diverged training run, and every output would be NaN. "
+                    "Pass check_finite=False (CLI: --allow-nonfinite-weights) to load them anyway"
+                )
+
+
+def load_state_dict_checked(
+    model: CLIP, state_dict: dict[str, torch.Tensor], source: str, *, check_finite: bool = True
+) -> None:
+    """Load `state_dict` into `model`; missing, unexpected, mis-shaped, integer or non-finite tensors raise one
+    error naming them."""
+    check_state_dict(model.config, state_dict, source, check_finite=check_finite)
     model.load_state_dict(state_dict, strict=True)
 
 
@@ -113,6 +168,7 @@ def create_model(
     precision: str | None = None,
     force_quick_gelu: bool = False,
     allow_unsafe_pickle: bool = False,
+    check_finite: bool = True,
     **overrides: Any,
 ) -> CLIP:
     """Build a named architecture, optionally with pretrained weights.
@@ -124,7 +180,8 @@ def create_model(
     top-level ones by name (`embed_dim=256`), tower fields as dicts (`vision={"patch_dropout": 0.5}`).
     `precision` takes open_clip's names ("fp32", "amp", "amp_bf16", "fp16", "bf16", "pure_fp16",
     "pure_bf16"); `force_quick_gelu` switches both towers to QuickGELU, for weights trained with it.
-    `allow_unsafe_pickle` is `load_model`'s opt-in for trusted legacy pickle files.
+    `allow_unsafe_pickle` is `load_model`'s opt-in for trusted legacy pickle files; `check_finite=False`
+    loads pretrained weights that hold NaN or inf (refused by default, naming the first such tensor).
     """
     dtype = precision_dtype(precision, dtype)
     if name.startswith((HUB_PREFIX, LOCAL_DIR_PREFIX)):
@@ -135,7 +192,7 @@ def create_model(
             source, cache_dir=cache_dir, allow_unsafe_pickle=allow_unsafe_pickle
         )
         config = apply_overrides(loaded, overrides, force_quick_gelu)
-        return _place(build_model(config, state_dict, where), device, dtype)
+        return _place(build_model(config, state_dict, where, check_finite=check_finite), device, dtype)
     config = apply_overrides(get_model_config(name), overrides, force_quick_gelu)
     if pretrained is None:
         return _place(CLIP(config), device, dtype)
@@ -144,12 +201,12 @@ def create_model(
         config = apply_overrides(get_model_config(entry.arch), overrides, force_quick_gelu)
         loaded_cfg, state_dict, source = _download_pretrained(entry, cache_dir)
         config = config.replace(preprocess=loaded_cfg.preprocess)
-        return _place(build_model(config, state_dict, source), device, dtype)
+        return _place(build_model(config, state_dict, source, check_finite=check_finite), device, dtype)
     if _looks_like_source(pretrained):
         _, state_dict, source = read_checkpoint(
             pretrained, arch=name, cache_dir=cache_dir, allow_unsafe_pickle=allow_unsafe_pickle
         )
-        return _place(build_model(config, state_dict, source), device, dtype)
+        return _place(build_model(config, state_dict, source, check_finite=check_finite), device, dtype)
     known = tags_for(name)
     raise CheckpointError(
         f"pretrained={pretrained!r} is neither a known tag for {name!r} (known: {known or 'none'}) "
@@ -172,17 +229,20 @@ def load_model(
     allow_unsafe_pickle: bool = False,
     cache_dir: str | Path | None = None,
     revision: str | None = None,
+    check_finite: bool = True,
 ) -> CLIP:
     """Load any supported checkpoint; the architecture comes from the checkpoint itself.
 
     `arch` names the architecture for a bare state dict whose activation cannot be read from its
     tensors (open_clip files trained with QuickGELU: pass e.g. `arch="ViT-B-32-quickgelu"`).
     `allow_unsafe_pickle=True` is the opt-in for trusted legacy pickles that `weights_only` refuses.
+    `check_finite=False` loads weights holding NaN or inf, which are refused by default. Every failure to
+    read or fit the checkpoint is a `CheckpointError` naming the file.
     """
     config, state_dict, source = read_checkpoint(
         path_or_id, arch=arch, allow_unsafe_pickle=allow_unsafe_pickle, cache_dir=cache_dir, revision=revision
     )
-    return _place(build_model(config, state_dict, source), device, dtype)
+    return _place(build_model(config, state_dict, source, check_finite=check_finite), device, dtype)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -206,7 +266,45 @@ def read_checkpoint(
     cache_dir: str | Path | None = None,
     revision: str | None = None,
 ) -> tuple[CLIPConfig, dict[str, torch.Tensor], str]:
-    """(config, clipforge-named state dict, description of the source) for any supported input."""
+    """(config, clipforge-named state dict, description of the source) for any supported input.
+
+    Every failure is a CheckpointError naming the source: the readers raise one for each problem they know,
+    and anything else a crafted file provokes in a parser (a TypeError deep in a library, a RecursionError) is
+    turned into one here, so that a caller never sees a traceback for a bad file.
+    """
+    try:
+        return _read_checkpoint(path_or_id, arch, allow_unsafe_pickle, cache_dir, revision)
+    except CheckpointError as exc:
+        if str(path_or_id) in str(exc):
+            raise
+        raise type(exc)(f"{path_or_id}: {exc}") from exc  # a key-map error that does not say which file
+    except ConfigError as exc:  # the file's own config (a user's overrides are applied later, outside)
+        raise CheckpointConfigError(f"{path_or_id}: its model config is invalid: {exc}") from exc
+    except _PARSER_ERRORS as exc:
+        raise CheckpointError(
+            f"{path_or_id}: cannot read this checkpoint ({type(exc).__name__}: {str(exc)[:300]}); the file is "
+            "corrupt or not a CLIP checkpoint"
+        ) from exc
+
+
+# What a malformed file can make a parser raise besides our own errors (OSError, e.g. a hub download failing,
+# passes through: it is not the file's fault).
+_PARSER_ERRORS = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    RuntimeError,
+    RecursionError,
+    OverflowError,
+    MemoryError,
+    EOFError,
+    UnicodeDecodeError,
+)
+
+
+def _read_checkpoint(path_or_id, arch, allow_unsafe_pickle, cache_dir, revision):
     text = str(path_or_id)
     path = Path(text).expanduser()
     if path.is_dir():
@@ -250,8 +348,19 @@ def _read_dir(folder: Path, arch: str | None, allow_unsafe_pickle: bool):
 
 
 def _openclip_json_config(path: Path) -> CLIPConfig:
-    data = json.loads(path.read_text())
-    return openclip.config_from_openclip(data.get("model_cfg", data), data.get("preprocess_cfg"))
+    with reading_config(path):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ConfigError(f"expected a JSON object, got a {type(data).__name__}")
+        model_cfg, preprocess_cfg = data.get("model_cfg", data), data.get("preprocess_cfg")
+        for name, section in (("model_cfg", model_cfg), ("model_cfg.vision_cfg", model_cfg.get("vision_cfg", {}))):
+            if not isinstance(section, dict):
+                raise ConfigError(f"{name} must be a JSON object, got a {type(section).__name__}")
+        for name in ("model_cfg.text_cfg", "preprocess_cfg"):
+            section = model_cfg.get("text_cfg", {}) if name == "model_cfg.text_cfg" else preprocess_cfg
+            if section is not None and not isinstance(section, dict):
+                raise ConfigError(f"{name} must be a JSON object, got a {type(section).__name__}")
+        return openclip.config_from_openclip(model_cfg, preprocess_cfg)
 
 
 def _config_in_dir(folder: Path) -> CLIPConfig | None:
@@ -261,7 +370,7 @@ def _config_in_dir(folder: Path) -> CLIPConfig | None:
     if (folder / openclip.CONFIG_NAME).exists():
         return _openclip_json_config(folder / openclip.CONFIG_NAME)
     if (folder / hf.CONFIG_NAME).exists():
-        return hf.config_from_hf(json.loads((folder / hf.CONFIG_NAME).read_text()))
+        return hf.read_hf_config(folder / hf.CONFIG_NAME)
     return None
 
 
@@ -427,8 +536,9 @@ def save_model(model: CLIP, path: str | Path, format: SaveFormat = "clipforge") 
 
 def convert(source: str | Path, destination: str | Path, format: SaveFormat = "clipforge", **load_kwargs) -> Path:
     """Read any supported checkpoint and write it in `format` (tensors copied exactly, fp32 kept as is)."""
+    check_finite = load_kwargs.pop("check_finite", True)
     config, state_dict, src = read_checkpoint(source, **load_kwargs)
-    model = build_model(config, state_dict, src)
+    model = build_model(config, state_dict, src, check_finite=check_finite)
     return save_model(model, destination, format)
 
 
@@ -437,6 +547,7 @@ __all__ = [
     "apply_overrides",
     "ConfigError",
     "build_model",
+    "check_state_dict",
     "convert",
     "create_model",
     "load_model",

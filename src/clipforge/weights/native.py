@@ -38,15 +38,15 @@ def config_json(config: CLIPConfig) -> str:
 
 def parse_config_json(text: str, source: str) -> CLIPConfig:
     """Parse a clipforge config JSON; a CheckpointError names `source` when it is not one."""
-    from .formats import CheckpointError
+    from .formats import CheckpointError, reading_config
 
-    try:
+    with reading_config(source):
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{source}: config is not valid JSON ({exc})") from exc
-    if not isinstance(data, dict) or data.get("format") != "clipforge" or "model" not in data:
-        raise CheckpointError(f"{source}: not a clipforge config (expected keys 'format': 'clipforge' and 'model')")
-    return CLIPConfig.from_dict(data["model"])
+        if not isinstance(data, dict) or data.get("format") != "clipforge" or not isinstance(data.get("model"), dict):
+            raise CheckpointError(
+                f"{source}: not a clipforge config (expected keys 'format': 'clipforge' and 'model': {{...}})"
+            )
+        return CLIPConfig.from_dict(data["model"])
 
 
 def write_native(config: CLIPConfig, state_dict: dict[str, torch.Tensor], folder: str | Path) -> Path:

@@ -14,16 +14,16 @@ and maps every `__torch__.*` module class to an inert record; `persistent_load` 
 from the zip as `torch.serialization._load` does for its `('storage', type, key, location, numel)`
 ids, always onto the CPU. Any other global is refused with a `CheckpointError` that names it.
 The records are then walked into the dotted state dict `torch.jit.load(path).state_dict()` gives:
-each class's `__parameters__` / `__buffers__` lists are read from its code file with `ast.parse`
-(parsed, never executed), so plain tensor attributes stay out just as they do in torch.
+each class's `__parameters__` / `__buffers__` lists are read from its code file line by line
+(matched as text, never executed), so plain tensor attributes stay out just as they do in torch.
 """
 
 from __future__ import annotations
 
-import ast
 import io
 import os
 import pickle
+import re
 import sys
 import zipfile
 from collections import OrderedDict
@@ -64,6 +64,9 @@ _CORRUPTION_ERRORS = (
     IndexError,
     AttributeError,
     RuntimeError,
+    RecursionError,
+    OverflowError,
+    MemoryError,
 )
 
 
@@ -193,6 +196,7 @@ class _StorageReader:
         self.prefix = prefix
         self.where = where
         self.cache: dict[str, torch.Tensor] = {}
+        self.archive_bytes = os.path.getsize(archive.filename) if archive.filename else 0
         order = f"{prefix}/byteorder"
         stored = archive.read(order).decode().strip() if order in archive.namelist() else "little"
         self.swap = stored != sys.byteorder
@@ -206,6 +210,11 @@ class _StorageReader:
             info = self.archive.getinfo(name)
         except KeyError:
             raise CheckpointError(f"{self.where}: storage record {name} is missing; the archive is truncated") from None
+        if nbytes > _MAX_INFLATION * self.archive_bytes:  # deflate cannot pack more than ~1032:1
+            raise CheckpointError(
+                f"{self.where}: storage record {name} claims {nbytes} bytes, more than a {self.archive_bytes}-byte "
+                "archive can hold; the archive is corrupt or crafted"
+            )
         if info.file_size < nbytes:
             raise CheckpointError(
                 f"{self.where}: storage record {name} holds {info.file_size} bytes, {nbytes} expected; "
@@ -226,25 +235,56 @@ class _StorageReader:
         return self.cache[key]
 
 
+# TorchScript prints a class's declarations as one line each, indented two spaces under `class Name(...):`:
+#     __parameters__ = ["weight", "bias", ]
+# They are read line by line with these patterns rather than with ast.parse, whose parser a crafted code
+# file (brackets or unary operators nested a million deep) drives into MemoryError / RecursionError or
+# minutes of work; a line-wise regular expression reads any file in linear time.
+_CLASS_LINE = re.compile(r"class (\w+)\(")
+_DECLARATION_LINE = re.compile(r"  (__parameters__|__buffers__) = \[([^\]]*)\]\s*$")
+_DECLARED_NAME = re.compile(r'\s*"(\w+)"\s*')
+# Real code files are tens of kB; a larger one is not read (its class then counts every tensor attribute).
+_MAX_CODE_BYTES = 16 * 1024 * 1024
+# data.pkl of the largest OpenAI archive (ViT-L/14@336px) is well under 1 MB; this bounds a zip bomb's record.
+_MAX_DATA_PKL_BYTES = 64 * 1024 * 1024
+_MAX_INFLATION = 1100
+
+
+def _parse_declarations(code: str, class_name: str) -> tuple[list, list] | None:
+    """(__parameters__, __buffers__) of `class_name` in TorchScript source `code`; None when not declared."""
+    current, declared = None, {}
+    for line in code.splitlines():
+        match = _CLASS_LINE.match(line)
+        if match:
+            if current == class_name:
+                break
+            current, declared = match.group(1), {}
+            continue
+        if current != class_name:
+            continue
+        match = _DECLARATION_LINE.match(line)
+        if match:
+            items = [item for item in match.group(2).split(",") if item.strip()]
+            names = [_DECLARED_NAME.fullmatch(item) for item in items]
+            if all(names):
+                declared[match.group(1)] = [n.group(1) for n in names]
+    if current != class_name or "__parameters__" not in declared:
+        return None
+    return declared["__parameters__"], declared.get("__buffers__", [])
+
+
 def _declared_tensors(archive: zipfile.ZipFile, prefix: str, qualified_name: str) -> tuple[list, list] | None:
     """(__parameters__, __buffers__) of a class, read from its code file; None when not declared there."""
     module_path, _, class_name = qualified_name.rpartition(".")
     name = f"{prefix}/code/{module_path.replace('.', '/')}.py"
     try:
-        tree = ast.parse(archive.read(name).decode("utf-8"))
-    except (KeyError, SyntaxError, UnicodeDecodeError, ValueError, RecursionError):
+        info = archive.getinfo(name)
+        if info.file_size > _MAX_CODE_BYTES:
+            return None
+        code = archive.read(info).decode("utf-8")
+    except (KeyError, UnicodeDecodeError):
         return None
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.name == class_name:
-            declared: dict[str, list[str]] = {}
-            for stmt in node.body:
-                if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
-                    target = stmt.targets[0].id
-                    if target in ("__parameters__", "__buffers__") and isinstance(stmt.value, ast.List):
-                        declared[target] = [e.value for e in stmt.value.elts if isinstance(e, ast.Constant)]
-            if "__parameters__" in declared:
-                return declared["__parameters__"], declared.get("__buffers__", [])
-    return None
+    return _parse_declarations(code, class_name)
 
 
 def _walk(
@@ -285,7 +325,13 @@ def read_torchscript(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             names = archive.namelist()
             prefix = _archive_prefix(names, where)
             load_storage = _StorageReader(archive, prefix, where)
-            root = _RestrictedUnpickler(archive.read(f"{prefix}/data.pkl"), load_storage, where).load()
+            data_pkl = archive.getinfo(f"{prefix}/data.pkl")
+            if data_pkl.file_size > _MAX_DATA_PKL_BYTES:
+                raise CheckpointError(
+                    f"{where}: data.pkl claims {data_pkl.file_size} bytes, far more than a module tree needs; "
+                    "the archive is corrupt or crafted"
+                )
+            root = _RestrictedUnpickler(archive.read(data_pkl), load_storage, where).load()
             if not isinstance(root, ScriptRecord):
                 raise CheckpointError(f"{where}: data.pkl does not hold a TorchScript module")
             cache: dict[str, tuple[list, list] | None] = {}
