@@ -77,3 +77,38 @@ def test_cli_reports_folder_in_use_as_one_line(tmp_path):
     assert code == RUNTIME_ERROR
     expected = f"{tmp_path} is in use by another clipforge train (pid 42 on node7); wait for it"
     assert line == f"clipforge train: error: {expected}"
+
+
+
+def test_a_second_train_into_a_running_trains_folder_is_refused(tmp_path, capsys):
+    """Two `clipforge train` runs into one folder: the second stops at once with one line naming the first."""
+    from clipforge.cli.main import main as cli
+    from support.pairs import write_pair_dataset, write_recipe
+
+    (tmp_path / "data").mkdir()
+    write_pair_dataset(tmp_path / "data", n=32)
+    recipe = write_recipe(tmp_path / "recipe.py", tmp_path / "data" / "train.csv", 8, "epochs=100, max_steps=400")
+    out = tmp_path / "run"
+    metrics = out / "metrics.jsonl"
+    cmd = [sys.executable, "-m", "clipforge.cli.main", "train", str(recipe), "--arg", str(out)]
+    first = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+            assert first.poll() is None and time.monotonic() < deadline, "the first run did not start training"
+            time.sleep(0.2)
+        capsys.readouterr()
+        assert cli(["train", str(recipe), "--arg", str(out), "--schedule.max_steps=2"]) == RUNTIME_ERROR
+        err = capsys.readouterr().err.strip().splitlines()
+        expected = f"clipforge train: error: {out} is in use by another clipforge train (pid {first.pid} on "
+        assert len(err) == 1 and err[0].startswith(expected), err
+        assert err[0].endswith("wait for it or use another --output_dir")
+        assert first.poll() is None  # the first run goes on, its history untouched by the second
+        steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+        assert steps == list(range(1, len(steps) + 1))
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+    assert first.returncode == 143
+    # The lock went with the first run: the same command now resumes it.
+    assert cli(["train", str(recipe), "--arg", str(out), f"--schedule.max_steps={max(steps) + 1}"]) == 0

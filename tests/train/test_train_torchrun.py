@@ -6,6 +6,7 @@ local_loss + gather_with_grad), and a run stopped and resumed under torchrun mus
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -33,7 +34,7 @@ def recipe(tmp_path_factory):
     return path
 
 
-def _torchrun(recipe, out, *overrides):
+def _torchrun(recipe, out, *overrides, timeout=300):
     cmd = [
         sys.executable,
         "-m",
@@ -50,7 +51,16 @@ def _torchrun(recipe, out, *overrides):
         *overrides,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    # A new session, so that a hang (the failure some of these tests exist for) kills the workers too.
+    pipe = subprocess.PIPE
+    proc = subprocess.Popen(cmd, env=env, stdout=pipe, stderr=pipe, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    result = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
 
@@ -79,3 +89,29 @@ def test_ddp_and_fsdp_train_identically_and_resume(recipe, tmp_path):
     assert sorted(resumed) == list(range(1, 7))
     for step in fsdp:
         assert resumed[step] == pytest.approx(fsdp[step], rel=1e-5), step
+
+
+def test_fsdp_run_evaluates_periodically_and_at_the_end_then_rank_0_alone_reports(recipe, tmp_path):
+    """FSDP2's forward all-gathers parameters, so an evaluation on rank 0 alone used to wait forever.
+
+    With zero-shot evaluation on (every 2 steps and at the end), the run must finish within the timeout
+    (a hang fails as TimeoutExpired), log the metrics, and print one "done:" line (rank 0's), not one per rank.
+    """
+    out = tmp_path / "fsdp_eval"
+    result = _torchrun(
+        recipe,
+        out,
+        "--strategy=fsdp",
+        "--schedule.max_steps=4",
+        "--eval.zeroshot=fashion_mnist",
+        "--eval.zeroshot_max_samples=64",
+        "--eval.every_steps=2",
+        timeout=240,
+    )
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "eval/zeroshot_top1" in r] == [2, 4]
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0.0 <= summary["final_metrics"]["zeroshot_top1"] <= 1.0
+    done = [line for line in result.stdout.splitlines() if line.startswith("done:")]
+    assert len(done) == 1, result.stdout
+    assert "zeroshot_top1" in done[0] and f"model saved to {out / 'model'}" in done[0]
