@@ -46,6 +46,7 @@ def get_tokenizer(
 
 
 def get_preprocess(name_or_model: ModelLike | PreprocessConfig = "ViT-B-32", train: bool = False, **train_options):
-    """The image transform (PIL image -> FloatTensor[3, S, S]) the model expects."""
+    """The image transform (PIL image -> FloatTensor[3, S, S]) the model expects; S is the model's
+    `vision.image_size`, which its config keeps the preprocessing size equal to (issue 8)."""
     cfg = name_or_model if isinstance(name_or_model, PreprocessConfig) else _config(name_or_model).preprocess
     return build_transform(cfg, train=train, **train_options)

@@ -27,6 +27,8 @@ MODEL = ModelSpec(
     name="tiny-vit",
     overrides={
         "embed_dim": 64,
+        # 28 px: Fashion-MNIST's own size (no resize), a 4x4 grid of 7 px patches; the preprocessing follows
+        # vision.image_size, so training, evaluation and the exports all feed the model 28 px images.
         "vision": {"image_size": 28, "patch_size": 7, "width": 64, "layers": 3, "heads": 4},
         "text": {"width": 64, "layers": 2, "heads": 4, "context_length": 32},
     },
