@@ -1,6 +1,6 @@
 """transformers CLIPModel interop (weights/hf.py): parity with transformers' own forward, both directions.
 
-Tolerance: L2-normalised features agree within 1e-4 (max abs) in float32; transformers and clipforge
+Tolerance: L2-normalised features agree within 1e-5 (max abs) in float32; transformers and clipforge
 run the same maths through different kernels (separate q/k/v Linear vs one packed projection).
 Round trips through files are exact (torch.equal).
 """
@@ -20,7 +20,12 @@ transformers = pytest.importorskip("transformers")
 from clipforge.models import CLIP, CLIPConfig, ConfigError, TextConfig, VisionConfig  # noqa: E402
 from clipforge.weights import hf  # noqa: E402
 
-TOL = 1e-4
+# Parity bar on L2-normalised float32 features (unit norm, so an absolute bar is one relative to their scale).
+# Two float32 implementations of the same network agree to <= 2.4e-7 in every parity test of tests/weights
+# (measured, reordered sums and other kernels); 1e-5 leaves ~40x headroom for other CPUs (AMX vs AVX2) while a
+# real bug still fails: a vision LayerNorm eps of 1e-5 instead of the configured 1e-6 moves features by ~4.5e-5,
+# which the former 1e-4 bar let through (issue 8; test_hf's parity tests catch it at 1e-5).
+TOL = 1e-5
 SOT, EOT, ADDED = 49406, 49407, 49409  # ADDED: a token id above EOT, as tokenizers with added tokens make
 CONTEXT = 16
 

@@ -3,7 +3,7 @@
 Reference models are open_clip `CLIP`s in OpenAI's layout (what `build_model_from_openai_state_dict`
 builds) with random weights; their state dicts, cast to float16 as OpenAI's files are, or kept in
 float32, go through config_from_openai_state_dict + openai_to_clipforge into clipforge's CLIP.
-Tolerance: 1e-4 max abs difference on L2-normalised image and text features (float32 compute).
+Tolerance: 1e-5 max abs difference on L2-normalised image and text features (float32 compute).
 """
 
 import copy
@@ -23,7 +23,12 @@ from clipforge.weights.openai import (
     read_openai_checkpoint,
 )
 
-ATOL = 1e-4
+# Parity bar on L2-normalised float32 features (unit norm, so an absolute bar is one relative to their scale).
+# Two float32 implementations of the same network agree to <= 2.4e-7 in every parity test of tests/weights
+# (measured, reordered sums and other kernels); 1e-5 leaves ~40x headroom for other CPUs (AMX vs AVX2) while a
+# real bug still fails: a vision LayerNorm eps of 1e-5 instead of the configured 1e-6 moves features by ~4.5e-5,
+# which the former 1e-4 bar let through (issue 8; test_hf's parity tests catch it at 1e-5).
+ATOL = 1e-5
 VOCAB, CONTEXT = 1000, 16
 
 
