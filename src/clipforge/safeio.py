@@ -23,11 +23,18 @@ DEFAULT_MAX_IMAGE_BYTES = 256 * 2**20  # 256 MiB: far above any real photo, far 
 DEFAULT_MAX_TEXT_BYTES = 2**20  # 1 MiB for a caption file: CLIP reads 77 tokens of it
 
 
-class NotRegularFileError(OSError):
+class _PathError(OSError):
+    """An OSError that reads "PATH: what is wrong" (not "[Errno 22] ...: 'PATH'")."""
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}" if self.filename is not None else str(self.strerror)
+
+
+class NotRegularFileError(_PathError):
     """A path names a FIFO, socket or device instead of a regular file."""
 
 
-class FileTooLargeError(OSError):
+class FileTooLargeError(_PathError):
     """A file holds more bytes than the caller's cap."""
 
 

@@ -218,7 +218,7 @@ def _write_locked(
                 member = _image_member(image, name, max_image_bytes)
             except (OSError, ValueError, Image.DecompressionBombError) as exc:
                 if on_skip is not None:
-                    on_skip(name, f"{type(exc).__name__}: {exc}")
+                    on_skip(name, _reason(exc))
                 continue
             key = f"{written:09d}"
             writer.add(key, member, text, _json_safe({**(extra or {}), "key": key, "caption": text}))
@@ -241,3 +241,11 @@ def _describe(image: ImageInput, position: int) -> str:
     if isinstance(image, (str, os.PathLike)):
         return _printable(os.fsdecode(image))
     return f"sample {position}"
+
+
+def _reason(exc: BaseException) -> str:
+    """Why an input was skipped; an OSError about the input's own path says only what is wrong (the caller names
+    the input)."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return exc.strerror
+    return f"{type(exc).__name__}: {exc}"
