@@ -200,7 +200,8 @@ def create_model(
     if entry is not None:
         config = apply_overrides(get_model_config(entry.arch), overrides, force_quick_gelu)
         loaded_cfg, state_dict, source = _download_pretrained(entry, cache_dir)
-        config = config.replace(preprocess=loaded_cfg.preprocess)
+        # the tag's normalisation at the (possibly overridden) size the model takes
+        config = config.replace(preprocess=dataclasses.replace(loaded_cfg.preprocess, size=config.vision.image_size))
         return _place(build_model(config, state_dict, source, check_finite=check_finite), device, dtype)
     if _looks_like_source(pretrained):
         _, state_dict, source = read_checkpoint(
