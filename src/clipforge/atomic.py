@@ -33,7 +33,14 @@ _NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 class NoSpaceError(OSError):
     """A write failed because the file system is full (or the user's quota is used up); the message says where and
-    about how much was needed. Files that were being replaced are left as they were."""
+    about how much was needed. Files that were being replaced are left as they were. `path` is the file."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(errno.ENOSPC, message)  # no filename: the message names it, and reads as written
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def is_no_space(exc: BaseException) -> bool:
@@ -70,7 +77,6 @@ def no_space_error(path: str | os.PathLike, needed_bytes: int) -> NoSpaceError:
         free = ""
     needed = f"about {max(needed_bytes, 1) / 1e6:.1f} MB needed for this file{free}"
     return NoSpaceError(
-        errno.ENOSPC,
         f"no space left on the device mounted at {mount_point(folder)} while writing {os.fspath(path)} ({needed}); "
         "free some space or write elsewhere; earlier outputs were left intact and the partial file was removed",
         os.fspath(path),
