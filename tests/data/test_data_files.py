@@ -18,6 +18,7 @@ from clipforge.cli.main import main as cli
 from clipforge.data import DataConfig, SourceConfig, TrainData, tarsamples, write_shards
 from clipforge.data.bad import BadSample
 from clipforge.data.tarsamples import iter_shard
+from clipforge.models.config import ConfigError
 from clipforge.safeio import FileTooLargeError, NotRegularFileError, open_regular_file, read_regular_file
 
 
@@ -116,6 +117,8 @@ def test_a_fifo_named_like_a_shard_is_a_bad_shard(tmp_path):
     items = list(iter_shard(str(fifo)))
     assert len(items) == 1 and isinstance(items[0], BadSample)
     assert "not a regular shard" in items[0].reason
+    with pytest.raises(ConfigError, match=r"not a regular file: .*shard-000000.tar; a shard must be a .tar file"):
+        TrainData(DataConfig(sources=(SourceConfig("wds", str(fifo)),), batch_size=1, epoch_samples=1), None, None)
 
 
 def test_oversized_tar_members_are_bad_samples_and_never_read(tmp_path, synth, monkeypatch, eval_transform, tokenizer):

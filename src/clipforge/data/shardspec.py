@@ -74,8 +74,14 @@ class ShardsNotFoundError(ConfigError, FileNotFoundError):
 
 
 def check_local_shards(spec: str, urls: list[str]) -> None:
-    """Raise ShardsNotFoundError naming the missing local shards (URLs are not checked: listing them is costly)."""
-    missing = [url for url in urls if not is_url(url) and not os.path.isfile(_local(url))]
+    """Raise ShardsNotFoundError naming the missing local shards, ConfigError for a local shard that is not a regular
+    file (URLs are not checked: listing them is costly)."""
+    local = [url for url in urls if not is_url(url)]
+    odd = [url for url in local if os.path.exists(_local(url)) and not os.path.isfile(_local(url))]
+    if odd:  # a folder, FIFO or device where a shard should be: reading a FIFO would block forever
+        shown = ", ".join(odd[:3]) + (f" and {len(odd) - 3} more" if len(odd) > 3 else "")
+        raise ConfigError(f"shard spec {spec!r}: not a regular file: {shown}; a shard must be a .tar file")
+    missing = [url for url in local if not os.path.isfile(_local(url))]
     if not missing:
         return
     shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
