@@ -48,6 +48,10 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
+
+
 def open_regular_file(path: str | os.PathLike | bytes, what: str = "file") -> BinaryIO:
     """Open `path` for reading bytes, refusing anything but a regular file (without ever blocking on it).
 
@@ -61,7 +65,7 @@ def open_regular_file(path: str | os.PathLike | bytes, what: str = "file") -> Bi
         mode = os.fstat(fd).st_mode
         name = os.fsdecode(path)
         if stat.S_ISDIR(mode):
-            raise IsADirectoryError(errno.EISDIR, f"is a folder; give a {what}", name)
+            raise IsADirectoryError(errno.EISDIR, f"is a folder; give {_a(what)}", name)
         if not stat.S_ISREG(mode):
             raise NotRegularFileError(errno.EINVAL, f"{_kind(mode)}, not a regular {what}; remove it or skip it", name)
         if nonblock:

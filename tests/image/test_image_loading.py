@@ -151,7 +151,7 @@ def test_fifo_and_directory_are_refused_without_blocking(tmp_path):
     worker.start()
     worker.join(timeout=20)
     assert not worker.is_alive(), "load_image blocked on a FIFO"
-    assert isinstance(outcome[0], ImageLoadError) and "not a regular file" in str(outcome[0])
+    assert isinstance(outcome[0], OSError) and "a FIFO (named pipe), not a regular image file" in str(outcome[0])
     with pytest.raises(IsADirectoryError, match="give an image file"):
         load_image(tmp_path)
     Image.new("RGB", (4, 4)).save(tmp_path / "ok.png")

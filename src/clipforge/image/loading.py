@@ -18,11 +18,9 @@ the default, never touch it).
 
 from __future__ import annotations
 
-import errno
 import io
 import os
 import re
-import stat
 import struct
 import threading
 from collections.abc import Sequence
@@ -31,6 +29,7 @@ from typing import IO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..safeio import open_regular_file
 from .convert import WHITE, Background, to_rgb
 
 ImageSource = str | os.PathLike | bytes | IO[bytes] | Image.Image
@@ -148,7 +147,7 @@ class _Opener:
         if isinstance(source, Image.Image):
             return _finish(source, self.label, self.max_pixels, self.background)
         if isinstance(source, (str, os.PathLike)):
-            with _open_regular_file(source, self.label) as file:  # missing or unreadable paths: their own OSError
+            with open_regular_file(source, "image file") as file:  # missing or unreadable paths: their own OSError
                 self._check_bytes(os.fstat(file.fileno()).st_size)
                 return self._open_and_finish(file)
         if isinstance(source, (bytes, bytearray, memoryview)):
@@ -187,29 +186,6 @@ class _Opener:
 
     def _open_and_finish(self, file: IO[bytes]) -> Image.Image:
         return _open_and_finish(file, self.label, self.max_pixels, self.background, self.formats)
-
-
-def _open_regular_file(path: str | os.PathLike, label: str) -> IO[bytes]:
-    """Open `path` for reading, refusing anything but a regular file.
-
-    A plain `open()` of a FIFO blocks until some process writes to it, so one stray named pipe in a photo
-    folder would hang a whole job; the file is therefore opened non-blocking, checked with fstat (no race
-    between the check and the read), and only then switched back to blocking reads.
-    """
-    nonblock = getattr(os, "O_NONBLOCK", 0)
-    fd = os.open(path, os.O_RDONLY | nonblock)
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise IsADirectoryError(errno.EISDIR, "Is a directory; give an image file", os.fspath(path))
-        if not stat.S_ISREG(mode):
-            raise ImageLoadError(f"{label}: not a regular file (a FIFO, socket or device); give an image file")
-        if nonblock:
-            os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def _read_up_to(stream: IO[bytes], limit: int) -> bytes:
