@@ -112,3 +112,24 @@ def test_a_second_train_into_a_running_trains_folder_is_refused(tmp_path, capsys
     assert first.returncode == 143
     # The lock went with the first run: the same command now resumes it.
     assert cli(["train", str(recipe), "--arg", str(out), f"--schedule.max_steps={max(steps) + 1}"]) == 0
+
+
+def test_a_run_removes_the_temporaries_a_killed_run_left(tmp_path):
+    """kill -9 in the middle of an atomic write leaves a hidden temporary; the next run (holding the lock) removes
+    it, and leaves every other file alone."""
+    from clipforge.cli.main import main as cli
+    from support.pairs import write_pair_dataset, write_recipe
+
+    (tmp_path / "data").mkdir()
+    write_pair_dataset(tmp_path / "data", n=16)
+    recipe = write_recipe(tmp_path / "recipe.py", tmp_path / "data" / "train.csv", 8, "epochs=1, max_steps=1")
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    stale = [out / ".config.json.x1.clipforge-partial.tmp", out / "checkpoints" / ".step_9.pt.x2.clipforge-partial.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a file")
+    kept = out / "notes.txt"
+    kept.write_text("mine")
+    assert cli(["train", str(recipe), "--arg", str(out), "--no-progress"]) == 0
+    assert not any(path.exists() for path in stale)
+    assert kept.read_text() == "mine"

@@ -33,7 +33,7 @@ import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes, remove_stale_temporaries
 from ..data import DataError, TrainData
 from ..factory import get_preprocess, get_tokenizer
 from ..locking import FolderInUseError, output_lock
@@ -226,6 +226,8 @@ def _locked_output(output_dir: Path, dist: DistInfo):
         if dist.is_main:
             try:
                 stack.enter_context(output_lock(output_dir, what="clipforge train"))
+                for folder in (output_dir, output_dir / "checkpoints", output_dir / "model"):
+                    remove_stale_temporaries(folder)  # a killed run's half-written files; ours cannot be running
             except FolderInUseError as exc:
                 refusal = (exc.folder, exc.holder, exc.hint)
         refusal = broadcast_object(refusal, dist)  # the other ranks stop with the same message, not in a hang
