@@ -60,7 +60,7 @@ class Run:
 def verdict(run: Run, *, allow_error: bool = True) -> str | None:
     """None when `run` ended acceptably (see the module docs), else what went wrong."""
     if run.code is None:
-        return f"hang: no exit within {TIMEOUT:.0f}s"
+        return f"hang: no exit within {run.seconds:.0f}s"
     if "Traceback" in run.stderr:
         return "traceback on stderr"
     if run.code < 0:

@@ -12,6 +12,7 @@ The message names what was expected and repeats what was given; argparse adds th
 from __future__ import annotations
 
 import argparse
+import math
 
 # Above this an integer option is a typo, not a setting: batch sizes, shot counts, worker processes and seeds
 # all fit in 32 bits, and torch/numpy seeds or range() steps far beyond it fail late with obscure errors.
@@ -44,3 +45,26 @@ def non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
     return value
 
+
+
+def open_fraction(text: str) -> float:
+    """A number strictly between 0 and 1 (the share of a dataset carved out as a test split); "nan", "inf",
+    "1e999", 0 and 1 are refused (a carve of nothing or of everything leaves one side empty)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number strictly between 0 and 1, got {text!r}") from None
+    if not 0 < value < 1:  # False for nan too
+        raise argparse.ArgumentTypeError(f"must be a number strictly between 0 and 1, got {text}")
+    return value
+
+
+def positive_number(text: str) -> float:
+    """A finite number > 0 (sizes such as --max-image-mb); "nan", "inf" and "1e999" are refused."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value

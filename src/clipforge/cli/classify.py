@@ -71,6 +71,18 @@ def parse_labels(spec: str) -> list[str]:
     return labels
 
 
+def parse_templates(spec: str) -> list[str]:
+    """--templates: a built-in set by name, or a file read like every file a flag names (regular file, size cap,
+    UTF-8 with the bad line named); one template per line, blank lines and # comments skipped."""
+    from ..zeroshot import get_templates
+    from ..zeroshot.templates import BUILTIN_TEMPLATE_SETS, check_templates
+
+    if spec in BUILTIN_TEMPLATE_SETS:
+        return get_templates(spec)
+    lines = [line.strip() for line in read_text_arg(spec, "--templates").splitlines()]
+    return check_templates([line for line in lines if line and not line.startswith("#")], spec)
+
+
 class _Lines:
     """JSON lines to stdout as they come (flushed per batch), or to --out atomically at the end."""
 
@@ -105,10 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from ..factory import get_preprocess, get_tokenizer
-    from ..zeroshot import ZeroShotClassifier, get_templates
+    from ..zeroshot import ZeroShotClassifier
 
     labels = parse_labels(args.labels)
-    templates = get_templates(args.templates)
+    templates = parse_templates(args.templates)
     model, random_weights = model_from_args(args)
     classifier = ZeroShotClassifier(model, get_tokenizer(model), labels, templates)
     preprocess = get_preprocess(model)

@@ -203,14 +203,34 @@ def fail(message: str, hint: str = "", code: int = 1) -> int:
     raise CliError(message, hint, code)
 
 
-def read_text_arg(path: str, flag: str) -> str:
-    """The text of a file a flag names; a missing one is an input-not-found error naming the flag."""
+MAX_TEXT_ARG_BYTES = 16 * 2**20  # labels, templates, configs: far above ImageNet-21k's class list (~0.5 MB)
+
+
+def read_text_arg(path: str, flag: str, max_bytes: int = MAX_TEXT_ARG_BYTES) -> str:
+    """The UTF-8 text of a file a flag names (a BOM is dropped), as one error naming the flag when it cannot be.
+
+    Only a regular file is read, and at most `max_bytes` of it: `--labels @fifo` would otherwise block forever
+    in open() and `--config /dev/zero` fill the memory. Missing, a folder, a FIFO or device: exit 3; too large
+    or not UTF-8 (the line and byte offset named): exit 2.
+    """
+    from ..safeio import FileTooLargeError, NotRegularFileError, read_regular_file
+
     try:
-        return Path(path).read_text(encoding="utf-8")
+        data = read_regular_file(path, max_bytes, what="text file")
     except FileNotFoundError as exc:
         raise CliError(f"{flag} {path}: no such file", "check the path", INPUT_NOT_FOUND) from exc
+    except IsADirectoryError as exc:
+        raise CliError(f"{flag} {path}: is a folder", "give a text file", INPUT_NOT_FOUND) from exc
+    except NotRegularFileError as exc:
+        raise CliError(f"{flag} {path}: {exc.strerror}", "give a text file", INPUT_NOT_FOUND) from exc
+    except FileTooLargeError as exc:
+        raise CliError(f"{flag} {path}: {exc.strerror}", "", USAGE_ERROR) from exc
+    try:
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise CliError(f"{flag} {path}: not UTF-8 text ({exc.reason})", "save it as UTF-8", USAGE_ERROR) from exc
+        line = data[: exc.start].count(b"\n") + 1
+        problem = f"{flag} {path}: line {line} (byte offset {exc.start}) is not UTF-8 text ({exc.reason})"
+        raise CliError(problem, "re-save the file as UTF-8", USAGE_ERROR) from exc
 
 
 def preprocessed_batches(paths: list[str], preprocess, batch_size: int):

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..safeio import DEFAULT_MAX_IMAGE_BYTES
-from .argtypes import positive_int
+from .argtypes import positive_int, positive_number
 from .common import add_common_arguments, add_progress_arguments, show_progress
 from .errors import INPUT_NOT_FOUND, CliError, CliParser, UsageError, command
 
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     make.add_argument(
         "--max-image-mb",
-        type=float,
+        type=positive_number,
         default=DEFAULT_MAX_IMAGE_BYTES / 2**20,
         metavar="MB",
         help=f"skip image files larger than this (default: {DEFAULT_MAX_IMAGE_BYTES // 2**20} MiB)",

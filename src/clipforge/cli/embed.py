@@ -19,33 +19,23 @@ from .common import (
     add_progress_arguments,
     model_from_args,
     preprocessed_batches,
+    read_text_arg,
     report_skipped,
     show_progress,
 )
-from .errors import INPUT_NOT_FOUND, USAGE_ERROR, CliError, CliParser, UsageError, command
+from .errors import CliParser, UsageError, command
+
+MAX_TEXT_FILE_BYTES = 256 * 2**20  # --text-file: millions of captions fit; /dev/zero or a runaway log does not
 
 
 def read_text_lines(path: str) -> list[str]:
     """The lines of --text-file, decoded as UTF-8 (a BOM is dropped).
 
     Undecodable bytes are one error naming the line and byte offset, so the user can find and fix them; the file
-    must be a regular file (a FIFO would block) of at most 256 MiB.
+    must be a regular file (a FIFO would block) of at most 256 MiB. The same rules as every file a flag names
+    (common.read_text_arg), with a larger cap.
     """
-    from ..safeio import read_regular_file
-
-    try:
-        data = read_regular_file(path, what="text file")
-    except FileNotFoundError as exc:
-        raise CliError(f"--text-file {path}: no such file", "check the path", INPUT_NOT_FOUND) from exc
-    try:
-        return data.decode("utf-8-sig").splitlines()
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise CliError(
-            f"--text-file {path}: line {line} (byte offset {exc.start}) is not UTF-8 text ({exc.reason})",
-            "re-save the file as UTF-8",
-            USAGE_ERROR,
-        ) from exc
+    return read_text_arg(path, "--text-file", max_bytes=MAX_TEXT_FILE_BYTES).splitlines()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -78,8 +78,15 @@ class CliParser(argparse.ArgumentParser):
         raise UsageError(message, f"see {self.prog} --help")
 
 
+MAX_MESSAGE_CHARS = 2000  # an error line quotes inputs (a template, a CSV field): a 17 MB one is no message
+
+
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    """`text` on one line, cut to MAX_MESSAGE_CHARS with the number of characters left out said."""
+    line = " ".join(str(text).split())
+    if len(line) > MAX_MESSAGE_CHARS:
+        line = f"{line[:MAX_MESSAGE_CHARS]}... ({len(line) - MAX_MESSAGE_CHARS:,} more characters)"
+    return line
 
 
 def _os_error_text(exc: OSError) -> str:

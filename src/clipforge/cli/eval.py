@@ -21,7 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .argtypes import non_negative_int, positive_int
+from .argtypes import non_negative_int, open_fraction, positive_int
 from .common import (
     DTYPES,
     add_common_arguments,
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-samples", type=positive_int, default=None, help="evaluate a seeded subset of each split")
     parser.add_argument(
         "--carve-test-fraction",
-        type=_open_fraction,
+        type=open_fraction,
         default=0.2,
         help="when the dataset has no separate --train-split (e.g. a folder without train/ and test/), probes and "
         "few-shot learn from a seeded stratified split carved from it: this share of each class is tested "
@@ -83,17 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(parser)
     add_common_arguments(parser)
     return parser
-
-
-def _open_fraction(text: str) -> float:
-    """A number strictly between 0 and 1 (argparse type)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be a number strictly between 0 and 1, got {text}")
-    return value
 
 
 def _matrix(path: str, default_out: str):
