@@ -80,9 +80,11 @@ def verdict(run: Run, *, allow_error: bool = True) -> str | None:
 
 
 def env() -> dict[str, str]:
-    """The child environment: this checkout's sources and tests first, one thread, no hub access."""
+    """The child environment: this checkout's sources and tests first, one thread, no hub access, and no GPU
+    (CUDA's start-up reserves far more address space than MEMORY_LIMIT; the inputs are what is under test)."""
     path = os.pathsep.join([SRC, TESTS, os.environ.get("PYTHONPATH", "")])
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUTF8": "0"}
+    extra = {"PYTHONPATH": path, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    return {**os.environ, **extra}
 
 
 def _limit_memory() -> None:  # runs in the child before exec
