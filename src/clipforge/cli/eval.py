@@ -54,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--dataset", nargs="+", default=[], help="dataset names (see above)")
     parser.add_argument("--root", default=None, help="dataset folder/file (None: built-in location)")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        type=_dataset_option,
+        help="a dataset loader option, repeatable: e.g. --option path_column=filepath --option "
+        "caption_column=title for a CSV (values are JSON when they parse, else strings)",
+    )
     parser.add_argument("--split", default="test")
     parser.add_argument("--train-split", default="train", help="split probes and few-shot classifiers learn from")
     parser.add_argument("--templates", default=None, help="template set (imagenet, simple, photo) or file")
@@ -83,6 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(parser)
     add_common_arguments(parser)
     return parser
+
+
+def _dataset_option(text: str) -> tuple[str, object]:
+    """`KEY=VALUE` -> (key, value); VALUE is JSON when it parses (numbers, lists), else the string itself."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
 
 
 def _matrix(path: str, default_out: str):
@@ -146,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.hierarchy,
                 tuple(args.ks),
                 tuple(args.seeds),
+                options=dict(args.option),
                 max_samples=args.max_samples,
                 carve_test_fraction=None if args.no_carve else args.carve_test_fraction,
                 split_seed=args.split_seed,

@@ -39,7 +39,10 @@ def _read_rows(path: Path, delimiter: str | None, path_column: str) -> tuple[lis
 
 def _column(columns: list[str], wanted: str, path: Path, role: str) -> str:
     if wanted not in columns:
-        raise ValueError(f"{path}: no {role} column {wanted!r} (columns: {columns}); pass {role}_column=...")
+        raise ValueError(
+            f"{path}: no {role} column {wanted!r} (columns: {columns}); name yours with "
+            f"`clipforge eval --option {role}_column=NAME` (options={{'{role}_column': NAME}} in Python)"
+        )
     return wanted
 
 

@@ -1,0 +1,36 @@
+"""`clipforge eval --option KEY=VALUE`: dataset loader options from the command line (e.g. a CSV's columns)."""
+
+import json
+
+from clipforge.cli.main import main as cli
+from support.noise_images import write_noise_folder
+
+
+def _csv(tmp_path):
+    paths = write_noise_folder(tmp_path / "imgs", classes=2, per_class=3)
+    table = tmp_path / "pairs.csv"
+    table.write_text("filepath,title\n" + "".join(f"{p},a photo of {p.parent.name}\n" for p in paths))
+    return table
+
+
+def _args(tmp_path, table):
+    args = ["eval", "--model", "tiny-vit", "--task", "retrieval", "--dataset", "csv", "--root", str(table)]
+    return args + ["--out", str(tmp_path / "out"), "--cache-dir", "none", "--no-plots", "--no-progress", "-q"]
+
+
+def test_csv_columns_named_on_the_command_line(tmp_path, capsys):
+    table = _csv(tmp_path)
+    assert cli(_args(tmp_path, table)) == 2  # the default column names (path, caption) are not in this file
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no path column 'path'" in err[0] and "--option path_column=NAME" in err[0], err
+    options = ["--option", "path_column=filepath", "--option", "caption_column=title"]
+    assert cli([*_args(tmp_path, table), *options]) == 0
+    records = json.loads((tmp_path / "out" / "results.json").read_text())
+    recalls = [r for r in records if r["task"] == "retrieval" and r["metric"] == "image_to_text_R@10"]
+    assert recalls and recalls[0]["value"] == 1.0  # 6 pairs: everything is within the top 10
+
+
+def test_a_malformed_option_is_a_usage_error(tmp_path, capsys):
+    assert cli([*_args(tmp_path, _csv(tmp_path)), "--option", "no-equals-sign"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "expected KEY=VALUE" in err[0]
