@@ -102,3 +102,22 @@ def _too_large(path: str | os.PathLike | bytes, what: str, size: int, max_bytes:
         "endless files into memory); raise the limit if the file is trusted",
         os.fsdecode(path),
     )
+
+
+DEFAULT_MAX_TEXT_FILE_BYTES = 16 * 2**20  # 16 MiB: far above any template, description or hierarchy file
+
+
+def read_text_file(
+    path: str | os.PathLike | bytes, max_bytes: int | None = DEFAULT_MAX_TEXT_FILE_BYTES, what: str = "text file"
+) -> str:
+    """The UTF-8 text of the regular file `path` (a BOM is dropped), read under the same guards as
+    `read_regular_file`; undecodable bytes are a ValueError naming the file, the line and the byte offset."""
+    data = read_regular_file(path, max_bytes, what)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ValueError(
+            f"{os.fsdecode(path)}: line {line} (byte offset {exc.start}) is not UTF-8 text ({exc.reason}); "
+            "re-save the file as UTF-8"
+        ) from exc

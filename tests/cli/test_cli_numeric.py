@@ -102,8 +102,9 @@ def test_every_numeric_option_uses_a_checked_type():
     """A new `type=int` option would let 0/-1 through again: every int-valued option must use argtypes."""
     from clipforge.cli import classify, convert, data, embed, models
     from clipforge.cli import eval as eval_cli
+    from clipforge.cli.argtypes import key_value
 
-    checked = set(NUMBERS)
+    checked = set(NUMBERS) | {key_value}  # key_value: eval's --option KEY=VALUE, not a number
     seen = 0
     for module in (classify, embed, eval_cli, convert, models, data):
         parsers = [module.build_parser()]
@@ -115,4 +116,4 @@ def test_every_numeric_option_uses_a_checked_type():
                 elif action.type is not None:
                     assert action.type in checked, (module.__name__, action.option_strings, action.type)
                     seen += 1
-    assert seen == 12  # classify 2, embed 1, eval 7, data 2
+    assert seen == 13  # classify 2, embed 1, eval 7 (+ --option), data 2

@@ -34,3 +34,25 @@ def test_a_malformed_option_is_a_usage_error(tmp_path, capsys):
     assert cli([*_args(tmp_path, _csv(tmp_path)), "--option", "no-equals-sign"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "expected KEY=VALUE" in err[0]
+
+
+def test_prompt_files_that_are_not_text_files_are_one_error_naming_them(tmp_path, capsys):
+    import os
+
+    paths = write_noise_folder(tmp_path / "imgs", classes=2, per_class=2)
+    base = ["eval", "--model", "tiny-vit", "--dataset", "folder", "--root", str(paths[0].parent.parent)]
+    base += ["--out", str(tmp_path / "out"), "--cache-dir", "none", "--no-plots", "--no-progress", "-q"]
+    fifo = tmp_path / "descriptions.json"
+    os.mkfifo(fifo)  # a blocking read of it would never return
+    latin1 = tmp_path / "templates.txt"
+    latin1.write_bytes("une photo d'un {}.\nun dessin \xe9l\xe9gant d'un {}.\n".encode("latin-1"))
+    hierarchy = tmp_path / "hierarchy.json"
+    hierarchy.write_text("{not json")
+    for flag, path, expected in [
+        ("--descriptions", fifo, "not a regular descriptions file"),
+        ("--templates", latin1, "line 2 (byte offset 29) is not UTF-8 text"),
+        ("--hierarchy", hierarchy, "not valid JSON"),
+    ]:
+        assert cli([*base, flag, str(path)]) in (2, 3)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(path) in err[0] and expected in err[0], (flag, err)

@@ -68,3 +68,17 @@ def positive_number(text: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
+
+
+def key_value(text: str) -> tuple[str, object]:
+    """`KEY=VALUE` -> (key, value) for options passed through to a library call; VALUE is JSON when it parses
+    (numbers, lists, true/false), else the string itself."""
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value

@@ -132,6 +132,12 @@ def classify_error(exc: BaseException) -> tuple[int, str, str]:
         return INPUT_NOT_FOUND, _os_error_text(exc), "check the path"
     if isinstance(exc, PermissionError):
         return INPUT_NOT_FOUND, _os_error_text(exc), "check the file's permissions"
+    from ..safeio import FileTooLargeError, NotRegularFileError
+
+    if isinstance(exc, NotRegularFileError):  # a FIFO, socket or device where a file was named
+        return INPUT_NOT_FOUND, str(exc), ""
+    if isinstance(exc, FileTooLargeError):
+        return USAGE_ERROR, str(exc), ""
     if isinstance(exc, ConfigError):
         return USAGE_ERROR, str(exc), ""
     if isinstance(exc, ValueError):

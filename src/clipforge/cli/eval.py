@@ -21,7 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .argtypes import non_negative_int, open_fraction, positive_int
+from .argtypes import key_value, non_negative_int, open_fraction, positive_int
 from .common import (
     DTYPES,
     add_common_arguments,
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        type=_dataset_option,
+        type=key_value,
         help="a dataset loader option, repeatable: e.g. --option path_column=filepath --option "
         "caption_column=title for a CSV (values are JSON when they parse, else strings)",
     )
@@ -92,17 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(parser)
     add_common_arguments(parser)
     return parser
-
-
-def _dataset_option(text: str) -> tuple[str, object]:
-    """`KEY=VALUE` -> (key, value); VALUE is JSON when it parses (numbers, lists), else the string itself."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key.strip(), json.loads(value)
-    except json.JSONDecodeError:
-        return key.strip(), value
 
 
 def _matrix(path: str, default_out: str):

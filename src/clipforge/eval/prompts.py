@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.clip import CLIP
+from ..safeio import read_text_file
 from ..zeroshot import build_class_weights, get_templates
 
 
@@ -40,7 +41,10 @@ def load_templates_file(path: str | Path) -> list[str]:
 def load_class_descriptions(path: str | Path) -> dict[str, list[str]]:
     """CuPL descriptions from a JSON file {classname: [description, ...]}, validated."""
     path = Path(path)
-    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(read_text_file(path, what="descriptions file"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object {{classname: [descriptions]}}")
     out = {}

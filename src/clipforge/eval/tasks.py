@@ -193,9 +193,13 @@ def zeroshot(model: CLIP, req: EvalRequest, ctx: EvalContext) -> TaskResult:
     if req.hierarchy:
         import json
 
+        from ..safeio import read_text_file
         from .prompts import build_hierarchy, hierarchical_predict
 
-        mapping = json.loads(Path(req.hierarchy).read_text())
+        try:
+            mapping = json.loads(read_text_file(req.hierarchy, what="hierarchy file"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{req.hierarchy}: not valid JSON ({exc})") from exc
         sub_names, sub_to_parent, parents = build_hierarchy(mapping)
         if list(parents) != classnames:
             raise ValueError(f"{req.hierarchy}: its classes {list(parents)} must equal the dataset's {classnames}")

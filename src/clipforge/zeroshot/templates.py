@@ -13,6 +13,8 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
+from ..safeio import read_text_file
+
 BUILTIN_TEMPLATE_SETS = ("imagenet", "simple", "photo")
 
 Template = str | Callable[[str], str]
@@ -50,7 +52,7 @@ def get_templates(name_or_path: str | Path = "simple") -> list[str]:
     path = Path(text)
     if not path.is_file():
         raise ValueError(f"templates {text!r}: not a built-in set {list(BUILTIN_TEMPLATE_SETS)} and not a file")
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    lines = [ln.strip() for ln in read_text_file(path, what="templates file").splitlines()]
     return check_templates([ln for ln in lines if ln and not ln.startswith("#")], str(path))
 
 
