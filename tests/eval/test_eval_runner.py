@@ -204,3 +204,18 @@ def test_eval_cli_matrix_config(tmp_path, trained, capsys):
     assert {r["task"] for r in records} == {"zeroshot", "fewshot"}
     top1 = {r["model"]: r["value"] for r in records if r["task"] == "zeroshot" and r["metric"] == "top1"}
     assert top1["trained"] > top1["random"]
+
+
+def test_results_json_stays_strict_json_when_a_metric_is_not_finite(tmp_path):
+    """A NaN metric (e.g. from NaN weights loaded with check_finite=False) is written as null, never as the bare
+    word NaN that strict JSON readers refuse; results.md still renders."""
+    from clipforge.eval.report import write_results
+
+    records = [
+        {"model": "m", "dataset": "d", "split": "test", "task": "zeroshot", "metric": "top1", "value": float("nan")},
+        {"model": "m", "dataset": "d", "split": "test", "task": "zeroshot", "metric": "top5", "value": 1.0},
+    ]
+    json_path, md_path = write_results(records, tmp_path)
+    parsed = json.loads(json_path.read_text(), parse_constant=lambda word: pytest.fail(f"non-strict JSON: {word}"))
+    assert [r["value"] for r in parsed] == [None, 1.0]
+    assert "top1" in md_path.read_text()

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import logging
-import math
 import sys
 from pathlib import Path
 
 import torch
 
+from ..jsonio import json_text
 from .errors import INPUT_NOT_FOUND, MODEL_ERROR, USAGE_ERROR, CliError, UsageError
 from .logs import LOGGER_NAME
 
@@ -153,37 +152,6 @@ def model_from_args(args: argparse.Namespace):
     if args.model is None:
         return load_model(args.pretrained, device=args.device, dtype=dtype, **loading), False
     return create_model(args.model, pretrained=args.pretrained, device=args.device, dtype=dtype, **loading), False
-
-
-def _finite_or_null(data, where: str, found: list[str]):
-    """`data` with every NaN / inf float replaced by None (JSON null); `found` collects where they were."""
-    if isinstance(data, float) and not math.isfinite(data):
-        found.append(f"{where}={data}")
-        return None
-    if isinstance(data, dict):
-        return {k: _finite_or_null(v, f"{where}.{k}" if where else str(k), found) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [_finite_or_null(v, f"{where}[{i}]", found) for i, v in enumerate(data)]
-    return data
-
-
-def json_text(data, **dumps_kwargs) -> str:
-    """`json.dumps(data)` that is always valid JSON: NaN and inf (which Python writes as the bare words NaN and
-    Infinity, rejected by every strict JSON reader) become null, with a warning saying where they were."""
-    try:
-        return json.dumps(data, allow_nan=False, **dumps_kwargs)
-    except ValueError:
-        found: list[str] = []
-        clean = _finite_or_null(data, "", found)
-        if not found:
-            raise
-        log.warning(
-            "%d non-finite number(s) written as null (first: %s): the model's outputs are not finite; its weights "
-            "may hold NaN/inf",
-            len(found),
-            found[0],
-        )
-        return json.dumps(clean, allow_nan=False, **dumps_kwargs)
 
 
 def print_json(data, out_path: str | None) -> None:

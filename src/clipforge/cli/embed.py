@@ -12,6 +12,7 @@ import io
 import json
 from pathlib import Path
 
+from ..jsonio import json_text
 from .argtypes import positive_int
 from .common import (
     add_common_arguments,
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         "random_weights": random_weights,
         "shape": list(array.shape),
     }
-    atomic_write_bytes(out.with_suffix(".npy.json"), (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write_bytes(out.with_suffix(".npy.json"), (json_text(meta, indent=2) + "\n").encode())
     if reasons:
         atomic_write_bytes(listing, "".join(json.dumps(r) + "\n" for r in reasons).encode())
     else:

@@ -10,12 +10,12 @@ plots/         per-class accuracy and confusion matrix (zero-shot), accuracy vs 
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_bytes
+from ..jsonio import json_text
 from ..plotting import new_figure, save_figure
 
 
@@ -23,7 +23,7 @@ def write_results(records: list[dict[str, Any]], out_dir: Path) -> tuple[Path, P
     """Write results.json (every record) and results.md (a table) under `out_dir`; return both paths."""
     out_dir = Path(out_dir)
     json_path, md_path = out_dir / "results.json", out_dir / "results.md"
-    atomic_write_bytes(json_path, (json.dumps(records, indent=2) + "\n").encode())
+    atomic_write_bytes(json_path, (json_text(records, indent=2) + "\n").encode())
     atomic_write_bytes(md_path, markdown_table(records).encode())
     return json_path, md_path
 

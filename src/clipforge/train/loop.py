@@ -36,6 +36,7 @@ from torch import nn
 from ..atomic import atomic_write_bytes, remove_stale_temporaries
 from ..data import DataError, TrainData
 from ..factory import get_preprocess, get_tokenizer
+from ..jsonio import json_text
 from ..locking import FolderInUseError, output_lock
 from ..models.clip import CLIP
 from ..models.layers import PatchDropout
@@ -506,7 +507,7 @@ def _write_summary(output_dir: Path, state: TrainState, metrics: dict[str, float
         "bad_samples_total": sum(bad.values()),
         "bad_samples_worst": worst,
     }
-    atomic_write_bytes(output_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    atomic_write_bytes(output_dir / "summary.json", (json_text(summary, indent=2) + "\n").encode())
 
 
 def _plot(ctx: RunContext) -> None:
