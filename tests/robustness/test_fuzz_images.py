@@ -148,14 +148,13 @@ def test_eval_folder_dataset_counts_the_bad_images(images, saved_model, tmp_path
                   "zeroshot", "--out", str(out), "--cache-dir", "none", "--workers", "0", "--no-plots")
     assert verdict(run, allow_error=False) is None, f"{verdict(run, allow_error=False)}\n{run.describe()}"
     count, listed = _eval_skipped(out)
-    # Non-regular files (FIFO, directory, loop, device) may be left out by the folder scan instead of skipped;
-    # every regular bad file must be counted.
-    regular = {os.path.basename(i.arg) for i in images if i.expect != "valid" and i.kind in
-               ("truncated", "zero-byte", "random-bytes", "pixel-bomb", "aspect-bomb", "eps")}
+    # Every bad entry is skipped and named, FIFOs, devices and links included; only a folder named like an image
+    # is not an image candidate at all (the scan walks into it).
+    folders = {name for name in bad if any((root / "test" / c / name).is_dir() for c in ("red", "blue"))}
     assert listed <= bad, f"valid but skipped: {sorted(listed - bad)}"
-    assert len(regular) <= count <= len(bad), (count, len(regular), len(bad))
+    assert count == len(bad - folders), (count, sorted(bad - folders - listed))
     if len(listed) == count:
-        assert regular <= listed, f"not skipped: {sorted(regular - listed)}"
+        assert listed == bad - folders, f"not skipped: {sorted(bad - folders - listed)}"
 
 
 def test_eval_csv_dataset_counts_the_bad_images(images, saved_model, tmp_path):

@@ -26,13 +26,18 @@ def _class_dirs(folder: Path) -> list[str]:
 
 
 def _scan(base: Path, class_dirs: list[str]) -> tuple[list[str], list[int]]:
-    """(image paths, labels), sorted by class then by relative path; hidden files and non-images skipped."""
+    """(image paths, labels), sorted by class then by relative path; hidden files and non-images left out.
+
+    Anything with an image suffix that is not a folder is listed, FIFOs, devices and broken links included: the
+    encoder then skips each with its reason, so the report counts and names them instead of silently running
+    on fewer images than the folder seems to hold.
+    """
     paths, labels = [], []
     for label, cls in enumerate(class_dirs):
         found = sorted(
             p
             for p in (base / cls).rglob("*")
-            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and not p.is_dir()
         )
         paths.extend(str(p) for p in found)
         labels.extend([label] * len(found))
