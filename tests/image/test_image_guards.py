@@ -133,9 +133,10 @@ def test_eps_named_jpg_is_refused_without_running_ghostscript(tmp_path, monkeypa
 def test_allowed_formats_load_whatever_the_file_is_named(tmp_path, fmt):
     assert fmt in ALLOWED_FORMATS
     path = tmp_path / "photo.jpg"  # the name does not matter, only the content
-    Image.new("RGB", (16, 12), (30, 160, 90)).save(path, format=fmt)
+    size = (16, 16) if fmt == "ICO" else (16, 12)  # Pillow 10 writes no icon entry for a non-square image
+    Image.new("RGB", size, (30, 160, 90)).save(path, format=fmt)
     loaded = load_image(path)
-    assert loaded.mode == "RGB" and loaded.size == (16, 12)
+    assert loaded.mode == "RGB" and loaded.size == size
 
 
 def test_formats_argument_narrows_the_allowlist(tmp_path):
