@@ -1,0 +1,94 @@
+"""Few-shot adaptation of a frozen CLIP: every method behind `fit(method, model_or_ctx, train, val, **hparams)`.
+
+`train` / `val` are `LabelledFeatures` (cached, L2-normalised image features + labels). Hyper-parameters are
+explicit keywords with the papers' defaults; a method with a search grid chooses on `val` only (never on test
+data: fit has no way to receive it) and records the chosen values in `adapter.hparams`. Adapters save as
+safetensors + JSON (`adapter.save(dir)`, `load(dir)`), no pickle.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import training_free  # noqa: F401  (registers the training-free methods)
+from .base import (
+    Adapter,
+    FitContext,
+    LabelledFeatures,
+    check_hparams,
+    get_method,
+    hparam_defaults,
+    load_adapter,
+    register,
+    registry,
+)
+
+
+def list_methods() -> list[str]:
+    """Names of every registered adaptation method, sorted."""
+    return sorted(registry())
+
+
+def context_for(model: Any, classnames: tuple[str, ...] | list[str], templates: str = "simple") -> FitContext:
+    """A FitContext from a CLIP model: zero-shot text weights of `classnames` under the `templates` set (the
+    "simple" CLIP-paper ensemble by default) and the model's own logit scale."""
+    from ..factory import get_tokenizer
+    from ..zeroshot import build_class_weights, get_templates
+
+    weights = build_class_weights(model, get_tokenizer(model), list(classnames), get_templates(templates))  # (D, C)
+    device = next(model.parameters()).device
+    return FitContext(
+        text_weights=weights.float(), logit_scale=float(model.logit_scale.exp()), model=model, device=device
+    )
+
+
+def fit(
+    method: str,
+    model_or_ctx: Any,
+    train: LabelledFeatures,
+    val: LabelledFeatures | None = None,
+    **hparams: Any,
+) -> Adapter:
+    """Fit adaptation `method` on the support set `train` (hyper-parameters searched on `val` where the method
+    defines a grid). `model_or_ctx` is a CLIP model (text weights built from train.classnames) or a FitContext."""
+    fn = get_method(method)
+    check_hparams(method, hparams)
+    if not isinstance(train, LabelledFeatures):
+        raise TypeError(f"fit: train must be LabelledFeatures (cached features + labels), got {type(train).__name__}")
+    if val is not None:
+        if not isinstance(val, LabelledFeatures):
+            raise TypeError(f"fit: val must be LabelledFeatures or None, got {type(val).__name__}")
+        if val.classnames != train.classnames or val.dim != train.dim:
+            raise ValueError(
+                "fit: val must have the same classnames and feature dimension as train "
+                f"({train.num_classes} classes, D={train.dim}); got {val.num_classes} classes, D={val.dim}"
+            )
+    ctx = model_or_ctx if isinstance(model_or_ctx, FitContext) else context_for(model_or_ctx, train.classnames)
+    if ctx.text_weights.shape != (train.dim, train.num_classes):
+        raise ValueError(
+            f"fit: the context's text_weights are {tuple(ctx.text_weights.shape)}, expected (D, C) = "
+            f"({train.dim}, {train.num_classes}) for this training set"
+        )
+    with torch.no_grad() if getattr(fn, "training_free", False) else torch.enable_grad():
+        return fn(ctx, train, val, **hparams)
+
+
+def load(folder) -> Adapter:
+    """Rebuild an adapter written by `Adapter.save(folder)` (no fitting, no pickle)."""
+    return load_adapter(folder)
+
+
+__all__ = [
+    "Adapter",
+    "FitContext",
+    "LabelledFeatures",
+    "context_for",
+    "fit",
+    "hparam_defaults",
+    "list_methods",
+    "load",
+    "register",
+    "registry",
+]
