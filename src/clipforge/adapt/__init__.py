@@ -40,7 +40,7 @@ def context_for(model: Any, classnames: tuple[str, ...] | list[str], templates: 
     weights = build_class_weights(model, get_tokenizer(model), list(classnames), get_templates(templates))  # (D, C)
     device = next(model.parameters()).device
     return FitContext(
-        text_weights=weights.float(), logit_scale=float(model.logit_scale.exp()), model=model, device=device
+        text_weights=weights.float(), logit_scale=float(model.logit_scale.detach().exp()), model=model, device=device
     )
 
 
