@@ -38,7 +38,7 @@ def test_coverage_holds_over_many_random_splits(score):
     threshold rule's (nonempty=False); the non-empty sets returned by default cover at least as often."""
     gen = torch.Generator().manual_seed(1)
     reps, n_cal, n_test, alpha = 300, 200, 300, 0.1
-    priors, margins = [0.4, 0.3, 0.2, 0.1 + 0.0], [2.5, 2.0, 1.5, 1.0]
+    priors, margins = [0.4, 0.3, 0.2, 0.1], [2.5, 2.0, 1.5, 1.0]
     probs, labels = _synthetic(gen, reps, n_cal + n_test, priors, margins)
     global_cov, class_cov, class_upper = [], [], []
     for r in range(reps):
@@ -104,9 +104,11 @@ def test_threshold_is_the_exact_finite_sample_quantile():
     assert [quantile_minimum(a) for a in (0.1, 0.05, 0.2, 0.5)] == [9, 19, 4, 1]
     # the set rule is "score <= threshold": the image whose score is the threshold itself (p_true 0.85) is covered,
     # the next one (0.8) is not; images that pass no class get their top class
-    sets = pred.predict_sets(probs)
     assert pred.scores(probs)[7, 0].item() == pred.thresholds[0]
-    assert sets.tolist() == [[p >= 0.85 or p > 0.5, p < 0.5] for p in p_true.tolist()]
+    bare = pred.predict_sets(probs, nonempty=False)
+    assert bare.tolist() == [[p >= 0.85, False] for p in p_true.tolist()]
+    sets = pred.predict_sets(probs)
+    assert sets.tolist() == [[p > 0.5, p < 0.5] for p in p_true.tolist()]
 
 
 def test_aps_and_per_class_scores_by_hand():
