@@ -88,15 +88,50 @@ class CLIP(nn.Module):
         """Freeze the text tower except its last `unlocked_layers` parameter groups (open_clip's counting)."""
         lock_text(self.text, unlocked_layers, freeze_layer_norm)
 
-    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Images (B, 3, H, W), already preprocessed -> features (B, embed_dim)."""
+    def encode_image(self, images: torch.Tensor, normalize: bool = False, project: bool = True) -> torch.Tensor:
+        """Images (B, 3, H, W), already preprocessed -> features (B, embed_dim).
+
+        `project=False` returns the input of the image tower's last linear map instead (B, width'):
+        for a ViT the pooled token after `ln_post`, before `visual.proj`; for a ModifiedResNet the
+        attention pool's output before `attnpool.c_proj`. Adapters that fine-tune that map (ProLIP) cache
+        these and apply `project_image`; `normalize` then normalises the un-projected features.
+        """
         dtype = next(self.visual.parameters()).dtype
-        features = self.visual(images.to(dtype))
+        features = self.visual(images.to(dtype), project=project)
         return F.normalize(features, dim=-1) if normalize else features
+
+    @property
+    def image_projection(self) -> nn.Parameter | nn.Linear:
+        """The image tower's last linear map: a ViT's bias-free (width, D) `visual.proj` matrix, or a
+        ModifiedResNet's `visual.attnpool.c_proj` Linear (with bias). `project_image` applies either."""
+        return self.visual.projection
+
+    def project_image(self, pre_features: torch.Tensor) -> torch.Tensor:
+        """`encode_image(images, project=False)` features (B, width') -> `encode_image(images)` features (B, D)."""
+        return self.visual.project(pre_features)
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Token ids (T, context_length) -> features (T, embed_dim)."""
         features = self.text(tokens)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text_embeddings(
+        self,
+        token_embeddings: torch.Tensor,
+        tokens: torch.Tensor | None = None,
+        *,
+        end_positions: torch.Tensor | None = None,
+        normalize: bool = False,
+    ) -> torch.Tensor:
+        """Token embeddings (T, L, width) -> text features (T, embed_dim), for prompt learning (CoOp, CoCoOp).
+
+        Runs the text tower from its input embeddings instead of token ids, so learnable context vectors
+        can stand in for some of `text.token_embedding(tokens)`: positional embeddings, the causal mask and
+        the pooling are applied inside, exactly as `encode_text` does (identical results for identical
+        embeddings). The pooling position is read from `tokens` (T, L), the ids of the prompt with any
+        placeholder words where the context goes, or given directly as `end_positions` (T,).
+        """
+        features = self.text.forward_embeddings(token_embeddings, tokens, end_positions)
         return F.normalize(features, dim=-1) if normalize else features
 
     def forward(

@@ -73,8 +73,9 @@ class AttentionPool2d(nn.Module):
         self.c_proj = nn.Linear(embed_dim, output_dim)
         self.num_heads = num_heads
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Pool a feature map by attention from its mean token: (B, C, H, W) -> (B, output_dim)."""
+    def forward(self, x: torch.Tensor, project: bool = True) -> torch.Tensor:
+        """Pool a feature map by attention from its mean token: (B, C, H, W) -> (B, output_dim); with
+        `project=False` the attention output before `c_proj`, (B, C)."""
         b, c, h, w = x.shape
         x = x.flatten(2).transpose(1, 2)  # (B, HW, C)
         x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)  # (B, HW + 1, C)
@@ -83,8 +84,8 @@ class AttentionPool2d(nn.Module):
         q = self.q_proj(x[:, :1]).view(b, 1, heads, head_dim).transpose(1, 2)  # (B, H, 1, Dh)
         k = self.k_proj(x).view(b, -1, heads, head_dim).transpose(1, 2)  # (B, H, HW + 1, Dh)
         v = self.v_proj(x).view(b, -1, heads, head_dim).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, H, 1, Dh)
-        return self.c_proj(out.transpose(1, 2).reshape(b, c))  # (B, output_dim)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, c)  # (B, C)
+        return self.c_proj(out) if project else out  # (B, output_dim) or (B, C)
 
 
 class ModifiedResNet(nn.Module):
@@ -149,8 +150,24 @@ class ModifiedResNet(nn.Module):
         x = self.act3(self.bn3(self.conv3(x)))
         return self.avgpool(x)  # (B, width, H/4, W/4)
 
+    @property
+    def projection(self) -> nn.Linear:
+        """The final linear map into the joint space: the attention pool's output projection `c_proj`
+        (32 * width -> D, with bias), so `forward` is `projection(forward(images, project=False))`. It is the
+        last linear map of the tower, the one ProLIP (Fahes et al. 2024) fine-tunes on ResNet backbones."""
+        return self.attnpool.c_proj
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pre-projection features (B, 32 * width) -> embeddings (B, D): the tower's last step on its own."""
+        return self.attnpool.c_proj(pooled)
+
     def forward_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pooled embedding (B, D) and the final feature map as tokens (B, HW/1024, 32 * width).
+        """Pooled embedding (B, D) and the final feature map as tokens (B, HW/1024, 32 * width)."""
+        x = self._feature_map(images)
+        return self.attnpool(x), x.flatten(2).transpose(1, 2)
+
+    def _feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) -> the last stage's feature map (B, 32 * width, H/32, W/32).
 
         Only `vision.image_size` inputs are taken: the attention pool's positions are a fixed grid."""
         check_image_size(images, self.cfg)
@@ -160,8 +177,9 @@ class ModifiedResNet(nn.Module):
                 x = checkpoint(stage, x, use_reentrant=False)
             else:
                 x = stage(x)
-        return self.attnpool(x), x.flatten(2).transpose(1, 2)
+        return x
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H, W) -> pooled features (B, output_dim)."""
-        return self.forward_tokens(images)[0]
+    def forward(self, images: torch.Tensor, project: bool = True) -> torch.Tensor:
+        """Images (B, 3, H, W) -> pooled features (B, output_dim); with `project=False` the attention pool's
+        output before its `c_proj` projection, (B, 32 * width)."""
+        return self.attnpool(self._feature_map(images), project=project)

@@ -52,7 +52,7 @@ class TextTransformer(nn.Module):
         """Recompute each block's activations in backward (memory for compute)."""
         self.transformer.grad_checkpointing = enable
 
-    def _attention_mask(self, tokens: torch.Tensor) -> tuple[torch.Tensor | None, bool]:
+    def _attention_mask(self, tokens: torch.Tensor | None) -> tuple[torch.Tensor | None, bool]:
         """(mask, is_causal) for SDPA. Pure causal attention uses the fused causal flag, no mask."""
         if not self.cfg.pad_mask:
             return None, self.cfg.causal_mask
@@ -66,18 +66,39 @@ class TextTransformer(nn.Module):
         keep = keep | (empty & torch.eye(length, dtype=torch.bool, device=tokens.device))
         return keep, False
 
-    def _pool(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def pool_positions(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, L) -> the position each row is pooled at, (B,) long, for end-token pooling.
+
+        "argmax": the end-of-text token, the largest id in OpenAI's vocabulary; "eos": the first `eos_id`
+        (position 0 for a row without one). Raises for the other pool types, which do not pool at a token.
+        """
+        if self.cfg.pool_type == "argmax":
+            return tokens.argmax(dim=-1)
+        if self.cfg.pool_type == "eos":
+            return (tokens == self.cfg.eos_id).int().argmax(dim=-1)
+        raise ValueError(f"text pool_type {self.cfg.pool_type!r} does not pool at an end token")
+
+    def _pool(self, x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+        """Normalised token features (B, L, width) -> pooled (B, width); `positions` (B,) for end-token pools."""
         pool = self.cfg.pool_type
-        rows = torch.arange(x.shape[0], device=x.device)
-        if pool == "argmax":  # OpenAI: the end-of-text token has the largest id in the vocabulary
-            return x[rows, tokens.argmax(dim=-1)]
-        if pool == "eos":
-            return x[rows, (tokens == self.cfg.eos_id).int().argmax(dim=-1)]
+        if pool in ("argmax", "eos"):
+            return x[torch.arange(x.shape[0], device=x.device), positions]
         if pool == "first":
             return x[:, 0]
         if pool == "last":
             return x[:, -1]
         return x
+
+    @property
+    def projection(self) -> nn.Parameter | nn.Linear:
+        """The final linear map into the joint space: a bias-free (width, D) matrix, or a Linear with bias."""
+        return self.text_projection
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, width) -> embeddings (B, D)."""
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection(pooled)
+        return pooled @ self.text_projection
 
     def _check_length(self, tokens: torch.Tensor) -> None:
         if tokens.shape[1] > self.cfg.context_length:
@@ -88,18 +109,31 @@ class TextTransformer(nn.Module):
 
     def forward_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Projected pooled embedding (B, D) and the normalised token features (B, L, width)."""
-        length = tokens.shape[1]
         self._check_length(tokens)
+        positions = self.pool_positions(tokens) if self.cfg.pool_type in ("argmax", "eos") else None
+        return self._encode(self.token_embedding(tokens), tokens, positions)
+
+    def _encode(
+        self, embeddings: torch.Tensor, tokens: torch.Tensor | None, positions: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token embeddings (B, L, width) -> (projected pooled (B, D), normalised token features (B, L, width)).
+
+        The one code path behind token ids and embeddings, so both give bit-identical features. `tokens`
+        is read only for the padding mask, `positions` (B,) only by end-token pooling."""
         dtype = self.positional_embedding.dtype
-        x = self.token_embedding(tokens).to(dtype) + self.positional_embedding[:length]  # (B, L, width)
-        mask, is_causal = self._attention_mask(tokens)
+        x = embeddings.to(dtype) + self.positional_embedding[: embeddings.shape[1]]  # (B, L, width)
+        mask, is_causal = self._attention_mask(tokens)  # tokens is only read when cfg.pad_mask
         x = self.ln_final(self.transformer(x, attn_mask=mask, is_causal=is_causal))
-        pooled = self._pool(x, tokens)  # (B, width)
-        if isinstance(self.text_projection, nn.Linear):
-            pooled = self.text_projection(pooled)
-        else:
-            pooled = pooled @ self.text_projection
-        return pooled, x
+        return self.project(self._pool(x, positions)), x
+
+    def _trim_length(self, positions: torch.Tensor | None, length: int) -> int:
+        """How many leading positions determine every pooled feature (see `forward`); `length` when all do."""
+        cfg = self.cfg
+        trimmable = cfg.causal_mask and not cfg.pad_mask and cfg.pool_type in ("argmax", "eos")
+        # Under torch.compile a data-dependent length would break the graph; the full length is used there.
+        if not trimmable or positions is None or positions.numel() == 0 or torch.compiler.is_compiling():
+            return length
+        return int(positions.max()) + 1
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Pooled, projected text embedding (B, D).
@@ -107,18 +141,72 @@ class TextTransformer(nn.Module):
         With causal attention and end-token pooling, positions after the last end token of the batch
         cannot influence any pooled feature, so they are not computed: captions are short (~15 of 77
         tokens), which makes this several times faster than running the padded length, with the
-        same result.
+        same result. (Rows without an eos pool at position 0, so they need nothing extra.)
+        """
+        self._check_length(tokens)
+        positions = self.pool_positions(tokens) if self.cfg.pool_type in ("argmax", "eos") else None
+        keep = self._trim_length(positions, tokens.shape[1])
+        tokens = tokens[:, :keep]
+        return self._encode(self.token_embedding(tokens), tokens, positions)[0]
+
+    def forward_embeddings(
+        self,
+        embeddings: torch.Tensor,
+        tokens: torch.Tensor | None = None,
+        end_positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token embeddings (B, L, width) -> pooled, projected text embedding (B, D).
+
+        The path prompt learners need (CoOp, Zhou et al. 2022; CoCoOp): some rows of the embedded prompt are
+        learnable context vectors instead of `token_embedding(tokens)`. Positional embeddings, the attention
+        mask and the pooling are applied here exactly as in `forward`, including its trimming after the
+        batch's last end token, so `forward_embeddings(token_embedding(t), t) == forward(t)` bit for bit.
+        The pooling position comes from `tokens` (B, L) (the ids of the prompt with placeholders where the
+        context goes) or from `end_positions` (B,); a padding-mask tower (`pad_mask`) needs `tokens`.
         """
         cfg = self.cfg
-        self._check_length(tokens)
-        trimmable = cfg.causal_mask and not cfg.pad_mask and cfg.pool_type in ("argmax", "eos")
-        # Under torch.compile a data-dependent length would break the graph; the full length is used there.
-        if trimmable and tokens.shape[0] > 0 and not torch.compiler.is_compiling():
-            if cfg.pool_type == "argmax":
-                last = int(tokens.argmax(dim=-1).max())
-            else:
-                is_eos = tokens == cfg.eos_id
-                # rows without an eos pool at position 0 (argmax of all-false), so they need nothing extra
-                last = int(is_eos.int().argmax(dim=-1).max())
-            tokens = tokens[:, : last + 1]
-        return self.forward_tokens(tokens)[0]
+        if embeddings.ndim != 3 or embeddings.shape[-1] != cfg.width:
+            raise ValueError(
+                f"token embeddings must have shape (batch, length, {cfg.width}) for this text tower (width "
+                f"{cfg.width}); got {tuple(embeddings.shape)}"
+            )
+        batch, length = embeddings.shape[:2]
+        if length > cfg.context_length:
+            raise ValueError(
+                f"token embeddings have length {length}, more than the model's context_length {cfg.context_length}"
+            )
+        if tokens is not None and tuple(tokens.shape) != (batch, length):
+            raise ValueError(
+                f"tokens must have shape (batch, length) = {(batch, length)} to match the embeddings; "
+                f"got {tuple(tokens.shape)}"
+            )
+        end_pooled = cfg.pool_type in ("argmax", "eos")
+        if end_positions is not None:
+            if tokens is not None:
+                raise ValueError("pass tokens or end_positions, not both: the pooling position would be ambiguous")
+            if not end_pooled:
+                raise ValueError(
+                    f"end_positions given, but this text tower pools with pool_type {cfg.pool_type!r}, not at an "
+                    "end token; pass tokens (or nothing) instead"
+                )
+            if tuple(end_positions.shape) != (batch,) or end_positions.dtype.is_floating_point:
+                raise ValueError(
+                    f"end_positions must be integer indices of shape ({batch},); got {end_positions.dtype} "
+                    f"{tuple(end_positions.shape)}"
+                )
+            if batch and (int(end_positions.min()) < 0 or int(end_positions.max()) >= length):
+                raise ValueError(f"end_positions must lie in [0, {length}); got {end_positions.tolist()}")
+            positions = end_positions.to(device=embeddings.device, dtype=torch.long)
+        elif tokens is not None:
+            positions = self.pool_positions(tokens) if end_pooled else None
+        elif end_pooled:
+            raise ValueError(
+                f"this text tower pools at the end token (pool_type {cfg.pool_type!r}): pass tokens (B, L) or "
+                "end_positions (B,) to say where each prompt ends"
+            )
+        else:
+            positions = None
+        if cfg.pad_mask and tokens is None:
+            raise ValueError("this text tower masks padding (pad_mask): pass tokens (B, L) so padding can be found")
+        keep = self._trim_length(positions, length)
+        return self._encode(embeddings[:, :keep], tokens[:, :keep] if tokens is not None else None, positions)[0]

@@ -99,19 +99,32 @@ class VisionTransformer(nn.Module):
             return self.ln_post(pooled), tokens
         return self._global_pool(self.ln_post(x))
 
+    @property
+    def projection(self) -> nn.Parameter:
+        """The final linear map into the joint space, a bias-free (pool_dim, D) matrix: `forward` is
+        `forward(images, project=False) @ projection`. ProLIP (Fahes et al. 2024) fine-tunes exactly this map."""
+        return self.proj
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pre-projection features (B, pool_dim) -> embeddings (B, D): the tower's last step on its own."""
+        return pooled @ self.proj
+
     def forward_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Projected pooled embedding (B, D) and the un-projected patch tokens (B, N, width)."""
         x = self.transformer(self.embed(images))
         pooled, tokens = self.pool(x)
-        return pooled @ self.proj, tokens
+        return self.project(pooled), tokens
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Projected pooled embedding (B, D).
+    def forward(self, images: torch.Tensor, project: bool = True) -> torch.Tensor:
+        """Projected pooled embedding (B, D); with `project=False` the input of the projection instead:
+        the pooled token after `ln_post` (B, pool_dim; pool_dim = width, or D after an attentional pooler).
 
         With class-token pooling only the class token leaves the last block, so that block is run
         for the class token's query alone (see Transformer.forward); outputs are unchanged.
         """
         if self.cfg.pool_type == "tok" and self.attn_pool is None:
             x = self.transformer(self.embed(images), last_block_queries=1)[:, 0]  # (B, width)
-            return self.ln_post(x) @ self.proj  # LayerNorm is per token: before or after pooling is the same
-        return self.forward_tokens(images)[0]
+            pooled = self.ln_post(x)  # LayerNorm is per token: before or after pooling is the same
+        else:
+            pooled = self.pool(self.transformer(self.embed(images)))[0]  # (B, pool_dim)
+        return self.project(pooled) if project else pooled
