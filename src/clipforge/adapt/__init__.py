@@ -12,7 +12,10 @@ from typing import Any
 
 import torch
 
-from . import training_free  # noqa: F401  (registers the training-free methods)
+from . import (
+    feature_trained,  # noqa: F401  (registers the feature-trained methods)
+    training_free,  # noqa: F401  (registers the training-free methods)
+)
 from .base import (
     Adapter,
     FitContext,
