@@ -3,7 +3,8 @@
 `train` / `val` are `LabelledFeatures` (cached, L2-normalised image features + labels). Hyper-parameters are
 explicit keywords with the papers' defaults; a method with a search grid chooses on `val` only (never on test
 data: fit has no way to receive it) and records the chosen values in `adapter.hparams`. Adapters save as
-safetensors + JSON (`adapter.save(dir)`, `load(dir)`), no pickle.
+safetensors + JSON (`adapter.save(dir)`, `load(dir)`), no pickle. `wise_ft(zero_shot, fine_tuned, alpha)`
+interpolates two whole models in weight space (WiSE-FT).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .base import (
     register,
     registry,
 )
+from .wise_ft import wise_ft, wise_ft_sweep
 
 
 def list_methods() -> list[str]:
@@ -94,4 +96,6 @@ __all__ = [
     "load",
     "register",
     "registry",
+    "wise_ft",
+    "wise_ft_sweep",
 ]

@@ -75,10 +75,12 @@ class LabelledFeatures:
 
     @property
     def num_classes(self) -> int:
+        """C, the number of class names (labels are in [0, C))."""
         return len(self.classnames)
 
     @property
     def dim(self) -> int:
+        """D, the feature width."""
         return self.features.shape[1]
 
     def __len__(self) -> int:
@@ -140,6 +142,7 @@ class Adapter(torch.nn.Module):
 
     @property
     def num_classes(self) -> int:
+        """C, the number of classes the adapter scores."""
         return len(self.classnames)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
@@ -147,6 +150,7 @@ class Adapter(torch.nn.Module):
         raise NotImplementedError(f"{type(self).__name__} does not define logits()")
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """`adapter(features)` is `adapter.logits(features)`, so an adapter composes like any nn.Module."""
         return self.logits(features)
 
     @torch.no_grad()

@@ -58,10 +58,14 @@ class _ScaledCosine(Adapter):
 
 
 class ZeroShotAdapter(_ScaledCosine):
+    """The zero-shot baseline: logit_scale * f @ text_weights (the classifier every adapter starts from)."""
+
     method = "zeroshot"
 
 
 class PrototypeAdapter(_ScaledCosine):
+    """Class prototypes: logit_scale * f @ P^T with P the renormalised mean support feature of each class."""
+
     method = "prototype"
 
 
