@@ -21,6 +21,7 @@ COMMANDS = {
     "train": "train or fine-tune a CLIP model from a shipped recipe (clipforge train --list) or a .py file",
     "eval": "zero-shot, retrieval, linear-probe and few-shot evaluation with a report",
     "data": "data tools: write WebDataset shards from a folder or CSV",
+    "inspect": "few-shot visual inspection: fit an inspector from example folders, run it on images",
 }
 
 USAGE = (
