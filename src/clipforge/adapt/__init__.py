@@ -14,8 +14,11 @@ from typing import Any
 import torch
 
 from . import (
+    ape,  # noqa: F401  (registers APE)
     feature_trained,  # noqa: F401  (registers the feature-trained methods)
+    prompt_learned,  # noqa: F401  (registers CoOp)
     training_free,  # noqa: F401  (registers the training-free methods)
+    weight_space,  # noqa: F401  (registers ProLIP)
 )
 from .base import (
     Adapter,

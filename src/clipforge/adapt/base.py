@@ -39,6 +39,9 @@ FORMAT_VERSION = 1
 class LabelledFeatures:
     """Cached image features of a labelled set: features (N, D) float32, L2-normalised; labels (N,) int64 in
     [0, C); classnames (C,). `views` (V, N, D) optional: augmented views of the same images (Tip-Adapter/GDA).
+    `pre_features` optional: the same images' *pre-projection* features, `model.encode_image(x, project=False)`,
+    (N, P) or (V, N, P) with V augmented views; ProLIP fine-tunes the last projection on them (see
+    `clipforge.adapt.weight_space.labelled_features`, which computes both).
 
     Validated on construction so that a wrong shape or label fails here, naming the field, instead of as an index
     error deep inside a method."""
@@ -47,6 +50,7 @@ class LabelledFeatures:
     labels: torch.Tensor
     classnames: tuple[str, ...]
     views: torch.Tensor | None = None
+    pre_features: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.classnames, tuple):
@@ -72,6 +76,18 @@ class LabelledFeatures:
                 f"LabelledFeatures.views must be (V, N, D) = (V, {self.features.shape[0]}, {self.features.shape[1]}) "
                 f"(V augmented views of the same images), got shape {tuple(self.views.shape)}"
             )
+        pre = self.pre_features
+        if pre is not None and not (
+            (pre.ndim == 2 and pre.shape[0] == self.features.shape[0])
+            or (pre.ndim == 3 and pre.shape[1] == self.features.shape[0])
+        ):
+            raise ValueError(
+                f"LabelledFeatures.pre_features must be (N, P) or (V, N, P) with N = {self.features.shape[0]} "
+                f"(pre-projection features of the same images, encode_image(x, project=False)), got shape "
+                f"{tuple(pre.shape)}"
+            )
+        if pre is not None and not pre.dtype.is_floating_point:
+            raise ValueError(f"LabelledFeatures.pre_features must be floating point, got {pre.dtype}")
 
     @property
     def num_classes(self) -> int:

@@ -1,0 +1,233 @@
+"""CoOp (Zhou, Yang, Loy, Liu, "Learning to Prompt for Vision-Language Models", IJCV 2022,
+github.com/KaiyangZhou/CoOp, trainers/coop.py): learn the prompt's context words as continuous vectors.
+
+The class prompt is `[SOS] ctx_1 ... ctx_M  classname . [EOS]` (class token at the "end"), or with the class
+name between the two halves of the context ("middle"); the M context vectors (one generic set shared by all
+classes) are the only trainable parameters. The text tower is frozen and run from token embeddings
+(`model.encode_text_embeddings`), so gradients reach the context through it; the image side uses CACHED,
+L2-normalised features (no image is re-encoded per epoch), the loss is cross-entropy of
+`logit_scale * f @ normalize(text features)^T`.
+
+The fitted adapter stores the learned context AND the resulting class text features, so `logits` needs no model;
+`text_features(model, classnames)` re-runs the prompts for other class names (base-to-new generalisation).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .base import Adapter, FitContext, LabelledFeatures, register
+
+POSITIONS = ("end", "middle")
+
+
+def _tokenizer(model):
+    from ..factory import get_tokenizer
+
+    return get_tokenizer(model)
+
+
+def _name_lengths(tokenizer, classnames: Sequence[str]) -> list[int]:
+    """Number of BPE tokens of each class name (between SOS and EOS)."""
+    tokens = tokenizer(list(classnames))  # (C, L)
+    eot = tokens.argmax(dim=-1)  # EOS has the largest id
+    return [int(e) - 1 for e in eot]
+
+
+class PromptBuilder:
+    """Embeds `X X ... X classname.` once and splices context vectors into it: embeddings (C, L, width) for
+    a context (M, width). The placeholder prompt's token ids locate the EOS for pooling."""
+
+    def __init__(self, model, classnames: Sequence[str], n_ctx: int, position: str) -> None:
+        if position not in POSITIONS:
+            raise ValueError(f"CoOp class token position must be one of {POSITIONS}, got {position!r}")
+        tokenizer = _tokenizer(model)
+        device = next(model.parameters()).device
+        prompts = [" ".join(["X"] * n_ctx) + " " + name + "." for name in classnames]
+        self.tokens = tokenizer(prompts).to(device)  # (C, L)
+        with torch.no_grad():
+            embedded = model.text.token_embedding(self.tokens).float()  # (C, L, width)
+        self.prefix = embedded[:, :1]  # (C, 1, width): SOS
+        self.suffix = embedded[:, 1 + n_ctx :]  # (C, L - 1 - M, width): classname . EOS padding
+        self.name_lengths = _name_lengths(tokenizer, classnames)
+        self.n_ctx, self.position = n_ctx, position
+
+    def embeddings(self, ctx: torch.Tensor) -> torch.Tensor:
+        """Context (M, width) -> prompt embeddings (C, L, width)."""
+        num_classes = self.prefix.shape[0]
+        ctx = ctx.to(self.prefix.dtype)[None].expand(num_classes, -1, -1)  # (C, M, width)
+        if self.position == "end":
+            return torch.cat([self.prefix, ctx, self.suffix], dim=1)
+        half = self.n_ctx // 2
+        rows = []
+        for i, n in enumerate(self.name_lengths):  # [SOS] ctx[:half] name ctx[half:] . [EOS]
+            rows.append(
+                torch.cat(
+                    [self.prefix[i], ctx[i, :half], self.suffix[i, :n], ctx[i, half:], self.suffix[i, n:]], dim=0
+                )
+            )
+        return torch.stack(rows)
+
+    def text_features(self, model, ctx: torch.Tensor) -> torch.Tensor:
+        """Context (M, width) -> L2-normalised class text features (D, C)."""
+        features = model.encode_text_embeddings(self.embeddings(ctx), self.tokens, normalize=True)  # (C, D)
+        return features.float().T
+
+
+def init_context(model, n_ctx: int, ctx_init: str, generator: torch.Generator) -> torch.Tensor:
+    """CoOp's initial context (M, width): the embedded words of `ctx_init` (M = its token count), or
+    N(0, 0.02^2) vectors (the reference's generic random init) when `ctx_init` is empty."""
+    width = model.text.token_embedding.weight.shape[1]
+    if ctx_init:
+        tokens = _tokenizer(model)([ctx_init]).to(next(model.parameters()).device)  # (1, L)
+        n = int(tokens[0].argmax()) - 1
+        with torch.no_grad():
+            return model.text.token_embedding(tokens)[0, 1 : 1 + n].float().cpu()
+    return torch.randn(n_ctx, width, generator=generator) * 0.02
+
+
+def coop_epochs(shots: float) -> int:
+    """The CoOp paper's epoch budget by shots per class: 50 for 1-2 shots, 100 for 4-8, 200 for 16+."""
+    if shots <= 2:
+        return 50
+    if shots <= 8:
+        return 100
+    return 200
+
+
+class CoOpAdapter(Adapter):
+    """Learned prompt context and the class text features it produces. State: ctx (M, width), text_weights (D, C);
+    hparams position, logit_scale (and the training settings). `logits` takes projected, L2-normalised image
+    features (N, D), like every feature adapter."""
+
+    method = "coop"
+
+    def __init__(
+        self, classnames: Sequence[str], hparams: dict, *, ctx: torch.Tensor, text_weights: torch.Tensor
+    ) -> None:
+        super().__init__(classnames, hparams)
+        self.register_buffer("ctx", ctx.detach().float().clone())  # (M, width)
+        self.register_buffer("text_weights", text_weights.detach().float().clone())  # (D, C)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        f = self.check_features(features, self.text_weights.shape[0]).to(self.text_weights.device)  # (N, D)
+        return float(self.hparams["logit_scale"]) * f @ self.text_weights
+
+    @torch.no_grad()
+    def text_features(self, model, classnames: Sequence[str]) -> torch.Tensor:
+        """(D, C') class text features of any `classnames` under the learned context (new classes included)."""
+        builder = PromptBuilder(model, classnames, self.ctx.shape[0], self.hparams["position"])
+        return builder.text_features(model, self.ctx.to(next(model.parameters()).device))
+
+
+class _FrozenTower:
+    """Turns off requires_grad on every model parameter for the duration, and restores it: gradients then reach
+    only the context, and the caller's model is left as it was."""
+
+    def __init__(self, model) -> None:
+        self.model, self.saved = model, []
+
+    def __enter__(self):
+        self.saved = [(p, p.requires_grad) for p in self.model.parameters()]
+        for p, _ in self.saved:
+            p.requires_grad_(False)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for p, flag in self.saved:
+            p.requires_grad_(flag)
+
+
+@register("coop")
+def fit_coop(
+    ctx: FitContext,
+    train: LabelledFeatures,
+    val: LabelledFeatures | None,
+    *,
+    n_ctx: int = 16,
+    ctx_init: str = "",
+    position: str = "end",
+    lr: float = 0.002,
+    epochs: int | None = None,
+    batch_size: int = 32,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    warmup_epochs: int = 1,
+    warmup_lr: float = 1e-5,
+    seed: int = 1,
+) -> CoOpAdapter:
+    """CoOp with the reference's settings (configs/trainers/CoOp, Dassl): SGD lr 0.002, momentum 0.9, weight decay
+    5e-4, batch 32, cosine schedule with one constant warm-up epoch at 1e-5; 16 generic context vectors at the
+    end, random N(0, 0.02) init, or the words of `ctx_init` (e.g. "a photo of a", then M = 4). `epochs=None` is
+    the paper's budget for the shots per class (`coop_epochs`: 50 / 100 / 200). Trained on cached image features
+    (`train.features`, epoch e reading augmented view e mod V when `train.views` is given); `val` is not read
+    (CoOp keeps the last epoch). Needs `ctx.model` (the frozen text tower)."""
+    model = ctx.model
+    if model is None:
+        raise ValueError("coop trains through the text tower: fit with a model (FitContext.model is None)")
+    if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 1:
+        raise ValueError(f"coop: n_ctx must be an integer >= 1, got {n_ctx!r}")
+    if len(train) == 0:
+        raise ValueError("coop: the training set is empty; give at least one labelled feature per class")
+    shots = len(train) / train.num_classes
+    epochs = coop_epochs(shots) if epochs is None else epochs
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"coop: epochs must be an integer >= 0 or None, got {epochs!r}")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"coop: lr must be a positive finite number, got {lr}")
+    generator = torch.Generator().manual_seed(seed)
+    context0 = init_context(model, n_ctx, ctx_init, generator)  # (M, width)
+    builder = PromptBuilder(model, train.classnames, context0.shape[0], position)
+    device = builder.tokens.device
+    context = torch.nn.Parameter(context0.to(device))
+    pool = train.features[None] if train.views is None else train.views  # (V, N, D)
+    pool = F.normalize(pool.to(device=device, dtype=torch.float32), dim=-1)
+    y = train.labels.to(device).long()
+    scale = float(ctx.logit_scale)
+    optimizer = torch.optim.SGD([context], lr=lr, momentum=momentum, weight_decay=weight_decay)
+    losses, accuracies = [], []
+    with _FrozenTower(model), torch.enable_grad():
+        for epoch in range(epochs):
+            epoch_lr = warmup_lr if epoch < warmup_epochs else 0.5 * lr * (1.0 + math.cos(math.pi * epoch / epochs))
+            for group in optimizer.param_groups:
+                group["lr"] = epoch_lr
+            rows = pool[epoch % pool.shape[0]]
+            total, correct, count = 0.0, 0, 0
+            for batch in torch.randperm(len(train), generator=generator).split(batch_size):
+                batch = batch.to(device)
+                logits = scale * rows[batch] @ builder.text_features(model, context)  # (B, C)
+                loss = F.cross_entropy(logits, y[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(batch)
+                correct += int((logits.argmax(dim=-1) == y[batch]).sum())
+                count += len(batch)
+            losses.append(total / count)
+            accuracies.append(correct / count)
+    with torch.no_grad():
+        text_weights = builder.text_features(model, context.detach())
+    hparams = {
+        "n_ctx": int(context0.shape[0]),
+        "ctx_init": ctx_init,
+        "position": position,
+        "lr": float(lr),
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "momentum": float(momentum),
+        "weight_decay": float(weight_decay),
+        "warmup_epochs": warmup_epochs,
+        "warmup_lr": float(warmup_lr),
+        "seed": seed,
+        "logit_scale": scale,
+        "train_loss": losses,
+        "train_accuracy": accuracies,
+    }
+    return CoOpAdapter(train.classnames, hparams, ctx=context.detach(), text_weights=text_weights)
+
+
+fit_coop.needs_model = True  # FitContext.model is required (the towers are used)
