@@ -47,6 +47,7 @@ class SeededViewTransform:
         return self.train_transform(image)  # (3, S, S)
 
     def cache_signature(self) -> str:
+        """What the feature-cache key records of this transform: the seed, the view and the augmentation."""
         cfg = getattr(self.train_transform, "cfg", None)
         config = asdict(cfg) if cfg is not None and hasattr(cfg, "__dataclass_fields__") else None
         return f"seeded-view:seed={self.seed}:view={self.view}:{self.train_transform!r}:{config}"

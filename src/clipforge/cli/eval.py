@@ -1,4 +1,4 @@
-"""`clipforge eval`: zero-shot, retrieval, linear-probe and few-shot evaluation with a report.
+"""`clipforge eval`: zero-shot, retrieval, linear-probe, few-shot and adapter (`--task adapt`) evaluation with a report.
 
 One model from --model/--pretrained, or a matrix of models x datasets from --config (JSON):
 
@@ -50,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", help="JSON file with models x evaluations (see module docs)")
     parser.add_argument(
-        "--task", nargs="+", default=["zeroshot"], choices=["zeroshot", "retrieval", "linear_probe", "fewshot"]
+        "--task",
+        nargs="+",
+        default=["zeroshot"],
+        choices=["zeroshot", "retrieval", "linear_probe", "fewshot", "adapt"],
     )
     parser.add_argument("--dataset", nargs="+", default=[], help="dataset names (see above)")
     parser.add_argument("--root", default=None, help="dataset folder/file (None: built-in location)")
@@ -68,8 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--templates", default=None, help="template set (imagenet, simple, photo) or file")
     parser.add_argument("--descriptions", default=None, help="CuPL-style JSON {class: [descriptions]}")
     parser.add_argument("--hierarchy", default=None, help="CHiLS JSON {class: [subclasses]}")
-    parser.add_argument("--ks", type=positive_int, nargs="+", default=[1, 2, 4, 8, 16], help="few-shot shots per class")
-    parser.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2], help="few-shot sampling seeds")
+    parser.add_argument(
+        "--ks", "--shots", dest="ks", type=positive_int, nargs="+", default=[1, 2, 4, 8, 16],
+        help="few-shot / adapt shots per class",
+    )
+    parser.add_argument(
+        "--seeds", type=non_negative_int, nargs="+", default=None,
+        help="few-shot / adapt sampling seeds (default: 0 1 2 for fewshot, 1 2 3 for adapt, as CoOp)",
+    )
+    parser.add_argument(
+        "--methods", type=_methods, default=None,
+        help="adapt methods, comma-separated (e.g. tip,tip_f,gda; default: "
+        "zeroshot,prototype,nn1,tip,gda,tip_f,linear_probe)",
+    )
+    parser.add_argument(
+        "--views", type=non_negative_int, default=0, help="adapt: augmented views per support image (default 0)"
+    )
     parser.add_argument("--max-samples", type=positive_int, default=None, help="evaluate a seeded subset of each split")
     parser.add_argument(
         "--carve-test-fraction",
@@ -122,6 +139,19 @@ def _matrix(path: str, default_out: str):
     return models, requests, spec.get("out", default_out)
 
 
+def _methods(text: str) -> tuple[str, ...]:
+    """--methods a,b,c -> ("a", "b", "c"), each a registered clipforge.adapt method."""
+    from ..adapt import list_methods
+
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in list_methods()]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown adapt method(s) {unknown or text!r}; choose from {', '.join(list_methods())}"
+        )
+    return names
+
+
 def _dataset_names() -> list[str]:
     from ..eval.datasets import list_eval_datasets
 
@@ -133,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     """`clipforge eval`: run one model or a --config matrix and write the report; returns the exit code."""
     args = build_parser().parse_args(argv)
     from ..eval.runner import run_evaluations
-    from ..eval.tasks import EvalRequest
+    from ..eval.tasks import ADAPT_DEFAULT_SEEDS, EvalRequest
 
     if args.config:
         models, requests, out = _matrix(args.config, args.out)
@@ -154,11 +184,13 @@ def main(argv: list[str] | None = None) -> int:
                 args.descriptions,
                 args.hierarchy,
                 tuple(args.ks),
-                tuple(args.seeds),
+                tuple(args.seeds) if args.seeds else (ADAPT_DEFAULT_SEEDS if task == "adapt" else (0, 1, 2)),
                 options=dict(args.option),
                 max_samples=args.max_samples,
                 carve_test_fraction=None if args.no_carve else args.carve_test_fraction,
                 split_seed=args.split_seed,
+                **({"methods": args.methods} if args.methods else {}),
+                views=args.views,
             )
             for dataset in args.dataset
             for task in args.task

@@ -4,7 +4,7 @@ results.json   one record per (model, dataset, split, task, metric); linear-prob
                `split_policy` (what trained, what was tested), `skipped_images` records list the skipped images
 results.md     one table per task: a row per (model, dataset), a column per metric; then which split trained
                what, and the skipped images (path and reason)
-plots/         per-class accuracy and confusion matrix (zero-shot), accuracy vs k (few-shot),
+plots/         per-class accuracy and confusion matrix (zero-shot), accuracy vs k (few-shot; adapt: a line per method),
                retrieval examples (a caption and its top images)
 """
 
@@ -177,6 +177,8 @@ def write_plots(result_artifacts: dict[str, Any], stem: str, plots_dir: Path) ->
         written.append(plot_confusion(names, result_artifacts["confusion"], stem, plots_dir / f"{stem}_confusion.png"))
     if "fewshot" in result_artifacts:
         written.append(plot_fewshot(result_artifacts["fewshot"], stem, plots_dir / f"{stem}_fewshot.png"))
+    if "adapt" in result_artifacts:  # adapt: accuracy vs k, one line per method (mean and std over seeds)
+        written.append(plot_fewshot(result_artifacts["adapt"], stem, plots_dir / f"{stem}_accuracy_vs_k.png"))
     if result_artifacts.get("examples"):
         written.append(
             plot_retrieval_examples(

@@ -1,4 +1,4 @@
-"""Evaluation tasks on a dataset: zero-shot, retrieval, linear probe, few-shot.
+"""Evaluation tasks on a dataset: zero-shot, retrieval, linear probe, few-shot, few-shot adapters (adapt).
 
 `run_task(model, request, ...)` encodes what the task needs (through the feature cache), computes the
 metrics and returns flat records `{model, dataset, split, task, metric, value}` plus the arrays the
@@ -32,8 +32,10 @@ from .metrics import confusion_matrix, mean_per_class_recall, retrieval_recall, 
 from .splits import RowsView, plan_train_test
 from .zeroshot import encoding_context
 
-TaskName = Literal["zeroshot", "retrieval", "linear_probe", "fewshot"]
-TASKS = ("zeroshot", "retrieval", "linear_probe", "fewshot")
+TaskName = Literal["zeroshot", "retrieval", "linear_probe", "fewshot", "adapt"]
+TASKS = ("zeroshot", "retrieval", "linear_probe", "fewshot", "adapt")
+ADAPT_DEFAULT_METHODS = ("zeroshot", "prototype", "nn1", "tip", "gda", "tip_f", "linear_probe")
+ADAPT_DEFAULT_SEEDS = (1, 2, 3)  # Dassl/CoOp seeds: `clipforge eval --task adapt` uses them unless --seeds is given
 MAX_LISTED_SKIPS = 50  # skipped images listed by name per encoded split; the rest are counted
 
 
@@ -48,12 +50,14 @@ class EvalRequest:
         templates: a built-in template set name or a file (None: the dataset's own CLIP templates).
         descriptions: a CuPL-style JSON {class: [descriptions]} used instead of / with templates.
         hierarchy: a CHiLS JSON {class: [subclasses]}: predict over subclasses, map to the class.
-        ks / seeds: few-shot shots per class and sampling seeds.
+        ks / seeds: few-shot (and adapt) shots per class and sampling seeds (CoOp's seeds are ADAPT_DEFAULT_SEEDS).
         options: extra keyword options for the dataset loader (e.g. CSV column names).
         max_samples: evaluate a seeded random subset of at most this many items per split (None: all).
         carve_test_fraction: when the train split holds the same images as the evaluated one (a dataset
             without separate splits), the share of each class a seeded carved split tests; None refuses.
         split_seed: the seed of that carved split.
+        methods: (task "adapt") the clipforge.adapt methods to compare; views: augmented views per support image
+            (train transform, seeded) for the methods that use them (Tip-Adapter's cache, GDA).
     """
 
     task: TaskName
@@ -70,10 +74,20 @@ class EvalRequest:
     max_samples: int | None = None
     carve_test_fraction: float | None = 0.2
     split_seed: int = 0
+    methods: tuple[str, ...] = ADAPT_DEFAULT_METHODS
+    views: int = 0
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; expected one of {list(TASKS)}")
+        if self.task == "adapt":
+            from ..adapt import list_methods
+
+            unknown = [m for m in self.methods if m not in list_methods()]
+            if unknown or not self.methods:
+                raise ValueError(f"unknown adapt method(s) {unknown}; choose from {', '.join(list_methods())}")
+            if self.views < 0:
+                raise ValueError(f"views must be >= 0, got {self.views}")
         if self.carve_test_fraction is not None and not 0 < self.carve_test_fraction < 1:
             raise ValueError(f"carve_test_fraction must be in (0, 1) or None, got {self.carve_test_fraction}")
 
@@ -321,7 +335,68 @@ def fewshot_task(model: CLIP, req: EvalRequest, ctx: EvalContext) -> TaskResult:
     return TaskResult(_with_policy(records + data.skip_records, data.policy), {"fewshot": curves}, data.encoded_again)
 
 
-RUNNERS = {"zeroshot": zeroshot, "retrieval": retrieval, "linear_probe": linear_probe_task, "fewshot": fewshot_task}
+def adapt_task(model: CLIP, req: EvalRequest, ctx: EvalContext) -> TaskResult:
+    """Few-shot adapters under the honest protocol (clipforge.adapt.protocol): accuracy mean/std over seeds and
+    mean fit time per method x k, the chosen hyper-parameters of every run, and base-to-new accuracy (at the
+    largest k) for the methods that can score unseen classes."""
+    from ..adapt import FitContext
+    from ..adapt.data import encode_labelled_set
+    from ..adapt.protocol import BASE_TO_NEW, aggregate, run_base_to_new, run_protocol
+
+    full_train = load_eval_dataset(req.dataset, req.root, req.train_split, **req.options)
+    full_test = load_eval_dataset(req.dataset, req.root, req.split, **req.options)
+    if not hasattr(full_train, "labels") or not hasattr(full_test, "labels"):
+        raise ValueError(f"adapt needs a labelled dataset; {req.dataset} holds captions")
+    plan = plan_train_test(full_train, full_test, test_fraction=req.carve_test_fraction, seed=req.split_seed)
+    train_set, test_set = _subset(req, plan.train), _subset(req, plan.test)
+    seeds = req.seeds
+    train = encode_labelled_set(model, train_set, views=req.views, seed=req.split_seed, ctx=ctx)
+    test = encode_labelled_set(model, test_set, ctx=ctx)
+    classnames = list(test_set.classnames)
+    weights = _class_weights(model, req, classnames, test_set.templates, ctx)  # (D, C)
+    fit_ctx = FitContext(weights, float(model.logit_scale.detach().exp()), model, "cpu")
+    runs = run_protocol(fit_ctx, train.features, test.features, req.methods, req.ks, seeds)
+    records, curves = [], {}
+    for row in aggregate(runs):
+        method, k = row["method"], row["shots"]
+        curves.setdefault(method, {})[k] = {"mean": row["mean"], "std": row["std"]}
+        mean = _record(ctx, req, f"{method}_{k}shot_top1_mean", row["mean"])
+        mean["runs"] = row["runs"]
+        mean["seeds"] = list(seeds)
+        mean["hparams"] = [r["hparams"] for r in runs if (r["method"], r["shots"]) == (method, k)]
+        records += [
+            mean,
+            _record(ctx, req, f"{method}_{k}shot_top1_std", row["std"]),
+            _record(ctx, req, f"{method}_{k}shot_fit_s", row["fit_seconds"]),
+        ]
+    transfer = [m for m in req.methods if m in BASE_TO_NEW]
+    if transfer and len(classnames) >= 2:
+        b2n = run_base_to_new(fit_ctx, train.features, test.features, transfer, (max(req.ks),), seeds)
+        for method in transfer:
+            rows = [r for r in b2n if r["method"] == method]
+            for part in ("base", "new", "harmonic"):
+                record = _record(ctx, req, f"{method}_{part}", sum(r[part] for r in rows) / len(rows))
+                record["shots"] = max(req.ks)
+                records.append(record)
+    policy = plan.policy + (
+        f"; k-shot support and validation (min(k, 4) per class) drawn from the train side, seeds {list(seeds)}"
+    )
+    skips = [
+        skipped_record(ctx, req, train_set, EncodedSet(train.features.features, train.indices, train.skipped, True)),
+        skipped_record(ctx, req, test_set, EncodedSet(test.features.features, test.indices, test.skipped, True)),
+    ]
+    return TaskResult(
+        _with_policy(records + skips, policy), {"adapt": curves}, train.encoded_again + test.encoded_again
+    )
+
+
+RUNNERS = {
+    "zeroshot": zeroshot,
+    "retrieval": retrieval,
+    "linear_probe": linear_probe_task,
+    "fewshot": fewshot_task,
+    "adapt": adapt_task,
+}
 
 
 def run_task(model: CLIP, req: EvalRequest, ctx: EvalContext) -> TaskResult:
