@@ -21,7 +21,14 @@ from clipforge.adapt.protocol import (
     take,
 )
 
-FAST = {"clip_adapter": {"epochs": 5}, "tip": {"search_steps": (10, 5)}}
+FAST = {
+    "clip_adapter": {"epochs": 5},
+    "tip": {"search_steps": (10, 5)},
+    "tip_f": {"epochs": 2, "search_steps": (10, 5)},
+    "lp_pp": {"epochs": 5},
+    "clap": {"epochs": 5},
+    "ape": {"search_steps": (5, 5, 3)},
+}
 
 
 def _task(classes: int = 4, per_class: int = 20, dim: int = 16, seed: int = 0):
@@ -56,12 +63,16 @@ def test_k_shot_counts_disjoint_val_and_determinism():
 def test_take_and_restrict_keep_views_aligned():
     _, data = _task(classes=4, per_class=3)
     views = torch.stack([data.features, -data.features])  # (2, N, D)
-    data = LabelledFeatures(data.features, data.labels, data.classnames, views)
+    pre = 2 * data.features  # (N, P) stands in for pre-projection features
+    data = LabelledFeatures(data.features, data.labels, data.classnames, views, pre)
     part = take(data, torch.tensor([0, 5]))
-    assert torch.equal(part.views[1], -part.features)
+    assert torch.equal(part.views[1], -part.features) and torch.equal(part.pre_features, 2 * part.features)
     base = restrict_classes(data, [2, 3])
     assert base.classnames == ("c2", "c3") and base.labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert torch.equal(base.views[0], base.features) and torch.equal(base.features, data.features[6:])
+    assert torch.equal(base.pre_features, 2 * base.features)
+    viewed = LabelledFeatures(data.features, data.labels, data.classnames, None, torch.stack([pre, pre]))
+    assert take(viewed, torch.tensor([1, 2])).pre_features.shape == (2, 2, pre.shape[1])
 
 
 class _Sealed(LabelledFeatures):
@@ -71,7 +82,7 @@ class _Sealed(LabelledFeatures):
 
     def __getattribute__(self, name):
         state = type(self).state
-        if name in ("features", "labels", "views") and state["armed"]:
+        if name in ("features", "labels", "views", "pre_features") and state["armed"]:
             if state["fitting"] or state["fits_done"] == 0:
                 raise AssertionError(f"test data ({name}) read before/while fitting")
         return super().__getattribute__(name)
@@ -99,7 +110,8 @@ def test_no_test_peeking_for_every_method_and_val_from_train(monkeypatch):
             _Sealed.state["fits_done"] += 1
 
     monkeypatch.setattr(protocol, "_fit", guarded)
-    methods = ["zeroshot", "prototype", "nn1", "tip", "gda", "clip_adapter", "linear_probe"]
+    methods = ["zeroshot", "prototype", "nn1", "tip", "gda", "ape", "tip_f", "clip_adapter", "lp_pp", "clap"]
+    methods.append("linear_probe")  # all cached-feature methods; prolip, coop need more
     try:
         records = run_protocol(ctx, pool, test, methods, shots=(2,), seeds=(1,), hparams=FAST)
     finally:

@@ -60,11 +60,23 @@ def sample_shots(labels: torch.Tensor, num_classes: int, k: int, seed: int) -> S
     return ShotSplit(torch.cat(train).sort().values, torch.cat(val).sort().values, short)
 
 
+def _rows_of(tensor: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
+    """Rows `index` of an (N, ...) tensor or of each view of a (V, N, ...) one (views, pre_features)."""
+    if tensor is None:
+        return None
+    return tensor[:, index] if tensor.ndim == 3 else tensor[index]
+
+
 def take(data: LabelledFeatures, rows: torch.Tensor) -> LabelledFeatures:
-    """The rows `rows` of `data` (features, labels and views alike), same class names."""
+    """The rows `rows` of `data` (features, labels, views and pre-projection features alike), same class names."""
     index = rows.long().cpu()
-    views = data.views[:, index] if data.views is not None else None
-    return LabelledFeatures(data.features[index], data.labels[index], data.classnames, views)
+    return LabelledFeatures(
+        data.features[index],
+        data.labels[index],
+        data.classnames,
+        _rows_of(data.views, index),
+        _rows_of(data.pre_features, index),
+    )
 
 
 def restrict_classes(data: LabelledFeatures, classes: Sequence[int]) -> LabelledFeatures:
@@ -73,9 +85,10 @@ def restrict_classes(data: LabelledFeatures, classes: Sequence[int]) -> Labelled
     mapping[torch.as_tensor(list(classes), dtype=torch.long)] = torch.arange(len(classes))
     new_labels = mapping[data.labels.long().cpu()]
     rows = torch.nonzero(new_labels >= 0).flatten()
-    views = data.views[:, rows] if data.views is not None else None
     names = tuple(data.classnames[c] for c in classes)
-    return LabelledFeatures(data.features[rows], new_labels[rows], names, views)
+    return LabelledFeatures(
+        data.features[rows], new_labels[rows], names, _rows_of(data.views, rows), _rows_of(data.pre_features, rows)
+    )
 
 
 def _fit(method: str, ctx: FitContext, train: LabelledFeatures, val: LabelledFeatures | None, **hparams) -> Adapter:
@@ -92,9 +105,21 @@ def _hparams_for(method: str, seed: int, overrides: Mapping[str, Mapping[str, An
     return chosen
 
 
+# Methods whose adapter scores pre-projection features (`encode_image(x, project=False)`), not projected ones.
+PRE_PROJECTION_METHODS = frozenset({"prolip"})
+
+
 def accuracy(adapter: Adapter, test: LabelledFeatures) -> float:
     """Top-1 accuracy of `adapter` on `test` (the only place the protocol reads test features)."""
-    predictions = adapter.predict(test.features)  # (N,); a wrong feature width fails in check_features
+    inputs = test.features  # (N, D)
+    if adapter.method in PRE_PROJECTION_METHODS:
+        if test.pre_features is None or test.pre_features.ndim != 2:
+            raise ValueError(
+                f"{adapter.method} scores pre-projection features: give the test set pre_features (N, P) "
+                "(clipforge.adapt.weight_space.labelled_features computes them)"
+            )
+        inputs = test.pre_features  # (N, P)
+    predictions = adapter.predict(inputs)  # (N,); a wrong feature width fails in check_features
     return float((predictions.cpu() == test.labels.cpu()).float().mean())
 
 
@@ -264,6 +289,7 @@ def run_base_to_new(
 __all__ = [
     "BASE_TO_NEW",
     "MAX_VAL_PER_CLASS",
+    "PRE_PROJECTION_METHODS",
     "SEEDS",
     "SHOTS",
     "ShotSplit",
