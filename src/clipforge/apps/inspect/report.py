@@ -229,6 +229,8 @@ def _plots(metrics: dict[str, Any], folder: Path) -> dict[str, str]:
     ax.plot(ks, [r["accuracy"] for r in curve], "o-")
     ax.fill_between(ks, [r["min"] for r in curve], [r["max"] for r in curve], alpha=0.2)
     ax.set_xscale("log")
+    ax.set_xticks(ks, [str(k) for k in ks])  # the sizes measured, as plain numbers (not 2x10^0)
+    ax.minorticks_off()
     ax.set_xlabel("examples per class")
     ax.set_ylabel("accuracy (calibration split)")
     ax.set_ylim(0, 1.02)
