@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,6 +64,17 @@ def _read_holder(fd: int) -> dict:
         return {}
 
 
+def _holder_when_written(fd: int, wait_s: float = 1.0) -> dict:
+    """The holder's record, waiting briefly for it: a job that has just taken the lock writes its record a moment
+    later, and an error that names the other job is worth a short wait."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        holder = _read_holder(fd)
+        if holder or time.monotonic() >= deadline:
+            return holder
+        time.sleep(0.02)
+
+
 @contextlib.contextmanager
 def output_lock(
     folder: str | os.PathLike,
@@ -91,7 +103,7 @@ def output_lock(
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise FolderInUseError(folder, _read_holder(fd), hint) from None
+            raise FolderInUseError(folder, _holder_when_written(fd), hint) from None
         record = {"pid": os.getpid(), "host": socket.gethostname(), "what": what}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(record) + "\n").encode("utf-8"), 0)
