@@ -80,3 +80,36 @@ def test_bad_inputs_are_named(tiny_model, folder):
     captions = RetrievalSet("caps", "test", (("a",),), "f", images=lambda i: None)
     with pytest.raises(ValueError, match="labelled classification set"):
         encode_labelled(tiny_model, captions)
+
+
+def test_pre_features_come_from_the_same_pass_and_have_their_own_cache_entry(tiny_model, folder, tmp_path):
+    dataset = load_folder(str(folder), "train")
+    ctx = EvalContext("tiny", cache_dir=tmp_path / "cache", batch_size=5, progress=False)
+    plain = encode_labelled_set(tiny_model, dataset, ctx=ctx)
+    both = encode_labelled_set(tiny_model, dataset, ctx=ctx, pre_features=True)
+    assert both.encoded_again == 1  # a projected-only entry must not be read as one holding pre-features
+    data = both.features
+    assert plain.features.pre_features is None
+    assert data.pre_features.shape == (12, tiny_model.image_projection.shape[0])
+    assert_close_rel(data.features, plain.features.features, rel=1e-4)  # projecting pre == the full tower
+    image = clipforge.get_preprocess(tiny_model)(dataset.load(5)).unsqueeze(0)  # (1, 3, S, S)
+    with torch.no_grad():
+        direct = tiny_model.encode_image(image, project=False)[0]  # (P,)
+        reprojected = torch.nn.functional.normalize(tiny_model.project_image(data.pre_features), dim=-1)
+    assert_close_rel(data.pre_features[5], direct, rel=1e-4)
+    assert_close_rel(reprojected, data.features, rel=1e-5)  # the features ARE the projected pre-features
+    again = encode_labelled_set(tiny_model, dataset, ctx=ctx, pre_features=True)
+    assert again.encoded_again == 0  # now from its own cache entry
+    torch.testing.assert_close(again.features.pre_features, data.pre_features)
+    plain_again = encode_labelled_set(tiny_model, dataset, ctx=ctx)
+    assert plain_again.encoded_again == 0 and plain_again.features.pre_features is None  # still its own entry
+
+
+def test_pre_features_of_views_align_with_the_views(tiny_model, folder):
+    data = folder_features(tiny_model, folder, views=2, seed=3, pre_features=True)
+    assert data.views.shape[:2] == (2, 12) and data.pre_features.shape == (2, 12, tiny_model.image_projection.shape[0])
+    with torch.no_grad():
+        projected = torch.nn.functional.normalize(tiny_model.project_image(data.pre_features), dim=-1)  # (V, N, D)
+    assert_close_rel(projected, data.views, rel=1e-5)
+    plain = encode_labelled(tiny_model, load_folder(str(folder), "train"), views=2, seed=3)
+    assert_close_rel(data.views, plain.views, rel=1e-4)  # same seeded augmentations with or without pre-features

@@ -5,6 +5,11 @@ preprocessing, transform, precision and the files' contents). Augmented views (T
 epochs, GDA's views) use the model's train transform with a random stream seeded per (seed, view, image index):
 the same image gets the same view in any batch order, with any number of DataLoader workers, so a view is cached
 like any other encoding and a rerun with the same seed reproduces it exactly.
+
+With `pre_features=True` the same pass also keeps the pre-projection features (`encode_image(x, project=False)`,
+what ProLIP trains on): the tower runs once, its output is kept AND projected with `model.project_image` (then
+normalised) for the usual features. Both are cached as one entry whose key differs from the projected-only one
+(the transform's cache signature is tagged), so neither kind of entry can be read as the other.
 """
 
 from __future__ import annotations
@@ -53,6 +58,70 @@ class SeededViewTransform:
         return f"seeded-view:seed={self.seed}:view={self.view}:{self.train_transform!r}:{config}"
 
 
+class _ProjectedAndPre(torch.nn.Module):
+    """The model as `encode_images` sees it when pre-projection features are wanted: `encode_image` runs the
+    tower once (project=False) and returns [normalize(project_image(pre)) | pre], (B, D + P), which
+    `_split_pre` cuts apart again. Holding the model as a submodule keeps `parameters()`, `eval()` and
+    `train()` (what encode_images and its encoding context use) those of the real model."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.config = model.config  # the feature-cache key reads the preprocessing config from here
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        # `normalize` is always honoured for the projected part; pre-projection features are kept raw.
+        pre = self.model.encode_image(images, project=False)  # (B, P)
+        projected = self.model.project_image(pre)  # (B, D)
+        if normalize:
+            projected = torch.nn.functional.normalize(projected.float(), dim=-1)
+        return torch.cat([projected.float(), pre.float()], dim=-1)  # (B, D + P)
+
+
+class _PreTagged:
+    """A transform applied exactly like `transform`, whose cache signature says the entry holds pre-projection
+    features too, so its cache key never equals the projected-only entry of the same images."""
+
+    def __init__(self, transform: Any, signature: str) -> None:
+        self.transform, self.signature = transform, signature
+
+    def __call__(self, item: Any) -> torch.Tensor:
+        return self.transform(item)
+
+    def cache_signature(self) -> str:
+        return f"{self.signature}|outputs=projected+pre_projection"
+
+
+def _embed_dim(model: Any) -> int:
+    """D, the width of projected image features (the output width of the model's last image map)."""
+    proj = model.image_projection
+    return int(proj.out_features if isinstance(proj, torch.nn.Linear) else proj.shape[1])
+
+
+def _encode(
+    model: Any, dataset: Any, transform: Any, pre_features: bool, settings: dict[str, Any]
+) -> tuple[Any, torch.Tensor | None]:
+    """encode_images of `dataset`; with pre_features the (N_kept, P) pre-projection rows as well (same pass)."""
+    from ..eval.features import EncodedSet, encode_images, transform_signature
+
+    if not pre_features:
+        return encode_images(model, dataset, transform, **settings), None
+    settings = dict(settings)
+    signature = transform_signature(transform)
+    if signature is None:
+        settings["cache_dir"] = None  # nothing describes the transform: encode without caching
+    else:
+        transform = _PreTagged(transform, signature)
+    if settings.get("cache_dir") is not None and settings.get("model_hash") is None:
+        from ..eval.features import weights_hash
+
+        settings["model_hash"] = weights_hash(model)  # the real model's hash, not the wrapper's
+    encoded = encode_images(_ProjectedAndPre(model), dataset, transform, **settings)
+    d = _embed_dim(model)
+    both = encoded.features  # (N_kept, D + P)
+    return EncodedSet(both[:, :d], encoded.indices, encoded.skipped, encoded.cache_hit), both[:, d:]
+
+
 @dataclass(frozen=True)
 class EncodedLabelled:
     """`encode_labelled_set`'s result: the features, the dataset index of each row, the images skipped (index ->
@@ -96,9 +165,9 @@ def encode_labelled_set(
     batch_size: int | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    pre_features: bool = False,
 ) -> EncodedLabelled:
     """`encode_labelled` plus the bookkeeping a report needs (kept indices, skipped images, fresh encodings)."""
-    from ..eval.features import encode_images
     from ..factory import get_preprocess
 
     if not hasattr(dataset, "labels") or not hasattr(dataset, "classnames"):
@@ -111,15 +180,19 @@ def encode_labelled_set(
     settings = _settings(ctx, batch_size, device, dtype)
     if ctx is not None:
         settings["model_hash"] = ctx.model_hash(model)
-    plain = encode_images(model, dataset, get_preprocess(model), **settings)
+    plain, plain_pre = _encode(model, dataset, get_preprocess(model), pre_features, settings)
     fresh = int(not plain.cache_hit)
     kept = list(plain.indices)
     view_rows: list[dict[int, torch.Tensor]] = []
+    view_pre_rows: list[dict[int, torch.Tensor]] = []
     for v in range(views):
         transform = SeededViewTransform(get_preprocess(model, train=True), seed, v)
-        encoded = encode_images(model, _IndexedImages(dataset, f"view{v}:seed{seed}"), transform, **settings)
+        viewed = _IndexedImages(dataset, f"view{v}:seed{seed}")
+        encoded, encoded_pre = _encode(model, viewed, transform, pre_features, settings)
         fresh += int(not encoded.cache_hit)
         view_rows.append(dict(zip(encoded.indices, encoded.features)))
+        if encoded_pre is not None:
+            view_pre_rows.append(dict(zip(encoded.indices, encoded_pre)))
     skipped = dict(plain.skipped)
     if view_rows:
         # An image unreadable in any view is dropped from all, so views[v, i] and features[i] stay one image.
@@ -130,7 +203,12 @@ def encode_labelled_set(
     features = plain.features[[position[i] for i in kept]]  # (N, D)
     stacked = torch.stack([torch.stack([rows[i] for i in kept]) for rows in view_rows]) if view_rows else None
     labels = torch.tensor([dataset.labels[i] for i in kept], dtype=torch.long)
-    data = LabelledFeatures(features.float(), labels, tuple(dataset.classnames), stacked)  # views (V, N, D)
+    pre = None
+    if view_pre_rows:  # ProLIP trains on the views' pre-projection features, aligned with .views: (V, N, P)
+        pre = torch.stack([torch.stack([rows[i] for i in kept]) for rows in view_pre_rows]).float()
+    elif plain_pre is not None:
+        pre = plain_pre[[position[i] for i in kept]].float()  # (N, P)
+    data = LabelledFeatures(features.float(), labels, tuple(dataset.classnames), stacked, pre)  # views (V, N, D)
     return EncodedLabelled(data, kept, skipped, fresh)
 
 
@@ -144,9 +222,14 @@ def encode_labelled(
     batch_size: int | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    pre_features: bool = False,
 ) -> LabelledFeatures:
     """L2-normalised image features, labels and class names of a labelled `dataset` (any eval ClassificationSet
     or a view of one), with `views` augmented views per image as `.views` (V, N, D) when views > 0.
+
+    pre_features: also keep the pre-projection features (`encode_image(x, project=False)`, for ProLIP) as
+    `.pre_features`: (N, P), or (V, N, P) of the augmented views when views > 0 (aligned with `.views`). The
+    tower runs once per image; the projected features are `normalize(project_image(pre))` of the same pass.
 
     Args:
         ctx: an `eval.tasks.EvalContext` supplying the feature cache, workers, device and precision (None: no
@@ -156,7 +239,15 @@ def encode_labelled(
     Unreadable images are left out (their rows are absent); see `encode_labelled_set` for which.
     """
     return encode_labelled_set(
-        model, dataset, views=views, seed=seed, ctx=ctx, batch_size=batch_size, device=device, dtype=dtype
+        model,
+        dataset,
+        views=views,
+        seed=seed,
+        ctx=ctx,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        pre_features=pre_features,
     ).features
 
 
@@ -171,6 +262,7 @@ def folder_features(
     batch_size: int | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    pre_features: bool = False,
 ) -> LabelledFeatures:
     """`encode_labelled` of a folder of class sub-folders (ROOT/CLASS/*.jpg, or ROOT/SPLIT/CLASS/*.jpg when that
     exists); class names are the sub-folder names read as words ("local_defect" -> "local defect")."""
@@ -178,7 +270,15 @@ def folder_features(
 
     dataset = load_folder(str(root), split)
     return encode_labelled(
-        model, dataset, views=views, seed=seed, ctx=ctx, batch_size=batch_size, device=device, dtype=dtype
+        model,
+        dataset,
+        views=views,
+        seed=seed,
+        ctx=ctx,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        pre_features=pre_features,
     )
 
 
