@@ -88,10 +88,12 @@ class _Sealed(LabelledFeatures):
         return super().__getattribute__(name)
 
 
-def test_no_test_peeking_for_every_method_and_val_from_train(monkeypatch):
-    ctx, pool = _task(seed=1)
-    _, test_plain = _task(seed=1, per_class=10)
-    test = _Sealed(test_plain.features, test_plain.labels, test_plain.classnames)
+def _run_sealed(monkeypatch, ctx, pool, test_plain, methods, hparams):
+    """run_protocol with the test set sealed (any read before the first fit ends, or during a fit, fails) and every
+    fit checked to see support and validation rows of the training pool only, disjoint from each other."""
+    test = _Sealed(
+        test_plain.features, test_plain.labels, test_plain.classnames, test_plain.views, test_plain.pre_features
+    )
     _Sealed.state.update(fitting=False, fits_done=0, armed=True)
     real_fit, seen = protocol._fit, []
 
@@ -110,17 +112,59 @@ def test_no_test_peeking_for_every_method_and_val_from_train(monkeypatch):
             _Sealed.state["fits_done"] += 1
 
     monkeypatch.setattr(protocol, "_fit", guarded)
-    methods = ["zeroshot", "prototype", "nn1", "tip", "gda", "ape", "tip_f", "clip_adapter", "lp_pp", "clap"]
-    methods.append("linear_probe")  # all cached-feature methods; prolip, coop need more
     try:
-        records = run_protocol(ctx, pool, test, methods, shots=(2,), seeds=(1,), hparams=FAST)
+        records = run_protocol(ctx, pool, test, methods, shots=(2,), seeds=(1,), hparams=hparams)
     finally:
         _Sealed.state["armed"] = False
     assert [r["method"] for r in records] == methods
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["fit_seconds"] >= 0 for r in records)
+    return records, seen
+
+
+def test_no_test_peeking_for_every_method_and_val_from_train(monkeypatch):
+    ctx, pool = _task(seed=1)
+    _, test_plain = _task(seed=1, per_class=10)
+    methods = ["zeroshot", "prototype", "nn1", "tip", "gda", "ape", "tip_f", "clip_adapter", "lp_pp", "clap"]
+    methods.append("linear_probe")  # all cached-feature methods; the model methods are covered below
+    records, seen = _run_sealed(monkeypatch, ctx, pool, test_plain, methods, FAST)
     assert {s[1:] for s in seen} == {(8, 8)}  # 2 shots x 4 classes; val min(2, 4) x 4 classes from the pool
     tip = next(r for r in records if r["method"] == "tip")
     assert set(tip["hparams"]) >= {"alpha", "beta"}  # the chosen values are reported
-    assert all(0.0 <= r["accuracy"] <= 1.0 and r["fit_seconds"] >= 0 for r in records)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    import clipforge
+
+    torch.manual_seed(0)
+    return clipforge.create_model("tiny-vit").eval()
+
+
+def _model_task(model, classes: int = 4, per_class: int = 20, seed: int = 0):
+    """Clustered pre-projection features of `model` (P wide) with their projected, normalised features."""
+    from clipforge.adapt import context_for
+
+    g = torch.Generator().manual_seed(seed)
+    width = model.image_projection.shape[0]
+    means = 3 * torch.randn(classes, width, generator=g)  # (C, P)
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    pre = means[labels] + torch.randn(len(labels), width, generator=g)  # (N, P)
+    with torch.no_grad():
+        features = F.normalize(model.project_image(pre), dim=-1)  # (N, D)
+    names = ("cat", "dog", "car", "tree")[:classes]
+    return context_for(model, names), LabelledFeatures(features, labels, names, pre_features=pre)
+
+
+def test_no_test_peeking_for_model_methods(monkeypatch, tiny_model):
+    """prolip (pre-projection features), coop and cocoop (the text tower) under the same sealed test set."""
+    ctx, pool = _model_task(tiny_model, seed=1)
+    _, test_plain = _model_task(tiny_model, seed=1, per_class=5)
+    fast = {"prolip": {"epochs": 5}, "coop": {"epochs": 2, "n_ctx": 4}, "cocoop": {"epochs": 1, "batch_size": 4}}
+    methods = ["prolip", "coop", "cocoop"]
+    records, seen = _run_sealed(monkeypatch, ctx, pool, test_plain, methods, fast)
+    assert [s[0] for s in seen] == methods and {s[1:] for s in seen} == {(8, 8)}
+    assert next(r for r in records if r["method"] == "prolip")["hparams"]["lam_rule"] == "1/shots"
+    assert next(r for r in records if r["method"] == "coop")["hparams"]["epochs"] == 2
 
 
 def test_records_and_aggregation():
@@ -162,7 +206,7 @@ def test_base_to_new_trains_on_base_classes_only(monkeypatch):
     expected = ((new_test.features @ ctx.text_weights[:, 2:]).argmax(-1) == new_test.labels).float().mean().item()
     assert zs["new"] == pytest.approx(expected)
     assert zs["harmonic"] == pytest.approx(2 * zs["base"] * zs["new"] / (zs["base"] + zs["new"]))
-    assert set(BASE_TO_NEW) == {"zeroshot", "clip_adapter"}
+    assert set(BASE_TO_NEW) == {"zeroshot", "clip_adapter", "cocoop"}
     with pytest.raises(ValueError, match="cannot score unseen classes"):
         run_base_to_new(ctx, pool, test, ["tip"], shots=(1,), seeds=(1,))
 
@@ -194,3 +238,26 @@ def test_cli_adapt_task_writes_records_and_plot(tmp_path):
     assert "adapt" in (out / "results.md").read_text()
     pytest.importorskip("matplotlib")
     assert list((out / "plots").glob("*adapt_accuracy_vs_k.png"))
+
+
+def test_cli_adapt_task_runs_prolip_and_coop_end_to_end(tmp_path):
+    """ProLIP needs pre-projection features of train AND test, CoOp the text tower: eval supplies both."""
+    from clipforge.cli.main import main as cli
+    from support.noise_images import write_noise_folder
+
+    write_noise_folder(tmp_path / "data" / "train", classes=2, per_class=4)
+    write_noise_folder(tmp_path / "data" / "test", classes=2, per_class=3, seed=1)
+    out = tmp_path / "report"
+    args = [
+        "eval", "--model", "tiny-vit", "--task", "adapt", "--dataset", "folder", "--root", str(tmp_path / "data"),
+        "--methods", "prolip,coop", "--shots", "1", "--seeds", "1", "--out", str(out),
+        "--cache-dir", str(tmp_path / "cache"), "--workers", "0", "--quiet",
+    ]
+    assert cli(args) == 0
+    records = json.loads((out / "results.json").read_text())
+    means = {r["metric"]: r for r in records if r["task"] == "adapt" and r["metric"].endswith("shot_top1_mean")}
+    assert set(means) == {"prolip_1shot_top1_mean", "coop_1shot_top1_mean"}
+    assert all(0.0 <= r["value"] <= 1.0 for r in means.values())
+    prolip, coop = means["prolip_1shot_top1_mean"]["hparams"][0], means["coop_1shot_top1_mean"]["hparams"][0]
+    assert prolip["epochs"] == 300 and prolip["lam"] == pytest.approx(1.0)  # the paper's defaults, lambda = 1/1
+    assert coop["epochs"] == 50 and len(coop["train_loss"]) == 50  # CoOp's 1-shot budget

@@ -10,12 +10,20 @@ L2-normalised features (no image is re-encoded per epoch), the loss is cross-ent
 
 The fitted adapter stores the learned context AND the resulting class text features, so `logits` needs no model;
 `text_features(model, classnames)` re-runs the prompts for other class names (base-to-new generalisation).
+
+CoCoOp (Zhou, Yang, Loy, Liu, "Conditional Prompt Learning for Vision-Language Models", CVPR 2022, same
+repository, trainers/cocoop.py) adds a meta-net Linear(D, D/16) - ReLU - Linear(D/16, width) whose output for
+each image is added to every context vector, so each image gets its own class prompts: B images and C classes
+run B * C prompts through the text tower. Its text features therefore cannot be precomputed: a CoCoOp adapter
+needs the model at `logits` time (`CoCoOpAdapter.bind(model)`; `fit` returns it bound, `load` does not).
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +65,10 @@ class PromptBuilder:
         self.n_ctx, self.position = n_ctx, position
 
     def embeddings(self, ctx: torch.Tensor) -> torch.Tensor:
-        """Context (M, width) -> prompt embeddings (C, L, width)."""
+        """Context (M, width) -> prompt embeddings (C, L, width); per-image contexts (B, M, width) -> (B, C, L,
+        width) (CoCoOp)."""
+        if ctx.ndim == 3:
+            return torch.stack([self.embeddings(row) for row in ctx])  # (B, C, L, width)
         num_classes = self.prefix.shape[0]
         ctx = ctx.to(self.prefix.dtype)[None].expand(num_classes, -1, -1)  # (C, M, width)
         if self.position == "end":
@@ -77,6 +88,14 @@ class PromptBuilder:
         features = model.encode_text_embeddings(self.embeddings(ctx), self.tokens, normalize=True)  # (C, D)
         return features.float().T
 
+    def per_image_text_features(self, model, ctx: torch.Tensor) -> torch.Tensor:
+        """Per-image contexts (B, M, width) -> L2-normalised class text features (B, C, D): B * C prompts."""
+        embedded = self.embeddings(ctx)  # (B, C, L, width)
+        b, c = embedded.shape[:2]
+        tokens = self.tokens.repeat(b, 1)  # (B * C, L)
+        features = model.encode_text_embeddings(embedded.flatten(0, 1), tokens, normalize=True)  # (B * C, D)
+        return features.float().view(b, c, -1)
+
 
 def init_context(model, n_ctx: int, ctx_init: str, generator: torch.Generator) -> torch.Tensor:
     """CoOp's initial context (M, width): the embedded words of `ctx_init` (M = its token count), or
@@ -88,6 +107,13 @@ def init_context(model, n_ctx: int, ctx_init: str, generator: torch.Generator) -
         with torch.no_grad():
             return model.text.token_embedding(tokens)[0, 1 : 1 + n].float().cpu()
     return torch.randn(n_ctx, width, generator=generator) * 0.02
+
+
+def epoch_lr(epoch: int, epochs: int, lr: float, warmup_epochs: int, warmup_lr: float) -> float:
+    """Dassl's schedule as CoOp/CoCoOp use it: a constant `warmup_lr` for the warm-up epochs, then cosine."""
+    if epoch < warmup_epochs:
+        return warmup_lr
+    return 0.5 * lr * (1.0 + math.cos(math.pi * epoch / epochs))
 
 
 def coop_epochs(shots: float) -> int:
@@ -192,9 +218,8 @@ def fit_coop(
     losses, accuracies = [], []
     with _FrozenTower(model), torch.enable_grad():
         for epoch in range(epochs):
-            epoch_lr = warmup_lr if epoch < warmup_epochs else 0.5 * lr * (1.0 + math.cos(math.pi * epoch / epochs))
             for group in optimizer.param_groups:
-                group["lr"] = epoch_lr
+                group["lr"] = epoch_lr(epoch, epochs, lr, warmup_epochs, warmup_lr)
             rows = pool[epoch % pool.shape[0]]
             total, correct, count = 0.0, 0, 0
             for batch in torch.randperm(len(train), generator=generator).split(batch_size):
@@ -231,3 +256,194 @@ def fit_coop(
 
 
 fit_coop.needs_model = True  # FitContext.model is required (the towers are used)
+
+
+# --- CoCoOp --------------------------------------------------------------------------------------------------------
+
+PROMPTS_PER_CHUNK = 512  # image x class prompts sent through the text tower at once when scoring
+
+
+def meta_net(dim: int, width: int) -> torch.nn.Sequential:
+    """CoCoOp's meta-net: Linear(D, D // 16) - ReLU - Linear(D // 16, width) (the reference's layer names)."""
+    hidden = max(1, dim // 16)
+    return torch.nn.Sequential(
+        OrderedDict(
+            linear1=torch.nn.Linear(dim, hidden), relu=torch.nn.ReLU(), linear2=torch.nn.Linear(hidden, width)
+        )
+    )
+
+
+def conditioned_logits(
+    model, builder: PromptBuilder, ctx: torch.Tensor, net: torch.nn.Sequential, features: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """CoCoOp's logits: features (B, D) L2-normalised, ctx (M, width) -> (B, C) =
+    scale * f_b . normalize(text(ctx + meta_net(f_b)))_c, one prompt set per image."""
+    device = features.device
+    hidden = F.relu(F.linear(features, net.linear1.weight.to(device), net.linear1.bias.to(device)))  # (B, D/16)
+    shift = F.linear(hidden, net.linear2.weight.to(device), net.linear2.bias.to(device))  # (B, width)
+    contexts = ctx.to(device)[None] + shift[:, None]  # (B, M, width)
+    text = builder.per_image_text_features(model, contexts)  # (B, C, D)
+    return scale * torch.einsum("bd,bcd->bc", features, text)
+
+
+class CoCoOpAdapter(Adapter):
+    """Learned context (M, width) and meta-net (D -> D/16 -> width); hparams n_ctx, position, embed_dim, width,
+    logit_scale (and the training settings). `logits` takes projected, L2-normalised image features (N, D) like
+    every feature adapter, but each image's prompts go through the text tower, so the adapter must be bound to
+    the model first: `adapter.bind(model)` (done by `fit`; after `clipforge.adapt.load` bind it yourself). The
+    model is not part of the saved state: only ctx and the meta-net are."""
+
+    method = "cocoop"
+
+    def __init__(
+        self,
+        classnames: Sequence[str],
+        hparams: dict,
+        *,
+        ctx: torch.Tensor | None = None,
+        net: torch.nn.Sequential | None = None,
+    ) -> None:
+        super().__init__(classnames, hparams)
+        width, dim = int(self.hparams["width"]), int(self.hparams["embed_dim"])
+        if ctx is None:
+            ctx = torch.zeros(int(self.hparams["n_ctx"]), width)  # filled by load_state_dict
+        self.register_buffer("ctx", ctx.detach().float().clone())  # (M, width)
+        self.meta_net = net if net is not None else meta_net(dim, width)
+        self._binding: tuple[Any, PromptBuilder] | None = None  # a tuple: the model is not registered as a child
+
+    def bind(self, model) -> CoCoOpAdapter:
+        """Attach the CLIP model whose text tower produces the per-image prompts (the one it was fitted with);
+        returns self. Its class prompts are embedded once here."""
+        text_width = model.text.token_embedding.weight.shape[1]
+        if text_width != self.ctx.shape[1]:
+            raise ValueError(
+                f"CoCoOpAdapter.bind: the model's text width is {text_width}, the learned context's is "
+                f"{self.ctx.shape[1]}; bind the model the adapter was fitted with"
+            )
+        builder = PromptBuilder(model, self.classnames, self.ctx.shape[0], self.hparams["position"])
+        self._binding = (model, builder)
+        return self
+
+    def for_classes(self, classnames: Sequence[str]) -> CoCoOpAdapter:
+        """The same context and meta-net scoring other class names (base-to-new), bound to the same model."""
+        other = CoCoOpAdapter(classnames, self.hparams, ctx=self.ctx, net=self.meta_net)
+        return other.bind(self._require_model()[0]) if self._binding is not None else other
+
+    def _require_model(self) -> tuple[Any, PromptBuilder]:
+        if self._binding is None:
+            raise ValueError(
+                "CoCoOpAdapter needs the text tower to score images (each image gets its own prompts): call "
+                "adapter.bind(model) with the CLIP model it was fitted with (clipforge.adapt.load does not bind)"
+            )
+        return self._binding
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, D) L2-normalised image features -> (N, C); prompts run in chunks of ~PROMPTS_PER_CHUNK."""
+        model, builder = self._require_model()
+        f = self.check_features(features, int(self.hparams["embed_dim"]))
+        device = builder.tokens.device
+        chunk = max(1, PROMPTS_PER_CHUNK // self.num_classes)
+        scale = float(self.hparams["logit_scale"])
+        parts = [
+            conditioned_logits(model, builder, self.ctx, self.meta_net, rows.to(device), scale)
+            for rows in f.split(chunk)
+        ]
+        return torch.cat(parts) if parts else f.new_zeros(0, self.num_classes)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"cocoop: {name} must be an integer >= {minimum}, got {value!r}")
+
+
+@register("cocoop")
+def fit_cocoop(
+    ctx: FitContext,
+    train: LabelledFeatures,
+    val: LabelledFeatures | None,
+    *,
+    n_ctx: int = 4,
+    ctx_init: str = "a photo of a",
+    position: str = "end",
+    lr: float = 0.002,
+    epochs: int = 10,
+    batch_size: int = 1,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    warmup_epochs: int = 1,
+    warmup_lr: float = 1e-5,
+    seed: int = 1,
+) -> CoCoOpAdapter:
+    """CoCoOp with the reference's settings (configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1): context
+    initialised from "a photo of a" (M = 4; `ctx_init=""`: n_ctx random N(0, 0.02) vectors), SGD lr 0.002,
+    momentum 0.9, weight decay 5e-4, batch 1, 10 epochs, cosine schedule after one constant warm-up epoch at
+    1e-5. Trains ctx and the meta-net on cached image features (epoch e reads augmented view e mod V when
+    `train.views` is given); `val` is not read (the last epoch is kept). Needs `ctx.model`; the returned adapter
+    is bound to it. Each step runs batch_size * C prompts through the frozen text tower."""
+    model = ctx.model
+    if model is None:
+        raise ValueError("cocoop trains through the text tower: fit with a model (FitContext.model is None)")
+    _check_int("n_ctx", n_ctx, 1)
+    _check_int("epochs", epochs, 0)
+    _check_int("batch_size", batch_size, 1)
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"cocoop: lr must be a positive finite number, got {lr}")
+    if len(train) == 0:
+        raise ValueError("cocoop: the training set is empty; give at least one labelled feature per class")
+    generator = torch.Generator().manual_seed(seed)
+    context0 = init_context(model, n_ctx, ctx_init, generator)  # (M, width)
+    builder = PromptBuilder(model, train.classnames, context0.shape[0], position)
+    device = builder.tokens.device
+    with torch.random.fork_rng(devices=[]):  # the meta-net's default init, seeded, without touching global RNG
+        torch.manual_seed(seed)
+        net = meta_net(train.dim, context0.shape[1]).to(device)
+    context = torch.nn.Parameter(context0.to(device))
+    pool = train.features[None] if train.views is None else train.views  # (V, N, D)
+    pool = F.normalize(pool.to(device=device, dtype=torch.float32), dim=-1)
+    y = train.labels.to(device).long()
+    scale = float(ctx.logit_scale)
+    params = [context, *net.parameters()]
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    losses, accuracies = [], []
+    with _FrozenTower(model), torch.enable_grad():
+        for epoch in range(epochs):
+            for group in optimizer.param_groups:
+                group["lr"] = epoch_lr(epoch, epochs, lr, warmup_epochs, warmup_lr)
+            rows = pool[epoch % pool.shape[0]]
+            total, correct, count = 0.0, 0, 0
+            for batch in torch.randperm(len(train), generator=generator).split(batch_size):
+                batch = batch.to(device)
+                logits = conditioned_logits(model, builder, context, net, rows[batch], scale)  # (B, C)
+                loss = F.cross_entropy(logits, y[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(batch)
+                correct += int((logits.argmax(dim=-1) == y[batch]).sum())
+                count += len(batch)
+            losses.append(total / count)
+            accuracies.append(correct / count)
+    hparams = {
+        "n_ctx": int(context0.shape[0]),
+        "ctx_init": ctx_init,
+        "position": position,
+        "embed_dim": int(train.dim),
+        "width": int(context0.shape[1]),
+        "lr": float(lr),
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "momentum": float(momentum),
+        "weight_decay": float(weight_decay),
+        "warmup_epochs": warmup_epochs,
+        "warmup_lr": float(warmup_lr),
+        "seed": seed,
+        "logit_scale": scale,
+        "train_loss": losses,
+        "train_accuracy": accuracies,
+    }
+    net = net.cpu().requires_grad_(False)
+    adapter = CoCoOpAdapter(train.classnames, hparams, ctx=context.detach().cpu(), net=net)
+    return adapter.bind(model)
+
+
+fit_cocoop.needs_model = True  # FitContext.model is required, and the adapter is bound to it

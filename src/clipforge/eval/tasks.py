@@ -340,8 +340,9 @@ def adapt_task(model: CLIP, req: EvalRequest, ctx: EvalContext) -> TaskResult:
     mean fit time per method x k, the chosen hyper-parameters of every run, and base-to-new accuracy (at the
     largest k) for the methods that can score unseen classes."""
     from ..adapt import FitContext
+    from ..adapt.base import get_method
     from ..adapt.data import encode_labelled_set
-    from ..adapt.protocol import BASE_TO_NEW, aggregate, run_base_to_new, run_protocol
+    from ..adapt.protocol import BASE_TO_NEW, PRE_PROJECTION_METHODS, aggregate, run_base_to_new, run_protocol
 
     full_train = load_eval_dataset(req.dataset, req.root, req.train_split, **req.options)
     full_test = load_eval_dataset(req.dataset, req.root, req.split, **req.options)
@@ -350,11 +351,15 @@ def adapt_task(model: CLIP, req: EvalRequest, ctx: EvalContext) -> TaskResult:
     plan = plan_train_test(full_train, full_test, test_fraction=req.carve_test_fraction, seed=req.split_seed)
     train_set, test_set = _subset(req, plan.train), _subset(req, plan.test)
     seeds = req.seeds
-    train = encode_labelled_set(model, train_set, views=req.views, seed=req.split_seed, ctx=ctx)
-    test = encode_labelled_set(model, test_set, ctx=ctx)
+    # ProLIP scores pre-projection features: encode them (same pass, own cache entry) only when it is asked for.
+    pre = any(m in PRE_PROJECTION_METHODS for m in req.methods)
+    train = encode_labelled_set(model, train_set, views=req.views, seed=req.split_seed, ctx=ctx, pre_features=pre)
+    test = encode_labelled_set(model, test_set, ctx=ctx, pre_features=pre)
     classnames = list(test_set.classnames)
     weights = _class_weights(model, req, classnames, test_set.templates, ctx)  # (D, C)
-    fit_ctx = FitContext(weights, float(model.logit_scale.detach().exp()), model, "cpu")
+    # Methods marked `needs_model` (coop, cocoop, prolip) train through the towers: give them the model.
+    needs_model = any(getattr(get_method(m), "needs_model", False) for m in req.methods)
+    fit_ctx = FitContext(weights, float(model.logit_scale.detach().exp()), model if needs_model else None, "cpu")
     runs = run_protocol(fit_ctx, train.features, test.features, req.methods, req.ks, seeds)
     records, curves = [], {}
     for row in aggregate(runs):
