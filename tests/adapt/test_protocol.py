@@ -261,3 +261,12 @@ def test_cli_adapt_task_runs_prolip_and_coop_end_to_end(tmp_path):
     prolip, coop = means["prolip_1shot_top1_mean"]["hparams"][0], means["coop_1shot_top1_mean"]["hparams"][0]
     assert prolip["epochs"] == 300 and prolip["lam"] == pytest.approx(1.0)  # the paper's defaults, lambda = 1/1
     assert coop["epochs"] == 50 and len(coop["train_loss"]) == 50  # CoOp's 1-shot budget
+
+
+def test_base_to_new_scores_cocoop_on_classes_it_never_saw(tiny_model):
+    ctx, pool = _model_task(tiny_model, seed=4, per_class=6)
+    _, test = _model_task(tiny_model, seed=4, per_class=3)
+    fast = {"cocoop": {"epochs": 1, "batch_size": 4}}
+    (record,) = run_base_to_new(ctx, pool, test, ["cocoop"], shots=(2,), seeds=(1,), hparams=fast)
+    assert 0.0 <= record["base"] <= 1.0 and 0.0 <= record["new"] <= 1.0
+    assert record["hparams"]["embed_dim"] == pool.dim and record["hparams"]["epochs"] == 1
