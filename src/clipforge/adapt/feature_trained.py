@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from ..eval import probe
 from ..eval.logistic import cpu_threads_for
 from .base import Adapter, FitContext, LabelledFeatures, register
+from .schedule import check_count, check_positive, set_lr, shuffled_batches, warmup_cosine_lr
 
 # ---------------------------------------------------------------------------------------------------------------
 # Shared helpers
@@ -53,29 +54,12 @@ def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(dim=-1) == labels).float().mean().item()
 
 
-def _check_positive(name: str, value: float, allow_zero: bool = False) -> None:
-    ok = value >= 0 if allow_zero else value > 0
-    if not (ok and math.isfinite(value)):
-        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} finite number, got {value}")
 
 
-def _check_count(name: str, value: int, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """A shuffled epoch of index batches (the last one may be short), as a DataLoader with shuffle=True."""
-    order = torch.randperm(n, generator=generator)
-    return list(order.split(batch_size))
 
 
-def _warmup_cosine_lr(base_lr: float, epoch: int, epochs: int, warmup_epochs: int, warmup_lr: float) -> float:
-    """Dassl/CoOp schedule (CLIP-Adapter, CLAP): a constant `warmup_lr` for the first epochs, then cosine from
-    `base_lr` to 0 over `epochs`."""
-    if epoch < warmup_epochs:
-        return warmup_lr
-    return 0.5 * base_lr * (1.0 + math.cos(math.pi * epoch / epochs))
 
 
 def _small_steps_on_one_thread(fit_fn):
@@ -93,9 +77,6 @@ def _small_steps_on_one_thread(fit_fn):
     return wrapper
 
 
-def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -203,16 +184,16 @@ def fit_tip_f(
     `search_scale` (beta first, alpha second; defaults from the reference's ImageNet config). Without `val` the
     last epoch and (init_alpha, init_beta) are kept. epochs=0 is Tip-Adapter itself.
     """
-    _check_positive("init_alpha", init_alpha, allow_zero=True)
-    _check_positive("init_beta", init_beta, allow_zero=True)
-    _check_positive("lr", lr)
-    _check_positive("eps", eps)
-    _check_count("epochs", epochs, 0)
-    _check_count("batch_size", batch_size, 1)
+    check_positive("init_alpha", init_alpha, allow_zero=True)
+    check_positive("init_beta", init_beta, allow_zero=True)
+    check_positive("lr", lr)
+    check_positive("eps", eps)
+    check_count("epochs", epochs, 0)
+    check_count("batch_size", batch_size, 1)
     if len(search_scale) != 2 or len(search_steps) != 2:
         raise ValueError("search_scale and search_steps are (beta, alpha) pairs, e.g. (7.0, 3.0) and (200, 20)")
     for name, steps in zip(("search_steps[0]", "search_steps[1]"), search_steps):
-        _check_count(name, steps, 1)
+        check_count(name, steps, 1)
     x, y, text = _prepare(ctx, train)
     device, scale = x.device, float(ctx.logit_scale)
     values = F.one_hot(y, train.num_classes).float()  # (M, C)
@@ -230,7 +211,7 @@ def fit_tip_f(
     best_acc, best_epoch, best_keys = -1.0, 0, keys.detach().clone()
     for epoch in range(epochs):
         rows = pool[epoch % pool.shape[0]]  # (M, D): this epoch's augmented view of every support image
-        for batch in _batches(len(train), batch_size, generator):
+        for batch in shuffled_batches(len(train), batch_size, generator):
             logits = tip_logits(rows[batch], keys, values, text, init_alpha, init_beta, scale)
             loss = F.cross_entropy(logits, y[batch])
             optimizer.zero_grad(set_to_none=True)
@@ -349,16 +330,16 @@ def fit_clip_adapter(
     ratio=0 is exactly zero-shot CLIP.
     """
     del val  # the paper fixes ratio and the epoch count; nothing to choose
-    _check_count("reduction", reduction, 1)
+    check_count("reduction", reduction, 1)
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"ratio must lie in [0, 1] (the adapter's share of the blended feature), got {ratio}")
-    _check_positive("lr", lr)
-    _check_count("epochs", epochs, 0)
-    _check_count("batch_size", batch_size, 1)
-    _check_positive("momentum", momentum, allow_zero=True)
-    _check_positive("weight_decay", weight_decay, allow_zero=True)
-    _check_count("warmup_epochs", warmup_epochs, 0)
-    _check_positive("warmup_lr", warmup_lr)
+    check_positive("lr", lr)
+    check_count("epochs", epochs, 0)
+    check_count("batch_size", batch_size, 1)
+    check_positive("momentum", momentum, allow_zero=True)
+    check_positive("weight_decay", weight_decay, allow_zero=True)
+    check_count("warmup_epochs", warmup_epochs, 0)
+    check_positive("warmup_lr", warmup_lr)
     x, y, text = _prepare(ctx, train)
     device, scale, dim = x.device, float(ctx.logit_scale), train.dim
     hidden = dim // reduction
@@ -370,9 +351,9 @@ def fit_clip_adapter(
     optimizer = torch.optim.SGD([down, up], lr=lr, momentum=momentum, weight_decay=weight_decay)
     pool = _view_pool(train, device)
     for epoch in range(epochs):
-        _set_lr(optimizer, _warmup_cosine_lr(lr, epoch, epochs, warmup_epochs, warmup_lr))
+        set_lr(optimizer, warmup_cosine_lr(lr, epoch, epochs, warmup_epochs, warmup_lr))
         rows = pool[epoch % pool.shape[0]]
-        for batch in _batches(len(train), batch_size, generator):
+        for batch in shuffled_batches(len(train), batch_size, generator):
             loss = F.cross_entropy(_clip_adapter_logits(rows[batch], down, up, text, ratio, scale), y[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -473,9 +454,9 @@ def fit_lp_pp(
     the alpha step uses the current epoch's gradient (theirs never zeroes alpha's gradient, so its step grows with
     the sum of every gradient so far, which the paper's block-coordinate description does not do).
     """
-    _check_count("epochs", epochs, 0)
-    _check_positive("momentum", momentum, allow_zero=True)
-    _check_count("alpha_every", alpha_every, 1)
+    check_count("epochs", epochs, 0)
+    check_positive("momentum", momentum, allow_zero=True)
+    check_count("alpha_every", alpha_every, 1)
     x, y, text = _prepare(ctx, train)
     c = train.num_classes
     lr_w, lr_alpha = lp_pp_step_sizes(x, text)
@@ -597,12 +578,12 @@ def fit_clap(
     of its prompt embeddings, so the same lambda weighs the distance by their squared norm there.
     """
     del val  # CLAP is validation-free by design
-    _check_positive("lr", lr)
-    _check_count("epochs", epochs, 0)
-    _check_count("batch_size", batch_size, 1)
-    _check_positive("momentum", momentum, allow_zero=True)
-    _check_count("warmup_epochs", warmup_epochs, 0)
-    _check_positive("warmup_lr", warmup_lr)
+    check_positive("lr", lr)
+    check_count("epochs", epochs, 0)
+    check_count("batch_size", batch_size, 1)
+    check_positive("momentum", momentum, allow_zero=True)
+    check_count("warmup_epochs", warmup_epochs, 0)
+    check_positive("warmup_lr", warmup_lr)
     if constraint not in ("l2", "balanced", "none"):
         raise ValueError(f"constraint must be 'l2', 'balanced' or 'none', got {constraint!r}")
     x, y, text = _prepare(ctx, train)
@@ -623,8 +604,8 @@ def fit_clap(
     num_batches = math.ceil(n / batch_size)
     initial = multipliers.clone()
     for epoch in range(epochs):
-        _set_lr(optimizer, _warmup_cosine_lr(lr, epoch, epochs, warmup_epochs, warmup_lr))
-        for batch in _batches(pool_x.shape[0], batch_size, generator)[:num_batches]:
+        set_lr(optimizer, warmup_cosine_lr(lr, epoch, epochs, warmup_epochs, warmup_lr))
+        for batch in shuffled_batches(pool_x.shape[0], batch_size, generator)[:num_batches]:
             loss = F.cross_entropy(_cosine_logits(pool_x[batch], prototypes, scale), pool_y[batch])
             if constraint != "none":
                 loss = loss + (multipliers * (prototypes - base).square().sum(dim=-1)).mean()
@@ -729,12 +710,12 @@ def fit_linear_probe(
     The final fit uses the training rows only. The text weights are not used.
     """
     del ctx  # the probe is purely visual
-    _check_count("max_iter", max_iter, 1)
+    check_count("max_iter", max_iter, 1)
     x, y = train.features.float(), train.labels.long()
     c = train.num_classes
     val_top1, init = None, None
     if l2 is not None:
-        _check_positive("l2", l2, allow_zero=True)
+        check_positive("l2", l2, allow_zero=True)
     with cpu_threads_for(x.device, len(train), train.dim, c):
         if l2 is None and val is not None:
             l2, val_top1, init = _search_l2_on_val(x, y, val.features.float(), val.labels.long(), c, max_iter)

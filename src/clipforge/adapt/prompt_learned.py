@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Adapter, FitContext, LabelledFeatures, register
+from .schedule import check_count, set_lr, shuffled_batches, warmup_cosine_lr
 
 POSITIONS = ("end", "middle")
 
@@ -109,11 +110,6 @@ def init_context(model, n_ctx: int, ctx_init: str, generator: torch.Generator) -
     return torch.randn(n_ctx, width, generator=generator) * 0.02
 
 
-def epoch_lr(epoch: int, epochs: int, lr: float, warmup_epochs: int, warmup_lr: float) -> float:
-    """Dassl's schedule as CoOp/CoCoOp use it: a constant `warmup_lr` for the warm-up epochs, then cosine."""
-    if epoch < warmup_epochs:
-        return warmup_lr
-    return 0.5 * lr * (1.0 + math.cos(math.pi * epoch / epochs))
 
 
 def coop_epochs(shots: float) -> int:
@@ -218,11 +214,10 @@ def fit_coop(
     losses, accuracies = [], []
     with _FrozenTower(model), torch.enable_grad():
         for epoch in range(epochs):
-            for group in optimizer.param_groups:
-                group["lr"] = epoch_lr(epoch, epochs, lr, warmup_epochs, warmup_lr)
+            set_lr(optimizer, warmup_cosine_lr(lr, epoch, epochs, warmup_epochs, warmup_lr))
             rows = pool[epoch % pool.shape[0]]
             total, correct, count = 0.0, 0, 0
-            for batch in torch.randperm(len(train), generator=generator).split(batch_size):
+            for batch in shuffled_batches(len(train), batch_size, generator):
                 batch = batch.to(device)
                 logits = scale * rows[batch] @ builder.text_features(model, context)  # (B, C)
                 loss = F.cross_entropy(logits, y[batch])
@@ -351,9 +346,6 @@ class CoCoOpAdapter(Adapter):
         return torch.cat(parts) if parts else f.new_zeros(0, self.num_classes)
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"cocoop: {name} must be an integer >= {minimum}, got {value!r}")
 
 
 @register("cocoop")
@@ -383,9 +375,9 @@ def fit_cocoop(
     model = ctx.model
     if model is None:
         raise ValueError("cocoop trains through the text tower: fit with a model (FitContext.model is None)")
-    _check_int("n_ctx", n_ctx, 1)
-    _check_int("epochs", epochs, 0)
-    _check_int("batch_size", batch_size, 1)
+    check_count("n_ctx", n_ctx, 1, method="cocoop")
+    check_count("epochs", epochs, 0, method="cocoop")
+    check_count("batch_size", batch_size, 1, method="cocoop")
     if not (lr > 0 and math.isfinite(lr)):
         raise ValueError(f"cocoop: lr must be a positive finite number, got {lr}")
     if len(train) == 0:
@@ -407,11 +399,10 @@ def fit_cocoop(
     losses, accuracies = [], []
     with _FrozenTower(model), torch.enable_grad():
         for epoch in range(epochs):
-            for group in optimizer.param_groups:
-                group["lr"] = epoch_lr(epoch, epochs, lr, warmup_epochs, warmup_lr)
+            set_lr(optimizer, warmup_cosine_lr(lr, epoch, epochs, warmup_epochs, warmup_lr))
             rows = pool[epoch % pool.shape[0]]
             total, correct, count = 0.0, 0, 0
-            for batch in torch.randperm(len(train), generator=generator).split(batch_size):
+            for batch in shuffled_batches(len(train), batch_size, generator):
                 batch = batch.to(device)
                 logits = conditioned_logits(model, builder, context, net, rows[batch], scale)  # (B, C)
                 loss = F.cross_entropy(logits, y[batch])

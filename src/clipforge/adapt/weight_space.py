@@ -13,13 +13,13 @@ projected ones every other adapter takes; `labelled_features(model, images, ...)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .base import Adapter, FitContext, LabelledFeatures, register
+from .schedule import check_positive
 
 
 def projection_matrix(model) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,11 +106,6 @@ class ProLIPAdapter(Adapter):
         return float(self.hparams["logit_scale"]) * self.project(features) @ self.text_weights
 
 
-def _check_positive(name: str, value: float, allow_zero: bool = False) -> None:
-    ok = value >= 0 if allow_zero else value > 0
-    if not (ok and math.isfinite(value)):
-        kind = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"prolip: {name} must be a {kind} finite number, got {value}")
 
 
 @register("prolip")
@@ -143,12 +138,12 @@ def fit_prolip(
         )
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"prolip: epochs must be an integer >= 0, got {epochs!r}")
-    _check_positive("lr", lr)
-    _check_positive("eps", eps)
+    check_positive("lr", lr, method="prolip")
+    check_positive("eps", eps, method="prolip")
     lam_rule = "1/shots" if lam is None else "given"
     if lam is None:
         lam = train.num_classes / max(len(train), 1)  # 1 / (support images per class)
-    _check_positive("lam", lam, allow_zero=True)
+    check_positive("lam", lam, allow_zero=True, method="prolip")
     device = torch.device(ctx.device)
     w0, bias = projection_matrix(ctx.model)
     w0, bias = w0.to(device), bias.to(device)
