@@ -653,45 +653,6 @@ class LinearProbeAdapter(Adapter):
         return (f.double() @ self.weight + self.bias).float()  # (N, C), solved in float64 as the probe
 
 
-_PROBE_LOG10_RANGE = (-6.0, 2.0)  # the probe's coarse grid 1e-6 .. 1e2, every two decades, refined to 1/8 decade
-_PROBE_COARSE_STEP, _PROBE_FINEST_STEP = 2.0, 1.0 / 8.0
-
-
-def _search_l2_on_val(
-    x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor, c: int, max_iter: int
-) -> tuple[float, float, tuple[torch.Tensor, torch.Tensor]]:
-    """The probe's parametric binary search over l2, fitting on (x, y) and ranking on the given validation rows
-    (top-1, then lower cross-entropy, then larger l2); warm-started from the nearest l2 already fitted. Returns
-    (l2, its val top-1, its fit (W, b)), the fit being the final refit's warm start as in the probe."""
-    results: dict[float, tuple[float, float, float]] = {}
-    fits: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def evaluate(log_l2: float) -> None:
-        if log_l2 in results:
-            return
-        init = fits[min(fits, key=lambda done: abs(done - log_l2))] if fits else None
-        weight, bias = probe.fit_logistic(x, y, c, 10.0**log_l2, max_iter, init=init)
-        fits[log_l2] = (weight, bias)
-        logits = val_x.double() @ weight + bias
-        results[log_l2] = (_accuracy(logits, val_y), -F.cross_entropy(logits, val_y).item(), log_l2)
-
-    def best() -> float:
-        return max(results.items(), key=lambda item: item[1])[0]
-
-    lo, hi = _PROBE_LOG10_RANGE
-    step = _PROBE_COARSE_STEP
-    for i in reversed(range(int(round((hi - lo) / step)) + 1)):  # strong to weak: each warm-starts the next
-        evaluate(lo + i * step)
-    while step > _PROBE_FINEST_STEP:
-        step /= 2
-        centre = best()
-        for candidate in (centre - step, centre + step):
-            if lo <= candidate <= hi:
-                evaluate(candidate)
-    chosen = best()
-    return 10.0**chosen, results[chosen][0], fits[chosen]
-
-
 @register("linear_probe")
 def fit_linear_probe(
     ctx: FitContext,
@@ -718,9 +679,11 @@ def fit_linear_probe(
         check_positive("l2", l2, allow_zero=True)
     with cpu_threads_for(x.device, len(train), train.dim, c):
         if l2 is None and val is not None:
-            l2, val_top1, init = _search_l2_on_val(x, y, val.features.float(), val.labels.long(), c, max_iter)
+            l2, val_top1, init = probe.search_l2(x, y, val.features.float(), val.labels.long(), c, None, max_iter)
         elif l2 is None:  # exactly `probe.linear_probe`'s search, so the two agree
-            l2, val_top1, init = probe._search_l2(x, y, c, val_fraction, seed, None, max_iter, True)
+            fit_idx, val_idx = probe.stratified_split(y, c, val_fraction, seed)
+            x_fit, y_fit, x_val, y_val = x[fit_idx], y[fit_idx], x[val_idx], y[val_idx]
+            l2, val_top1, init = probe.search_l2(x_fit, y_fit, x_val, y_val, c, None, max_iter)
         # Warm start from the chosen fit, as the probe: the same optimum in fewer steps, and the same stopping point.
         weight, bias = probe.fit_logistic(x, y, c, float(l2), max_iter, init=init)
     hparams = {

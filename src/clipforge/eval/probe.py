@@ -227,6 +227,24 @@ def _search_l2(
     fit_idx, val_idx = fit_idx.to(train_features.device), val_idx.to(train_features.device)
     x_fit, y_fit = train_features[fit_idx], train_labels[fit_idx.to(train_labels.device)]
     x_val, y_val = train_features[val_idx], train_labels[val_idx.to(train_labels.device)]
+    return search_l2(x_fit, y_fit, x_val, y_val, num_classes, grid, max_iter, warm_start=warm_start)
+
+
+def search_l2(
+    x_fit: torch.Tensor,
+    y_fit: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    num_classes: int,
+    grid: Sequence[float] | None = None,
+    max_iter: int = 1000,
+    *,
+    warm_start: bool = True,
+) -> tuple[float, float, tuple[torch.Tensor, torch.Tensor]]:
+    """The L2 search on explicit fit and validation rows: (l2, its validation top-1, its fit (W, b) on the fit
+    rows). Candidates are ranked by top-1, then lower cross-entropy, then larger l2; grid=None runs the binary
+    search of the module docstring. `select_l2` carves the validation rows from the training set; a caller with
+    its own validation set (the few-shot protocol) passes it here."""
     fit_rows = _standardise(x_fit, y_fit, num_classes)  # once for all the search's fits
     results: dict[float, tuple[float, float, float]] = {}  # log10(l2) -> ranking key
     fits: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}  # log10(l2) -> (W, b)
