@@ -164,6 +164,32 @@ class _FrozenTower:
             p.requires_grad_(flag)
 
 
+def _train_prompts(model, optimizer, pool, labels, generator, schedule, logits_of) -> tuple[list, list]:
+    """The CoOp/CoCoOp epoch loop on cached features with the text tower frozen: epoch e reads view e mod V of
+    `pool` (V, N, D), shuffled mini-batches, Dassl's schedule; `logits_of(rows (B, D)) -> (B, C)` is the method.
+    Returns the per-epoch training loss and accuracy (recorded in the adapter's hparams)."""
+    epochs, batch_size, lr, warmup_epochs, warmup_lr = schedule
+    losses, accuracies = [], []
+    with _FrozenTower(model), torch.enable_grad():
+        for epoch in range(epochs):
+            set_lr(optimizer, warmup_cosine_lr(lr, epoch, epochs, warmup_epochs, warmup_lr))
+            rows = pool[epoch % pool.shape[0]]
+            total, correct, count = 0.0, 0, 0
+            for batch in shuffled_batches(pool.shape[1], batch_size, generator):
+                batch = batch.to(rows.device)
+                logits = logits_of(rows[batch])  # (B, C)
+                loss = F.cross_entropy(logits, labels[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(batch)
+                correct += int((logits.argmax(dim=-1) == labels[batch]).sum())
+                count += len(batch)
+            losses.append(total / count)
+            accuracies.append(correct / count)
+    return losses, accuracies
+
+
 @register("coop")
 def fit_coop(
     ctx: FitContext,
@@ -211,24 +237,11 @@ def fit_coop(
     y = train.labels.to(device).long()
     scale = float(ctx.logit_scale)
     optimizer = torch.optim.SGD([context], lr=lr, momentum=momentum, weight_decay=weight_decay)
-    losses, accuracies = [], []
-    with _FrozenTower(model), torch.enable_grad():
-        for epoch in range(epochs):
-            set_lr(optimizer, warmup_cosine_lr(lr, epoch, epochs, warmup_epochs, warmup_lr))
-            rows = pool[epoch % pool.shape[0]]
-            total, correct, count = 0.0, 0, 0
-            for batch in shuffled_batches(len(train), batch_size, generator):
-                batch = batch.to(device)
-                logits = scale * rows[batch] @ builder.text_features(model, context)  # (B, C)
-                loss = F.cross_entropy(logits, y[batch])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach()) * len(batch)
-                correct += int((logits.argmax(dim=-1) == y[batch]).sum())
-                count += len(batch)
-            losses.append(total / count)
-            accuracies.append(correct / count)
+    schedule = (epochs, batch_size, lr, warmup_epochs, warmup_lr)
+    losses, accuracies = _train_prompts(
+        model, optimizer, pool, y, generator, schedule,
+        lambda rows: scale * rows @ builder.text_features(model, context),
+    )
     with torch.no_grad():
         text_weights = builder.text_features(model, context.detach())
     hparams = {
@@ -396,24 +409,11 @@ def fit_cocoop(
     scale = float(ctx.logit_scale)
     params = [context, *net.parameters()]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    losses, accuracies = [], []
-    with _FrozenTower(model), torch.enable_grad():
-        for epoch in range(epochs):
-            set_lr(optimizer, warmup_cosine_lr(lr, epoch, epochs, warmup_epochs, warmup_lr))
-            rows = pool[epoch % pool.shape[0]]
-            total, correct, count = 0.0, 0, 0
-            for batch in shuffled_batches(len(train), batch_size, generator):
-                batch = batch.to(device)
-                logits = conditioned_logits(model, builder, context, net, rows[batch], scale)  # (B, C)
-                loss = F.cross_entropy(logits, y[batch])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach()) * len(batch)
-                correct += int((logits.argmax(dim=-1) == y[batch]).sum())
-                count += len(batch)
-            losses.append(total / count)
-            accuracies.append(correct / count)
+    schedule = (epochs, batch_size, lr, warmup_epochs, warmup_lr)
+    losses, accuracies = _train_prompts(
+        model, optimizer, pool, y, generator, schedule,
+        lambda rows: conditioned_logits(model, builder, context, net, rows, scale),
+    )
     hparams = {
         "n_ctx": int(context0.shape[0]),
         "ctx_init": ctx_init,
