@@ -28,6 +28,7 @@ from ..eval import probe
 from ..eval.logistic import cpu_threads_for
 from .base import Adapter, FitContext, LabelledFeatures, register
 from .schedule import check_count, check_positive, set_lr, shuffled_batches, warmup_cosine_lr
+from .training_free import search_tip, tip_grid, tip_logits
 
 # ---------------------------------------------------------------------------------------------------------------
 # Shared helpers
@@ -81,54 +82,6 @@ def _small_steps_on_one_thread(fit_fn):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Tip-Adapter-F
-
-
-def tip_logits(
-    features: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    text_weights: torch.Tensor,
-    alpha: float,
-    beta: float,
-    logit_scale: float,
-) -> torch.Tensor:
-    """Tip-Adapter's logits `s f W_t + alpha exp(-beta (1 - f K^T)) L`.
-
-    features (N, D), keys K (M, D) (one row per cache entry), values L (M, C) one-hot, text_weights (D, C).
-    """
-    affinity = features @ keys.T  # (N, M)
-    cache = torch.exp(-beta * (1.0 - affinity)) @ values  # (N, C)
-    return logit_scale * features @ text_weights + alpha * cache
-
-
-def tip_grid(scale: float, steps: int) -> list[float]:
-    """Tip-Adapter's search list: `steps` values from 0.1 up to (not including) `scale`, evenly spaced."""
-    return [i * (scale - 0.1) / steps + 0.1 for i in range(steps)]
-
-
-def search_tip_alpha_beta(
-    affinity: torch.Tensor,
-    values: torch.Tensor,
-    zero_shot: torch.Tensor,
-    labels: torch.Tensor,
-    betas: Sequence[float],
-    alphas: Sequence[float],
-) -> tuple[float, float, float]:
-    """Tip-Adapter's grid search on validation rows; returns (alpha, beta, val accuracy).
-
-    affinity (N, M) = f K^T of the validation features, values (M, C), zero_shot (N, C) = s f W_t, labels (N,).
-    As the reference `search_hp`: betas outer, alphas inner, the first setting with the best accuracy wins.
-    """
-    alpha_t = torch.tensor(list(alphas), dtype=zero_shot.dtype, device=zero_shot.device)  # (A,)
-    best = (-1.0, 0.0, 0.0)
-    for beta in betas:
-        cache = torch.exp(-beta * (1.0 - affinity)) @ values  # (N, C)
-        logits = zero_shot[None] + alpha_t[:, None, None] * cache[None]  # (A, N, C)
-        accs = (logits.argmax(dim=-1) == labels[None]).float().mean(dim=1)  # (A,)
-        for alpha, acc in zip(alphas, accs.tolist()):
-            if acc > best[0]:
-                best = (acc, float(alpha), float(beta))
-    return best[1], best[2], best[0]
 
 
 class TipAdapterF(Adapter):
@@ -229,7 +182,7 @@ def fit_tip_f(
     alpha, beta, val_acc = float(init_alpha), float(init_beta), None
     if val_x is not None and search:
         with torch.no_grad():
-            alpha, beta, val_acc = search_tip_alpha_beta(
+            alpha, beta, val_acc = search_tip(
                 val_x @ best_keys.T,
                 values,
                 scale * val_x @ text,

@@ -144,36 +144,54 @@ class TipAdapter(Adapter):
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         f = self.check_features(features, self.keys.shape[1])  # (M, D)
-        alpha, beta = float(self.hparams["alpha"]), float(self.hparams["beta"])
-        clip_logits = float(self.hparams["logit_scale"]) * f @ self.text_weights  # (M, C)
-        cache_logits = torch.exp(-beta * (1 - f @ self.keys.T)) @ self.values  # (M, C)
-        return clip_logits + alpha * cache_logits
+        h = self.hparams
+        return tip_logits(f, self.keys, self.values, self.text_weights, h["alpha"], h["beta"], h["logit_scale"])
 
 
-def _tip_grid(scale: float, steps: int) -> list[float]:
-    """Tip-Adapter's search grid: `steps` values from 0.1 up to (not including) `scale`."""
+def tip_logits(
+    features: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    text_weights: torch.Tensor,
+    alpha: float,
+    beta: float,
+    logit_scale: float,
+) -> torch.Tensor:
+    """Tip-Adapter's logits `s f W_t + alpha exp(-beta (1 - f K^T)) L` (Tip-Adapter and Tip-Adapter-F).
+
+    features (N, D), keys K (M, D) (one row per cache entry), values L (M, C) one-hot, text_weights (D, C).
+    """
+    cache = torch.exp(-float(beta) * (1.0 - features @ keys.T)) @ values  # (N, C)
+    return float(logit_scale) * features @ text_weights + float(alpha) * cache
+
+
+def tip_grid(scale: float, steps: int) -> list[float]:
+    """Tip-Adapter's search list: `steps` values from 0.1 up to (not including) `scale`, evenly spaced."""
     return [i * (scale - 0.1) / steps + 0.1 for i in range(steps)]
 
 
-def _search_tip(
-    val: LabelledFeatures,
-    clip_logits: torch.Tensor,
-    keys: torch.Tensor,
+def search_tip(
+    affinity: torch.Tensor,
     values: torch.Tensor,
-    betas: list[float],
-    alphas: list[float],
+    clip_logits: torch.Tensor,
+    labels: torch.Tensor,
+    betas: Sequence[float],
+    alphas: Sequence[float],
 ) -> tuple[float, float, float]:
-    """Tip-Adapter's `search_hp` (beta outer, alpha inner, first strictly best) scored on `val`."""
-    affinity = val.features.float() @ keys.T  # (M, N)
-    alpha_t = torch.tensor(alphas, dtype=torch.float32)[:, None, None]  # (A, 1, 1)
-    best = (-1.0, betas[0], alphas[0])
+    """Tip-Adapter's `search_hp` on validation rows; returns (alpha, beta, val accuracy).
+
+    affinity (N, M) = f K^T of the validation features, values (M, C), clip_logits (N, C) = s f W_t, labels (N,).
+    As the reference: betas outer, alphas inner, the first setting with the best accuracy wins.
+    """
+    alpha_t = torch.tensor(list(alphas), dtype=clip_logits.dtype, device=clip_logits.device)[:, None, None]
+    best = (-1.0, float(alphas[0]), float(betas[0]))
     for beta in betas:
-        cache = torch.exp(-beta * (1 - affinity)) @ values  # (M, C)
-        accs = _accuracy(clip_logits[None] + alpha_t * cache[None], val.labels)  # (A,)
-        i = int(accs.argmax())  # first maximum: the repository keeps the first of equal accuracies
+        cache = torch.exp(-beta * (1.0 - affinity)) @ values  # (N, C)
+        accs = _accuracy(clip_logits[None] + alpha_t * cache[None], labels)  # (A,)
+        i = int(accs.argmax())  # first maximum: the reference keeps the first of equal accuracies
         if float(accs[i]) > best[0]:
-            best = (float(accs[i]), beta, alphas[i])
-    return best
+            best = (float(accs[i]), float(alphas[i]), float(beta))
+    return best[1], best[2], best[0]
 
 
 @register("tip")
@@ -197,9 +215,10 @@ def fit_tip(
     values = F.one_hot(train.labels.long(), train.num_classes).float()  # (N, C)
     hparams = {"alpha": float(alpha), "beta": float(beta), "logit_scale": ctx.logit_scale, "searched": False}
     if val is not None and search:
-        betas, alphas = _tip_grid(search_scale[0], search_steps[0]), _tip_grid(search_scale[1], search_steps[1])
-        clip_logits = ctx.logit_scale * val.features.float() @ ctx.text_weights.float()  # (M, C)
-        acc, best_beta, best_alpha = _search_tip(val, clip_logits, keys, values, betas, alphas)
+        betas, alphas = tip_grid(search_scale[0], search_steps[0]), tip_grid(search_scale[1], search_steps[1])
+        val_x = val.features.float()
+        clip_logits = ctx.logit_scale * val_x @ ctx.text_weights.float()  # (M, C)
+        best_alpha, best_beta, acc = search_tip(val_x @ keys.T, values, clip_logits, val.labels, betas, alphas)
         hparams.update(alpha=best_alpha, beta=best_beta, searched=True, val_accuracy=acc)
     return TipAdapter(train.classnames, hparams, ctx.text_weights, keys, values)
 
