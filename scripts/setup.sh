@@ -16,6 +16,13 @@ need=()
 if [ "${CLIPFORGE_EXTRAS:-test}" = test ] && [ ! -d /usr/share/tuxpaint/stamps ]; then
   need+=(tuxpaint-stamps-default)
 fi
+# Search tests: clip-art and emoji collections, and a headless browser for the web page's test.
+if [ "${CLIPFORGE_EXTRAS:-test}" = test ]; then
+  [ -d /usr/share/openclipart/svg ] || need+=(openclipart-svg)
+  [ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || need+=(fonts-noto-color-emoji)
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
