@@ -60,7 +60,9 @@ def fit(
     **hparams: Any,
 ) -> Adapter:
     """Fit adaptation `method` on the support set `train` (hyper-parameters searched on `val` where the method
-    defines a grid). `model_or_ctx` is a CLIP model (text weights built from train.classnames) or a FitContext."""
+    defines a grid). `model_or_ctx` is a CLIP model (text weights built from train.classnames) or a FitContext.
+    The adapter comes back bound to the context's model (when it has one), so `adapter.predict(images)` works at
+    once; an adapter from `load` needs `adapter.bind(model)` first."""
     fn = get_method(method)
     check_hparams(method, hparams)
     if not isinstance(train, LabelledFeatures):
@@ -80,7 +82,10 @@ def fit(
             f"({train.dim}, {train.num_classes}) for this training set"
         )
     with torch.no_grad() if getattr(fn, "training_free", False) else torch.enable_grad():
-        return fn(ctx, train, val, **hparams)
+        adapter = fn(ctx, train, val, **hparams)
+    if ctx.model is not None and adapter.model is None:
+        adapter.bind(ctx.model)  # a freshly fitted adapter scores images at once: adapter.predict(["a.png"])
+    return adapter
 
 
 def load(folder) -> Adapter:

@@ -105,7 +105,7 @@ class APEAdapter(Adapter):
         self.register_buffer("values", values.float().contiguous())  # (N, C)
         self.register_buffer("indices", indices.long().contiguous())  # (D',)
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
+    def feature_logits(self, features: torch.Tensor) -> torch.Tensor:
         f = self.check_features(features, self.keys.shape[1]).to(self.keys.device)  # (M, D)
         h = self.hparams
         zero_shot, affinity, div = ape_parts(

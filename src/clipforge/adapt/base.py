@@ -151,28 +151,66 @@ class Adapter(torch.nn.Module):
                 raise ValueError(f"two Adapter classes claim method {name!r}: {_ADAPTER_CLASSES[name]} and {cls}")
             _ADAPTER_CLASSES[name] = cls
 
+    # What `logits` feeds the adapter when given images: "projected" (L2-normalised encode_image) or
+    # "pre_projection" (encode_image(x, project=False), ProLIP). See clipforge.adapt.inputs.
+    input_kind: ClassVar[str] = "projected"
+
     def __init__(self, classnames: Sequence[str], hparams: dict) -> None:
         super().__init__()
         self.classnames = tuple(classnames)
         self.hparams = dict(hparams)
+        self._bound: tuple[Any, ...] = ()  # (model,) once bound; a tuple, so the model is no child module
 
     @property
     def num_classes(self) -> int:
         """C, the number of classes the adapter scores."""
         return len(self.classnames)
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """(N, D) L2-normalised image features -> (N, C) class logits."""
-        raise NotImplementedError(f"{type(self).__name__} does not define logits()")
+    def bind(self, model: Any) -> Adapter:
+        """Attach the CLIP model whose image tower encodes images given to `logits` / `predict` (the model the
+        adapter was fitted with); returns self. `fit` binds the model it was given; an adapter from `load` is
+        unbound (the model is not part of the saved state), so bind it before scoring images."""
+        if not callable(getattr(model, "encode_image", None)):
+            raise TypeError(f"{type(self).__name__}.bind needs a CLIP model (with encode_image), got {type(model)}")
+        self._bound = (model,)
+        return self
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """`adapter(features)` is `adapter.logits(features)`, so an adapter composes like any nn.Module."""
-        return self.logits(features)
+    @property
+    def model(self) -> Any:
+        """The bound CLIP model, or None."""
+        return self._bound[0] if self._bound else None
+
+    def feature_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, D) L2-normalised image features (ProLIP: (N, P) pre-projection) -> (N, C) class logits."""
+        raise NotImplementedError(f"{type(self).__name__} does not define feature_logits()")
+
+    def features_of(self, inputs: Any) -> torch.Tensor:
+        """The features `feature_logits` takes for `inputs`: 2-D float features unchanged; images (a (N, 3, H, W)
+        batch, PIL images or paths) encoded with the bound model as the feature cache does it."""
+        from .inputs import encode_inputs, is_features
+
+        if is_features(inputs):
+            return inputs
+        if self.model is None:
+            raise ValueError(
+                f"{type(self).__name__} was given images but is bound to no model: call adapter.bind(model) with the "
+                "CLIP model it was fitted with (clipforge.adapt.load does not bind), or pass cached image features"
+            )
+        return encode_inputs(self.model, inputs, self.input_kind, owner=type(self).__name__)
+
+    def logits(self, inputs: Any) -> torch.Tensor:
+        """Image features (N, D) -> (N, C) class logits; images (a preprocessed (N, 3, H, W) batch, a PIL image or
+        path, or a list of them) are first encoded with the bound model (`bind`)."""
+        return self.feature_logits(self.features_of(inputs))
+
+    def forward(self, inputs: Any) -> torch.Tensor:
+        """`adapter(x)` is `adapter.logits(x)`, so an adapter composes like any nn.Module."""
+        return self.logits(inputs)
 
     @torch.no_grad()
-    def predict(self, features: torch.Tensor) -> torch.Tensor:
-        """(N,) index of the highest logit for each feature row."""
-        return self.logits(features).argmax(dim=-1)
+    def predict(self, inputs: Any) -> torch.Tensor:
+        """(N,) index of the highest logit for each feature row or image."""
+        return self.logits(inputs).argmax(dim=-1)
 
     def check_features(self, features: torch.Tensor, dim: int) -> torch.Tensor:
         """`features` as float32 (N, D) on this adapter's device; a ValueError naming the expected shape."""

@@ -104,7 +104,7 @@ class TipAdapterF(Adapter):
         self.register_buffer("values", values.detach().float().clone())
         self.register_buffer("text_weights", text_weights.detach().float().clone())
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
+    def feature_logits(self, features: torch.Tensor) -> torch.Tensor:
         f = self.check_features(features, self.keys.shape[1]).to(self.keys.device)
         h = self.hparams
         return tip_logits(f, self.keys, self.values, self.text_weights, h["alpha"], h["beta"], h["logit_scale"])
@@ -243,7 +243,7 @@ class ClipAdapter(Adapter):
         self.register_buffer("up", up.detach().float().clone())
         self.register_buffer("text_weights", text_weights.detach().float().clone())
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
+    def feature_logits(self, features: torch.Tensor) -> torch.Tensor:
         f = self.check_features(features, self.down.shape[1]).to(self.down.device)
         return _clip_adapter_logits(
             f, self.down, self.up, self.text_weights, self.hparams["ratio"], self.hparams["logit_scale"]
@@ -379,7 +379,7 @@ class LPPlusPlus(Adapter):
         for name, tensor in (("weight", weight), ("bias", bias), ("alpha", alpha), ("text_weights", text_weights)):
             self.register_buffer(name, tensor.detach().float().clone())
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
+    def feature_logits(self, features: torch.Tensor) -> torch.Tensor:
         f = self.check_features(features, self.weight.shape[1]).to(self.weight.device)
         return _lp_pp_logits(f, self.weight, self.bias, self.alpha, self.text_weights)
 
@@ -494,7 +494,7 @@ class ClapAdapter(Adapter):
         super().__init__(classnames, hparams)
         self.register_buffer("prototypes", prototypes.detach().float().clone())
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
+    def feature_logits(self, features: torch.Tensor) -> torch.Tensor:
         f = self.check_features(features, self.prototypes.shape[1]).to(self.prototypes.device)
         return _cosine_logits(f, self.prototypes, self.hparams["logit_scale"])
 
@@ -601,7 +601,7 @@ class LinearProbeAdapter(Adapter):
         self.register_buffer("weight", weight.detach().double().clone())
         self.register_buffer("bias", bias.detach().double().clone())
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
+    def feature_logits(self, features: torch.Tensor) -> torch.Tensor:
         f = self.check_features(features, self.weight.shape[0]).to(self.weight.device)
         return (f.double() @ self.weight + self.bias).float()  # (N, C), solved in float64 as the probe
 

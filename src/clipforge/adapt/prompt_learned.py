@@ -135,7 +135,7 @@ class CoOpAdapter(Adapter):
         self.register_buffer("ctx", ctx.detach().float().clone())  # (M, width)
         self.register_buffer("text_weights", text_weights.detach().float().clone())  # (D, C)
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
+    def feature_logits(self, features: torch.Tensor) -> torch.Tensor:
         f = self.check_features(features, self.text_weights.shape[0]).to(self.text_weights.device)  # (N, D)
         return float(self.hparams["logit_scale"]) * f @ self.text_weights
 
@@ -317,7 +317,7 @@ class CoCoOpAdapter(Adapter):
             ctx = torch.zeros(int(self.hparams["n_ctx"]), width)  # filled by load_state_dict
         self.register_buffer("ctx", ctx.detach().float().clone())  # (M, width)
         self.meta_net = net if net is not None else meta_net(dim, width)
-        self._binding: tuple[Any, PromptBuilder] | None = None  # a tuple: the model is not registered as a child
+        self._builder: PromptBuilder | None = None  # the class prompts embedded by the bound model's tokenizer
 
     def bind(self, model) -> CoCoOpAdapter:
         """Attach the CLIP model whose text tower produces the per-image prompts (the one it was fitted with);
@@ -329,23 +329,24 @@ class CoCoOpAdapter(Adapter):
                 f"{self.ctx.shape[1]}; bind the model the adapter was fitted with"
             )
         builder = PromptBuilder(model, self.classnames, self.ctx.shape[0], self.hparams["position"])
-        self._binding = (model, builder)
+        super().bind(model)
+        self._builder = builder
         return self
 
     def for_classes(self, classnames: Sequence[str]) -> CoCoOpAdapter:
         """The same context and meta-net scoring other class names (base-to-new), bound to the same model."""
         other = CoCoOpAdapter(classnames, self.hparams, ctx=self.ctx, net=self.meta_net)
-        return other.bind(self._require_model()[0]) if self._binding is not None else other
+        return other.bind(self.model) if self.model is not None else other
 
     def _require_model(self) -> tuple[Any, PromptBuilder]:
-        if self._binding is None:
+        if self.model is None or self._builder is None:
             raise ValueError(
                 "CoCoOpAdapter needs the text tower to score images (each image gets its own prompts): call "
                 "adapter.bind(model) with the CLIP model it was fitted with (clipforge.adapt.load does not bind)"
             )
-        return self._binding
+        return self.model, self._builder
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
+    def feature_logits(self, features: torch.Tensor) -> torch.Tensor:
         """(N, D) L2-normalised image features -> (N, C); prompts run in chunks of ~PROMPTS_PER_CHUNK."""
         model, builder = self._require_model()
         f = self.check_features(features, int(self.hparams["embed_dim"]))

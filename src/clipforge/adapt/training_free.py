@@ -52,7 +52,7 @@ class _ScaledCosine(Adapter):
         super().__init__(classnames, hparams)
         self.register_buffer("weight", weight.float().contiguous())  # (D, C)
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
+    def feature_logits(self, features: torch.Tensor) -> torch.Tensor:
         f = self.check_features(features, self.weight.shape[0])  # (N, D)
         return float(self.hparams["logit_scale"]) * f @ self.weight  # (N, C)
 
@@ -96,7 +96,7 @@ class NearestNeighbourAdapter(Adapter):
         self.register_buffer("keys", keys.float().contiguous())  # (N, D) L2-normalised support features
         self.register_buffer("labels", labels.long().contiguous())  # (N,)
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
+    def feature_logits(self, features: torch.Tensor) -> torch.Tensor:
         f = self.check_features(features, self.keys.shape[1])  # (M, D)
         sims = f @ self.keys.T  # (M, N)
         best = sims.new_full((f.shape[0], self.num_classes), float("-inf"))  # (M, C)
@@ -142,7 +142,7 @@ class TipAdapter(Adapter):
         self.register_buffer("keys", keys.float().contiguous())  # (N, D) cache keys
         self.register_buffer("values", values.float().contiguous())  # (N, C) one-hot cache values
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
+    def feature_logits(self, features: torch.Tensor) -> torch.Tensor:
         f = self.check_features(features, self.keys.shape[1])  # (M, D)
         h = self.hparams
         return tip_logits(f, self.keys, self.values, self.text_weights, h["alpha"], h["beta"], h["logit_scale"])
@@ -236,7 +236,7 @@ class GDAAdapter(Adapter):
         self.register_buffer("W", W.float().contiguous())  # (D, C) = Sigma^-1 mu^T
         self.register_buffer("b", b.float().contiguous())  # (C,)
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
+    def feature_logits(self, features: torch.Tensor) -> torch.Tensor:
         f = self.check_features(features, self.W.shape[0])  # (M, D)
         zero_shot = float(self.hparams["logit_scale"]) * f @ self.text_weights
         return zero_shot + float(self.hparams["alpha"]) * (f @ self.W + self.b)

@@ -73,6 +73,7 @@ class ProLIPAdapter(Adapter):
     `project` maps them to the adapted joint space (N, D), L2-normalised."""
 
     method = "prolip"
+    input_kind = "pre_projection"  # images given to logits are encoded with encode_image(x, project=False)
 
     def __init__(
         self,
@@ -101,7 +102,7 @@ class ProLIPAdapter(Adapter):
         """Pre-projection features (N, P) -> adapted, L2-normalised image features (N, D)."""
         return F.normalize(self._check_pre(pre) @ self.weight + self.bias, dim=-1)
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
+    def feature_logits(self, features: torch.Tensor) -> torch.Tensor:
         """PRE-projection features (N, P) -> (N, C) class logits."""
         return float(self.hparams["logit_scale"]) * self.project(features) @ self.text_weights
 
