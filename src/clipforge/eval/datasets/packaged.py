@@ -63,9 +63,20 @@ TUXPAINT_TEMPLATES = (
 )
 
 
-def load_fashion(root: str | None, split: str = "test") -> ClassificationSet:
-    """Fashion-MNIST train (60,000) or test (10,000), with FASHION_TEST_TEMPLATES."""
+def load_fashion(root: str | None, split: str = "test", *, shift: str | None = None) -> ClassificationSet:
+    """Fashion-MNIST train (60,000) or test (10,000), with FASHION_TEST_TEMPLATES.
+
+    Args:
+        shift: a distribution shift from clipforge.eval.shifts (e.g. "invert": dark garments on white) applied
+            to every image, for out-of-distribution evaluation (a ShiftedView, with the set's protocol and a
+            fingerprint naming the shift); None: the images as they are.
+    """
     check_split("fashion_mnist", split, ["train", "test"])
+    if shift is not None:
+        from ..shifts import check_shift, shift_dataset
+
+        check_shift(shift)
+        return shift_dataset(load_fashion(root, split), shift)
     root = root or FASHION_MNIST_ROOT
     try:
         images, labels, _ = load_fashion_mnist(split, root)
