@@ -206,7 +206,7 @@ def test_base_to_new_trains_on_base_classes_only(monkeypatch):
     expected = ((new_test.features @ ctx.text_weights[:, 2:]).argmax(-1) == new_test.labels).float().mean().item()
     assert zs["new"] == pytest.approx(expected)
     assert zs["harmonic"] == pytest.approx(2 * zs["base"] * zs["new"] / (zs["base"] + zs["new"]))
-    assert set(BASE_TO_NEW) == {"zeroshot", "clip_adapter", "cocoop"}
+    assert set(BASE_TO_NEW) == {"zeroshot", "clip_adapter", "cocoop", "coop"}
     with pytest.raises(ValueError, match="cannot score unseen classes"):
         run_base_to_new(ctx, pool, test, ["tip"], shots=(1,), seeds=(1,))
 
@@ -270,3 +270,37 @@ def test_base_to_new_scores_cocoop_on_classes_it_never_saw(tiny_model):
     (record,) = run_base_to_new(ctx, pool, test, ["cocoop"], shots=(2,), seeds=(1,), hparams=fast)
     assert 0.0 <= record["base"] <= 1.0 and 0.0 <= record["new"] <= 1.0
     assert record["hparams"]["embed_dim"] == pool.dim and record["hparams"]["epochs"] == 1
+
+
+def test_base_to_new_scores_coop_new_classes_with_its_learned_context(tiny_model, monkeypatch, tmp_path):
+    """CoOp's new-class classifier is its learned context prompting the new names, not the zero-shot head."""
+    from tests.support.tolerance import assert_close_rel
+
+    import clipforge.adapt as adapt
+
+    ctx, pool = _model_task(tiny_model, seed=4, per_class=6)
+    _, test = _model_task(tiny_model, seed=4, per_class=3)
+    scored, real_accuracy = [], protocol.accuracy
+
+    def spy(adapter, data):
+        scored.append((adapter, data))
+        return real_accuracy(adapter, data)
+
+    monkeypatch.setattr(protocol, "accuracy", spy)
+    fast = {"coop": {"epochs": 3, "n_ctx": 4, "lr": 0.5, "warmup_epochs": 0}}
+    (record,) = run_base_to_new(ctx, pool, test, ["coop"], shots=(2,), seeds=(1,), hparams=fast)
+    (fitted, base_test), (on_new, new_test) = scored
+    new_names = ("car", "tree")
+    assert fitted.classnames == ("cat", "dog") and on_new.classnames == new_names
+    assert base_test.classnames == ("cat", "dog") and new_test.classnames == new_names
+    learned = fitted.text_features(tiny_model, new_names)  # (D, 2): the learned context + the new names
+    expected = ctx.logit_scale * new_test.features @ learned
+    assert_close_rel(on_new.logits(new_test.features), expected, 1e-5, "coop new classes")
+    zero_shot = ctx.logit_scale * new_test.features @ ctx.text_weights[:, 2:]
+    assert (on_new.logits(new_test.features) - zero_shot).abs().max() > 0.05 * zero_shot.abs().max()
+    hits = on_new.predict(new_test.features) == new_test.labels
+    assert record["new"] == pytest.approx(hits.float().mean().item())
+    loaded = adapt.load(fitted.save(tmp_path / "coop"))
+    with pytest.raises(ValueError, match=r"bind\(model\)"):
+        loaded.for_classes(new_names)
+    assert_close_rel(loaded.bind(tiny_model).for_classes(new_names).text_weights, learned, 1e-5, "reloaded")

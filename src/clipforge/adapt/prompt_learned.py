@@ -8,8 +8,9 @@ classes) are the only trainable parameters. The text tower is frozen and run fro
 L2-normalised features (no image is re-encoded per epoch), the loss is cross-entropy of
 `logit_scale * f @ normalize(text features)^T`.
 
-The fitted adapter stores the learned context AND the resulting class text features, so `logits` needs no model;
-`text_features(model, classnames)` re-runs the prompts for other class names (base-to-new generalisation).
+The fitted adapter stores the learned context AND the resulting class text features, so `logits` of features
+needs no model; `for_classes(classnames)` re-runs the prompts for other class names through the bound model
+(base-to-new generalisation, the setting in which CoCoOp's paper compares against CoOp).
 
 CoCoOp (Zhou, Yang, Loy, Liu, "Conditional Prompt Learning for Vision-Language Models", CVPR 2022, same
 repository, trainers/cocoop.py) adds a meta-net Linear(D, D/16) - ReLU - Linear(D/16, width) whose output for
@@ -144,6 +145,20 @@ class CoOpAdapter(Adapter):
         """(D, C') class text features of any `classnames` under the learned context (new classes included)."""
         builder = PromptBuilder(model, classnames, self.ctx.shape[0], self.hparams["position"])
         return builder.text_features(model, self.ctx.to(next(model.parameters()).device))
+
+    def for_classes(self, classnames: Sequence[str]) -> CoOpAdapter:
+        """The same learned context scoring other class names (CoOp in CoCoOp's base-to-new setting): their
+        prompts `[SOS] ctx_1 .. ctx_M name . [EOS]` run once through the bound model's text tower. The result is
+        bound to the same model; an unbound adapter (from `load`) says to call `bind(model)` first."""
+        model = self.model
+        if model is None:
+            raise ValueError(
+                "CoOpAdapter.for_classes runs the learned prompts of the new class names through the text tower: "
+                "call adapter.bind(model) with the CLIP model it was fitted with first (clipforge.adapt.load does "
+                "not bind)"
+            )
+        weights = self.text_features(model, tuple(classnames)).float().cpu()  # (D, C')
+        return CoOpAdapter(classnames, self.hparams, ctx=self.ctx, text_weights=weights).bind(model)
 
 
 class _FrozenTower:

@@ -12,7 +12,8 @@ Base-to-new (Zhou et al. 2022, CoCoOp): the first half of the classes (rounded u
 base-class support rows only and are tested on the base classes' test rows; "new" classes never contribute an
 image, so only a method whose classifier can score a class from its text weights alone is tested on them: those
 listed in `BASE_TO_NEW` (zero-shot; CLIP-Adapter, whose learned image-side residual applies unchanged to new
-text weights; CoCoOp, whose learned context and meta-net prompt any class name, as its paper evaluates it).
+text weights; CoOp, whose learned context prompts any class name; CoCoOp, whose learned context and meta-net
+do the same per image, as its paper evaluates both).
 Records report base, new and their harmonic mean.
 """
 
@@ -221,12 +222,17 @@ def _retarget_cocoop(adapter: Adapter, classnames: tuple[str, ...], text_weights
     return adapter.for_classes(classnames)  # the learned context + meta-net prompt any class name
 
 
+def _retarget_coop(adapter: Adapter, classnames: tuple[str, ...], text_weights: torch.Tensor) -> Adapter:
+    return adapter.for_classes(classnames)  # the learned context prompts any class name (not the zero-shot head)
+
+
 # Methods whose fitted classifier scores a class from its text weights alone, so it can be tested on classes it
 # never saw: method -> function(adapter fitted on base, new class names, new text weights (D, C_new)) -> Adapter.
 BASE_TO_NEW: dict[str, Callable[[Adapter, tuple[str, ...], torch.Tensor], Adapter]] = {
     "zeroshot": _retarget_zeroshot,
     "clip_adapter": _retarget_clip_adapter,
     "cocoop": _retarget_cocoop,
+    "coop": _retarget_coop,
 }
 
 
