@@ -101,6 +101,30 @@ def test_prolip_learns_what_zero_shot_cannot(model):
     assert not weights.requires_grad or weights.grad is None  # the model itself was not trained
 
 
+def test_prolip_chooses_lr_on_val_from_the_grid_and_records_it(model):
+    ctx, train, test_pre, test_features, test_y = _prolip_task(model)
+    val = LabelledFeatures(test_features, test_y, NAMES, pre_features=test_pre)
+    grid = (1e-6, 1e-2, 1e-4)  # the best (1e-2: val 1.0 vs 0.31 and 0.38) neither first nor last
+    searched = adapt.fit("prolip", ctx, train, val, epochs=30, lr_grid=grid)
+    h = searched.hparams
+    assert h["lr_chosen_on"] == "val" and h["lr_grid"] == list(grid) and h["lr"] in grid
+    assert h["lam_rule"] == "1/shots" and h["lam"] == pytest.approx(1 / 8)  # lambda stays validation-free
+    accs = [_accuracy(adapt.fit("prolip", ctx, train, lr=g, epochs=30).logits(test_pre), test_y) for g in grid]
+    assert h["lr"] == grid[accs.index(max(accs))] and h["val_accuracy"] == pytest.approx(max(accs)), accs
+    assert _accuracy(searched.logits(test_pre), test_y) == pytest.approx(max(accs))
+    plain = adapt.fit("prolip", ctx, train, epochs=2)  # no val: the paper's validation-free default
+    assert plain.hparams["lr"] == 1e-5 and plain.hparams["lr_chosen_on"] == "default"
+    assert plain.hparams["val_accuracy"] is None
+    given = adapt.fit("prolip", ctx, train, val, epochs=2, lr=1e-3)  # an explicit lr is not searched
+    assert given.hparams["lr"] == 1e-3 and given.hparams["lr_chosen_on"] == "given"
+    joint = adapt.fit("prolip", ctx, train, val, epochs=5, lr_grid=(1e-2,), lam_grid=(1.0, 0.0))  # the repo's joint
+    assert joint.hparams["lam_rule"] == "val" and joint.hparams["lam"] in (1.0, 0.0)
+    with pytest.raises(ValueError, match="lr_grid is empty"):
+        adapt.fit("prolip", ctx, train, val, lr_grid=())
+    with pytest.raises(ValueError, match="val has none"):
+        adapt.fit("prolip", ctx, train, LabelledFeatures(test_features, test_y, NAMES), epochs=1)
+
+
 def test_prolip_save_load_and_errors(model, encoded, tmp_path):
     ctx = adapt.context_for(model, NAMES)
     prolip = adapt.fit("prolip", ctx, encoded, epochs=3, lr=1e-3)

@@ -163,7 +163,9 @@ def test_no_test_peeking_for_model_methods(monkeypatch, tiny_model):
     methods = ["prolip", "coop", "cocoop"]
     records, seen = _run_sealed(monkeypatch, ctx, pool, test_plain, methods, fast)
     assert [s[0] for s in seen] == methods and {s[1:] for s in seen} == {(8, 8)}
-    assert next(r for r in records if r["method"] == "prolip")["hparams"]["lam_rule"] == "1/shots"
+    prolip = next(r for r in records if r["method"] == "prolip")["hparams"]
+    assert prolip["lam_rule"] == "1/shots"  # lambda is validation-free; the lr is chosen on the k-shot val rows
+    assert prolip["lr_chosen_on"] == "val" and prolip["lr"] in prolip["lr_grid"] and prolip["val_accuracy"] >= 0
     assert next(r for r in records if r["method"] == "coop")["hparams"]["epochs"] == 2
 
 

@@ -109,58 +109,28 @@ class ProLIPAdapter(Adapter):
 
 
 
-@register("prolip")
-def fit_prolip(
-    ctx: FitContext,
-    train: LabelledFeatures,
-    val: LabelledFeatures | None,
-    *,
-    lr: float = 1e-5,
-    epochs: int = 300,
-    lam: float | None = None,
-    eps: float = 1e-4,
-) -> ProLIPAdapter:
-    """ProLIP with the reference's validation-free defaults (configs/base.yaml, methods/ProLIP.py): Adam (lr 1e-5,
-    eps 1e-4) with a cosine schedule over 300 epochs; each epoch is ONE full-batch step on all support images, on
-    augmented view e mod V of `train.pre_features` (the reference caches up to 300 views, one per epoch);
-    `lam=None` is the paper's validation-free rule lambda = 1/N with N the number of shots per class (the
-    reference's `1/shots`; here the mean number of support images per class, len(train) / C). The loss is
-    CE + lambda * sum((W - W0)^2). `val` is not read (validation-free); epochs=0 returns the pre-trained map.
+DEFAULT_LR = 1e-5  # the reference's validation-free learning rate (configs/base.yaml lr_v)
+# The reference's few-shot-with-validation search (methods/ProLIP.py, `search_lr`, configs/experiments/
+# few_shot_few_val.yaml): every learning rate below (with every lambda of LAM_GRID), first best val accuracy wins.
+LR_GRID = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8)
+LAM_GRID = (10.0, 1.0, 0.1, 0.01, 0.001, 0.0001, 0.0)
 
-    Needs `train.pre_features` (see `labelled_features`) and `ctx.model` (for W0, the model's `image_projection`).
-    """
-    if ctx.model is None:
-        raise ValueError("prolip needs the model (FitContext.model) to read its image projection; fit with a model")
-    if train.pre_features is None:
-        raise ValueError(
-            "prolip trains on pre-projection features: build train with "
-            "clipforge.adapt.weight_space.labelled_features(model, images, labels, classnames) or pass "
-            "LabelledFeatures(..., pre_features=model.encode_image(images, project=False))"
-        )
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"prolip: epochs must be an integer >= 0, got {epochs!r}")
-    check_positive("lr", lr, method="prolip")
-    check_positive("eps", eps, method="prolip")
-    lam_rule = "1/shots" if lam is None else "given"
-    if lam is None:
-        lam = train.num_classes / max(len(train), 1)  # 1 / (support images per class)
-    check_positive("lam", lam, allow_zero=True, method="prolip")
-    device = torch.device(ctx.device)
-    w0, bias = projection_matrix(ctx.model)
-    w0, bias = w0.to(device), bias.to(device)
-    pool = train.pre_features if train.pre_features.ndim == 3 else train.pre_features[None]  # (V, N, P)
-    if pool.shape[-1] != w0.shape[0]:
-        raise ValueError(
-            f"prolip: train.pre_features have width {pool.shape[-1]}, the model's image projection takes "
-            f"{w0.shape[0]}; "
-            "encode them with encode_image(x, project=False) of the same model"
-        )
-    pool = pool.to(device=device, dtype=torch.float32)
-    if not bool(torch.isfinite(pool).all()):
-        raise ValueError("prolip: train.pre_features contain NaN or infinite values; re-encode or drop those rows")
-    y = train.labels.to(device).long()
-    text = ctx.text_weights.to(device=device, dtype=torch.float32)
-    scale = float(ctx.logit_scale)
+
+def _train_projection(
+    pool: torch.Tensor,
+    labels: torch.Tensor,
+    w0: torch.Tensor,
+    bias: torch.Tensor,
+    text: torch.Tensor,
+    scale: float,
+    *,
+    lr: float,
+    lam: float,
+    eps: float,
+    epochs: int,
+) -> tuple[torch.Tensor, list[float]]:
+    """ProLIP's training from W0: pool (V, N, P), one full-batch Adam step per epoch on view e mod V, cosine
+    schedule; loss CE + lam * ||W - W0||_F^2. Returns (W (P, D), per-epoch loss)."""
     weight = torch.nn.Parameter(w0.clone())
     optimizer = torch.optim.Adam([weight], lr=lr, eps=eps)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, epochs))
@@ -168,15 +138,132 @@ def fit_prolip(
     with torch.enable_grad():
         for epoch in range(epochs):
             logits = prolip_logits(pool[epoch % pool.shape[0]], weight, bias, text, scale)  # (N, C)
-            ce = F.cross_entropy(logits, y)
-            loss = ce + lam * (weight - w0).pow(2).sum()
+            loss = F.cross_entropy(logits, labels) + lam * (weight - w0).pow(2).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             losses.append(float(loss.detach()))
+    return weight.detach(), losses
+
+
+def _val_accuracy(
+    pool: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, text: torch.Tensor
+) -> float:
+    """Accuracy on validation pre-projection features pool (V, N, P), averaged over the V views."""
+    with torch.no_grad():
+        hits = prolip_logits(pool, weight, bias, text, 1.0).argmax(dim=-1) == labels  # (V, N)
+    return float(hits.float().mean())
+
+
+def _pre_pool(data: LabelledFeatures, width: int, what: str, device: torch.device) -> torch.Tensor:
+    """data.pre_features as a finite (V, N, P) float32 pool; errors name `what` (train / val)."""
+    if data.pre_features is None:
+        raise ValueError(
+            f"prolip trains on pre-projection features and {what} has none: build it with "
+            "clipforge.adapt.weight_space.labelled_features(model, images, labels, classnames) or pass "
+            "LabelledFeatures(..., pre_features=model.encode_image(images, project=False))"
+        )
+    pre = data.pre_features
+    pool = pre if pre.ndim == 3 else pre[None]  # (V, N, P)
+    if pool.shape[-1] != width:
+        raise ValueError(
+            f"prolip: {what}.pre_features have width {pool.shape[-1]}, the model's image projection takes {width}; "
+            "encode them with encode_image(x, project=False) of the same model"
+        )
+    pool = pool.to(device=device, dtype=torch.float32)
+    if not bool(torch.isfinite(pool).all()):
+        raise ValueError(f"prolip: {what}.pre_features contain NaN or infinite values; re-encode or drop those rows")
+    return pool
+
+
+@register("prolip")
+def fit_prolip(
+    ctx: FitContext,
+    train: LabelledFeatures,
+    val: LabelledFeatures | None,
+    *,
+    lr: float | None = None,
+    epochs: int = 300,
+    lam: float | None = None,
+    eps: float = 1e-4,
+    search: bool = True,
+    lr_grid: tuple[float, ...] = LR_GRID,
+    lam_grid: tuple[float, ...] | None = None,
+) -> ProLIPAdapter:
+    """ProLIP with the reference's settings (configs/base.yaml, methods/ProLIP.py): Adam (eps 1e-4) with a cosine
+    schedule over 300 epochs; each epoch is ONE full-batch step on all support images, on augmented view e mod V of
+    `train.pre_features` (the reference caches up to 300 views, one per epoch); the loss is
+    CE + lambda * sum((W - W0)^2).
+
+    Learning rate: `lr=None` chooses it on `val` when there is one (and `search`): the reference's
+    few-shot-with-validation grid `lr_grid` (1e-2 .. 1e-8), each candidate trained from W0 for the full schedule
+    and scored on val's pre-projection features (mean over its views if it has several); the first best val
+    accuracy wins. Without val (or search=False) it is the paper's validation-free 1e-5. A given `lr` is used as is.
+    lambda: `lam=None` is the paper's validation-free rule 1/N, N the shots per class (the reference's `1/shots`;
+    here the mean number of support images per class, len(train) / C), kept during the lr search. The reference's
+    few-val config searches lambda jointly with lr; `lam_grid=LAM_GRID` does that (lambda then chosen on val too).
+    The chosen values and how they were chosen are in hparams (lr, lr_chosen_on, lam, lam_rule, val_accuracy).
+    epochs=0 returns the pre-trained map.
+
+    Needs `train.pre_features` (and val's, to search; see `labelled_features`) and `ctx.model` (for W0, the
+    model's `image_projection`).
+    """
+    if ctx.model is None:
+        raise ValueError("prolip needs the model (FitContext.model) to read its image projection; fit with a model")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"prolip: epochs must be an integer >= 0, got {epochs!r}")
+    if lr is not None:
+        check_positive("lr", lr, method="prolip")
+    check_positive("eps", eps, method="prolip")
+    if not lr_grid:
+        raise ValueError("prolip: lr_grid is empty; give at least one learning rate to search")
+    for value in lr_grid:
+        check_positive("lr_grid value", value, method="prolip")
+    for value in lam_grid or ():
+        check_positive("lam_grid value", value, allow_zero=True, method="prolip")
+    lam_rule = "1/shots" if lam is None else "given"
+    if lam is None:
+        lam = train.num_classes / max(len(train), 1)  # 1 / (support images per class)
+    check_positive("lam", lam, allow_zero=True, method="prolip")
+    device = torch.device(ctx.device)
+    w0, bias = projection_matrix(ctx.model)
+    w0, bias = w0.to(device), bias.to(device)
+    pool = _pre_pool(train, w0.shape[0], "train", device)  # (V, N, P)
+    y = train.labels.to(device).long()
+    text = ctx.text_weights.to(device=device, dtype=torch.float32)
+    scale = float(ctx.logit_scale)
+    settings = {"eps": eps, "epochs": epochs}
+
+    lr_chosen_on, val_acc = ("given" if lr is not None else "default"), None
+    searching = val is not None and search and (lr is None or lam_grid)
+    if searching:
+        val_pool = _pre_pool(val, w0.shape[0], "val", device)  # (V', M, P)
+        val_y = val.labels.to(device).long()
+        lrs = [float(lr)] if lr is not None else [float(v) for v in lr_grid]
+        lams = [float(v) for v in lam_grid] if lam_grid else [float(lam)]
+        best = (-1.0, lrs[0], lams[0])
+        for candidate_lr in lrs:  # lr outer, lambda inner, strict improvement: the reference's order
+            for candidate_lam in lams:
+                weight, _ = _train_projection(pool, y, w0, bias, text, scale, lr=candidate_lr, lam=candidate_lam,
+                                              **settings)
+                acc = _val_accuracy(val_pool, val_y, weight, bias, text)
+                if acc > best[0]:
+                    best = (acc, candidate_lr, candidate_lam)
+        val_acc, lr, lam = best
+        if lr_chosen_on == "default":
+            lr_chosen_on = "val"
+        if lam_grid:
+            lam_rule = "val"
+    elif lr is None:
+        lr = DEFAULT_LR
+    weight, losses = _train_projection(pool, y, w0, bias, text, scale, lr=lr, lam=lam, **settings)
     hparams = {
         "lr": float(lr),
+        "lr_chosen_on": lr_chosen_on,
+        "lr_grid": [float(v) for v in lr_grid],
+        "lam_grid": None if lam_grid is None else [float(v) for v in lam_grid],
+        "val_accuracy": val_acc,
         "epochs": epochs,
         "lam": float(lam),
         "lam_rule": lam_rule,
@@ -186,7 +273,7 @@ def fit_prolip(
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
     }
-    return ProLIPAdapter(train.classnames, hparams, weight=weight.detach(), bias=bias, text_weights=text)
+    return ProLIPAdapter(train.classnames, hparams, weight=weight, bias=bias, text_weights=text)
 
 
 fit_prolip.needs_model = True  # FitContext.model is required (the towers are used)
