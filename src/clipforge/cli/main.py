@@ -22,6 +22,7 @@ COMMANDS = {
     "eval": "zero-shot, retrieval, linear-probe and few-shot evaluation with a report",
     "data": "data tools: write WebDataset shards from a folder or CSV",
     "inspect": "few-shot visual inspection: fit an inspector from example folders, run it on images",
+    "index": "embed an image collection into a searchable index (build), or bring one up to date (update)",
 }
 
 USAGE = (

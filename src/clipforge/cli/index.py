@@ -1,0 +1,186 @@
+"""`clipforge index build SOURCE --out INDEX_DIR` and `clipforge index update INDEX_DIR`: embed a collection.
+
+build: SOURCE (an image folder, a CSV/TSV of paths with caption and metadata columns, or WebDataset .tar shards,
+local or fsspec URLs) -> INDEX_DIR in clip-retrieval's layout (img_emb/, text_emb/, metadata/; see
+clipforge.search.layout), then the faiss index over it (clipforge.search.index) unless --no-index. Rerunning an
+interrupted build resumes it: finished shards are kept. Under torchrun each rank embeds its share of the shards
+(shard i on rank i % WORLD_SIZE) and rank 0 builds the index once all are done.
+
+update: enumerates the source recorded in INDEX_DIR again, embeds new and changed files (size + mtime, as rclip),
+marks deleted and replaced rows in deleted.npy, and rebuilds the index. The model defaults to the one recorded in
+info.json; another model is refused, naming both.
+
+Unreadable images, FIFOs and devices are skipped, never fatal; INDEX_DIR/skipped.jsonl lists them with reasons.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from .argtypes import non_negative_int, positive_int
+from .common import add_common_arguments, add_model_arguments, add_progress_arguments, model_from_args, show_progress
+from .errors import MODEL_ERROR, RUNTIME_ERROR, CliError, CliParser, command, exit_codes_epilog
+
+log = logging.getLogger("clipforge.cli")
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("embedding")
+    group.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default 256)")
+    group.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=min(8, os.cpu_count() or 1),
+        help="DataLoader processes that read and decode images (default: min(8, CPUs); 0: in the main process)",
+    )
+    group.add_argument("--no-index", action="store_true", help="only embed; do not build the faiss index")
+    group.add_argument(
+        "--index-memory",
+        type=positive_int,
+        default=None,
+        metavar="BYTES",
+        help="memory budget for the faiss index, which picks exact / HNSW / IVF-PQ (default: the index's own)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `clipforge index` parser with its `build` and `update` actions."""
+    parser = CliParser(
+        prog="clipforge index",
+        description="Embed an image collection into a searchable INDEX_DIR (clip-retrieval's layout: "
+        "img_emb/*.npy, text_emb/*.npy, metadata/*.parquet, plus a faiss index), or bring one up to date.",
+        epilog="examples:\n"
+        "  clipforge index build photos/ --out photos.index --pretrained ./my-model\n"
+        "  clipforge index build pairs.csv --out pairs.index --model ViT-B-32 --pretrained openai\n"
+        "  clipforge index build 's3://bucket/shard-{0000..0999}.tar' --out big.index --pretrained ./my-model\n"
+        "  torchrun --nproc_per_node=8 -m clipforge index build ... (each rank embeds its shards)\n"
+        "  clipforge index update photos.index\n\n" + exit_codes_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = parser.add_subparsers(dest="action", required=True, parser_class=CliParser)
+    build = actions.add_parser(
+        "build",
+        help="embed SOURCE into a new INDEX_DIR (or resume an interrupted build)",
+        description="Embed SOURCE into INDEX_DIR (--out) and build its faiss index. Rerun the same command to "
+        "resume an interrupted build; finished shards are kept.",
+    )
+    build.add_argument("source", help="an image folder (x.txt beside x.jpg is its caption), a .csv/.tsv, or .tar "
+                       "shards (a path, an fsspec URL, or a brace pattern shard-{0000..0099}.tar)")
+    build.add_argument("--out", required=True, help="INDEX_DIR to create (new or empty; or an interrupted build)")
+    build.add_argument("--path-column", default=None,
+                       help="CSV column of image paths (default: the first of image_path, filepath, path, image, "
+                       "file); relative paths are taken from the CSV's folder")
+    build.add_argument("--caption-column", default=None,
+                       help="CSV column of captions (default: the first of caption, title, text; none: no captions)")
+    build.add_argument("--shard-size", type=positive_int, default=1_000_000,
+                       help="rows per output shard (default 1,000,000, clip-retrieval's write_batch_size): the unit "
+                       "of resuming and of work per torchrun rank")
+    build.add_argument("--dtype", choices=["float16", "float32"], default="float16",
+                       help="stored embedding dtype (default float16, as clip-retrieval writes)")
+    _add_run_arguments(build)
+    add_progress_arguments(build)
+    add_model_arguments(build)
+    add_common_arguments(build)
+    update = actions.add_parser(
+        "update",
+        help="embed new and changed files of INDEX_DIR's source, drop deleted ones, rebuild the index",
+        description="Bring INDEX_DIR up to date with the source it was built from: new and changed files (by "
+        "size and mtime) are embedded into new shards, deleted and replaced ones are listed in deleted.npy and "
+        "left out of the index. The model defaults to the one INDEX_DIR records.",
+    )
+    update.add_argument("index_dir", help="an INDEX_DIR made by `clipforge index build`")
+    _add_run_arguments(update)
+    add_progress_arguments(update)
+    add_model_arguments(update)
+    add_common_arguments(update)
+    return parser
+
+
+def _distributed(args: argparse.Namespace):
+    """DistInfo from torchrun's environment (world 1 without it); --device auto means this rank's GPU, if any."""
+    from ..train.distributed import init_distributed
+
+    dist = init_distributed(None if args.device == "auto" else args.device)
+    if dist.world_size > 1:
+        args.device = str(dist.device)
+    return dist
+
+
+def _build_index(root, args: argparse.Namespace, progress: bool) -> list[str]:
+    """Build image.index (and text.index when there are captions) with search.index; lines to print."""
+    from ..search.index import build_index
+    from ..search.layout import IndexLayout
+
+    layout = IndexLayout(root)
+    lines = []
+    for modality in ("image", "text"):
+        if not layout.shard_paths(modality):
+            continue
+        record = build_index(root, modality, memory_budget_bytes=args.index_memory, progress=progress)
+        recall = record.get("recall_at_10")
+        shown = f", recall@10 {recall:.3f}" if isinstance(recall, float) else ""
+        lines.append(f"{modality}.index: {record.get('kind')}{shown}")
+    return lines
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..search import pipeline
+    from ..search.collection import detect_source
+    from ..search.layout import IndexLayout
+    from ..train.distributed import barrier, cleanup_distributed
+
+    dist = _distributed(args)
+    progress = show_progress(args) and dist.rank == 0
+    root = args.out if args.action == "build" else args.index_dir
+    if args.action == "update" and args.model is None and args.pretrained is None:
+        made_with = pipeline.read_manifest(IndexLayout(root)).get("model", {})  # the model it was built with
+        args.model, args.pretrained = made_with.get("name"), made_with.get("pretrained")
+    model, _ = model_from_args(args)
+    record = pipeline.model_record(model, args.model, args.pretrained)
+    config = pipeline.PipelineConfig(
+        shard_size=getattr(args, "shard_size", pipeline.DEFAULT_SHARD_SIZE),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        dtype=getattr(args, "dtype", "float16"),
+        rank=dist.rank,
+        world_size=dist.world_size,
+    )
+    try:
+        if args.action == "build":
+            spec = detect_source(args.source, path_column=args.path_column, caption_column=args.caption_column)
+            result = pipeline.build(root, spec, model, record, config, progress=progress)
+        else:
+            result = pipeline.update(root, model, record, config, progress=progress)
+    except pipeline.PipelineError as exc:
+        code = MODEL_ERROR if "was embedded with" in str(exc) else RUNTIME_ERROR
+        raise CliError(str(exc), "", code) from exc
+    if dist.world_size > 1:
+        barrier(dist)  # every rank's shards are written: rank 0 finalizes (idempotent) and indexes once
+        result.finalized = pipeline.finalize(IndexLayout(root)) if dist.rank == 0 else result.finalized
+        cleanup_distributed()
+        if dist.rank != 0:
+            return 0
+    rate = result.images_seen / result.seconds if result.seconds > 0 else 0.0
+    what = f"{args.action}: embedded {result.rows} image(s) in {len(result.embedded_shards)} shard(s)"
+    if args.action == "update":
+        what += f" ({result.added_items} new or changed, {result.deleted} dropped)"
+    print(f"{what}, skipped {result.skipped}, {rate:.1f} images/s -> {root}")
+    if not result.finalized:
+        print(f"{root}: shards of other ranks are still unfinished; the last rank to finish completes the index")
+        return 0
+    info = IndexLayout(root).read_info()
+    print(f"{info['count']['image']} rows ({info['live']} live), {info['skipped']} skipped: listed in "
+          f"{IndexLayout(root).skipped_path}")
+    if not args.no_index:
+        for line in _build_index(root, args, progress):
+            print(line)
+    return 0
+
+
+@command("clipforge index")
+def main(argv: list[str] | None = None) -> int:
+    """`clipforge index build|update`; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    return _run(args)
