@@ -14,9 +14,10 @@ from typing import Literal
 
 from clipforge.models.config import ConfigError
 
-SourceKind = Literal["fashion_mnist", "tuxpaint", "csv", "folder", "wds"]
-SOURCE_KINDS: tuple[str, ...] = ("fashion_mnist", "tuxpaint", "csv", "folder", "wds")
-MAP_KINDS: tuple[str, ...] = ("fashion_mnist", "tuxpaint", "csv", "folder")  # random access, known length
+SourceKind = Literal["fashion_mnist", "tuxpaint", "openclipart", "emoji", "csv", "folder", "wds"]
+SOURCE_KINDS: tuple[str, ...] = ("fashion_mnist", "tuxpaint", "openclipart", "emoji", "csv", "folder", "wds")
+# random access, known length
+MAP_KINDS: tuple[str, ...] = ("fashion_mnist", "tuxpaint", "openclipart", "emoji", "csv", "folder")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -30,12 +31,15 @@ class SourceConfig:
 
     Fields:
         kind: "fashion_mnist" (the Debian dataset-fashion-mnist files, captions from templates), "tuxpaint"
-            (Tux Paint stamps with their English captions), "csv" (a CSV/TSV file of image paths and captions),
+            (Tux Paint stamps with their English captions), "openclipart" (OpenClipart drawings rendered from SVG,
+            captioned by their cleaned titles), "emoji" (Noto Color Emoji, captioned by their names), "csv" (a
+            CSV/TSV file of image paths and captions),
             "folder" (images with sidecar captions: x.jpg + x.txt), "wds" (WebDataset tar shards in
             img2dataset's layout).
         path: csv: the CSV/TSV file; folder: the directory; wds: a shard spec ("dir/shard-{000000..000009}.tar",
             several joined by "::"), a directory of .tar files, local or an fsspec URL (s3://, http://, ...);
-            fashion_mnist and tuxpaint: the dataset's directory, None for the Debian install location.
+            fashion_mnist, tuxpaint and openclipart: the dataset's directory, emoji: the colour emoji font file;
+            None for the Debian install location.
         weight: mixing weight among the sources (relative; only ratios matter).
         image_column / caption_column: csv: column names of the image path and the caption (open_clip's
             defaults). Relative image paths are relative to the CSV file's folder.

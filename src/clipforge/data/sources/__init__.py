@@ -6,6 +6,7 @@ from typing import Any
 
 from ..config import SourceConfig
 from .base import FileListSource, MapSource, TensorSource
+from .collection import CollectionSource
 from .fashion import FashionMnistSource
 from .folder import FolderSource
 from .table import CsvSource
@@ -23,10 +24,13 @@ def build_source(cfg: SourceConfig) -> Any:
         return CsvSource(cfg.path, cfg.image_column, cfg.caption_column, cfg.separator, encoding=cfg.encoding)
     if cfg.kind == "folder":
         return FolderSource(cfg.path)
+    if cfg.kind in ("openclipart", "emoji"):
+        return CollectionSource(cfg.kind, cfg.path)
     return WdsSource(cfg.path, cfg.shuffle_buffer)
 
 
 __all__ = [
+    "CollectionSource",
     "CsvSource",
     "FashionMnistSource",
     "FileListSource",

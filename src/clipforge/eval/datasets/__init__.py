@@ -5,9 +5,10 @@
 
 Module map: base.py (the set types, DatasetNotFound, fingerprints), folder.py ("folder", "imagenet"), table.py
 ("csv"), shards.py ("wds"), cifar.py ("cifar10", "cifar100"; restricted unpickling), karpathy.py ("flickr30k",
-"coco"), packaged.py ("fashion_mnist", "tuxpaint", "textile"). Class names and templates follow the CLIP paper
-(Radford et al. 2021) where it evaluated the dataset. A dataset that is not where it is looked for raises
-`DatasetNotFound`, naming the path, the expected layout and, for installable ones, the install command.
+"coco"), packaged.py ("fashion_mnist", "tuxpaint", "textile"), collection.py ("openclipart", "emoji"). Class names
+and templates follow the CLIP paper (Radford et al. 2021) where it evaluated the dataset. A dataset that is not
+where it is looked for raises `DatasetNotFound`, naming the path, the expected layout and, for installable ones,
+the install command.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from functools import partial
 
 from .base import ClassificationSet, DatasetNotFound, RetrievalSet
 from .cifar import RestrictedUnpickler, load_cifar, restricted_load
+from .collection import load_emoji_set, load_openclipart_set
 from .folder import load_folder, load_imagenet
 from .karpathy import load_karpathy
 from .packaged import load_fashion, load_textile, load_tuxpaint
@@ -29,10 +31,12 @@ _LOADERS: dict[str, Callable[..., ClassificationSet | RetrievalSet]] = {
     "cifar100": partial(load_cifar, "cifar100"),
     "coco": partial(load_karpathy, "coco"),
     "csv": load_csv,
+    "emoji": load_emoji_set,
     "fashion_mnist": load_fashion,
     "flickr30k": partial(load_karpathy, "flickr30k"),
     "folder": load_folder,
     "imagenet": load_imagenet,
+    "openclipart": load_openclipart_set,
     "textile": load_textile,
     "tuxpaint": load_tuxpaint,
     "wds": load_wds,
