@@ -78,12 +78,16 @@ def test_multi_valued_flag_names_the_bad_element(capsys):
 @pytest.mark.parametrize(("func", "good"), [(argtypes.positive_int, ["1", " 7 ", str(argtypes.MAX_INT)]),
                                             (argtypes.non_negative_int, ["0", "1", "+3"]),
                                             (argtypes.open_fraction, ["0.2", "1e-3", "0.999"]),
+                                            (argtypes.unit_interval, ["0", "0.5", "1"]),
                                             (argtypes.positive_number, ["0.5", "64", "1e3"])])
 def test_argtypes_accept_valid_values(func, good):
     assert [func(text) for text in good] == [type(func(good[0]))(text) for text in good]
 
 
-NUMBERS = [argtypes.positive_int, argtypes.non_negative_int, argtypes.open_fraction, argtypes.positive_number]
+NUMBERS = [
+    argtypes.positive_int, argtypes.non_negative_int, argtypes.open_fraction, argtypes.positive_number,
+    argtypes.unit_interval,
+]
 
 
 @pytest.mark.parametrize("func", NUMBERS)
@@ -106,7 +110,7 @@ def test_every_numeric_option_uses_a_checked_type():
     from clipforge.cli import eval as eval_cli
     from clipforge.cli.argtypes import key_value
 
-    checked = set(NUMBERS) | {key_value, eval_cli._methods}  # --option KEY=VALUE and --methods: not numbers
+    checked = set(NUMBERS) | {key_value, eval_cli._methods, eval_cli._ood_spec}  # --option/--methods/--ood: not numbers
     seen = 0
     for module in (classify, embed, eval_cli, convert, models, data):
         parsers = [module.build_parser()]
@@ -118,4 +122,4 @@ def test_every_numeric_option_uses_a_checked_type():
                 elif action.type is not None:
                     assert action.type in checked, (module.__name__, action.option_strings, action.type)
                     seen += 1
-    assert seen == 15  # classify 2, embed 1, eval 8 (+ --option, --methods), data 2
+    assert seen == 17  # classify 2, embed 1, eval 9 (+ --option, --methods, --ood), data 2

@@ -59,6 +59,17 @@ def open_fraction(text: str) -> float:
     return value
 
 
+def unit_interval(text: str) -> float:
+    """A number in [0, 1], both ends included (WiSE-FT's mixing coefficient alpha); "nan" and "inf" are refused."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:  # False for nan too
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
+    return value
+
+
 def positive_number(text: str) -> float:
     """A finite number > 0 (sizes such as --max-image-mb); "nan", "inf" and "1e999" are refused."""
     try:
