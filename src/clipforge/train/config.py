@@ -16,7 +16,7 @@ from ..eval.tasks import EvalRequest
 from ..models.config import ConfigError
 
 Precision = Literal["fp32", "bf16", "pure_bf16"]
-LossKind = Literal["clip", "siglip"]
+LossKind = Literal["clip", "siglip", "classifier"]
 NanPolicy = Literal["stop", "skip"]
 
 
@@ -115,13 +115,24 @@ class ScheduleConfig:
 @dataclass(frozen=True)
 class LossConfig:
     """Fields:
-    kind: "clip" (InfoNCE) or "siglip" (sigmoid; the model needs a logit_bias, init_logit_bias set).
+    kind: "clip" (InfoNCE), "siglip" (sigmoid; the model needs a logit_bias, init_logit_bias set) or
+        "classifier": full fine-tuning of the image tower with cross-entropy against the frozen zero-shot head
+        (FLYP / WiSE-FT; train/classifier.py). The text tower and temperature are locked; each caption must
+        be a caption template filled with one of `classes`, which gives the sample's label.
     local_loss / gather_with_grad: open_clip's options for multi-rank InfoNCE. Both on (the default)
         is the exact full-batch gradient under DDP with each rank computing only its rows; with
         gather_with_grad off, tower gradients are 1/world_size of the full-batch ones (open_clip's
         default behaviour). No effect on one process.
     distill_weight: weight of the distillation term (with model.teacher); distill_feature_weight: feature MSE term.
     max_logit_scale: the temperature clamp (100 in the CLIP paper).
+    classes: kind "classifier": the class names, in label order; empty means Fashion-MNIST's classes (allowed
+        only when every data source is fashion_mnist).
+    class_templates: kind "classifier": prompt templates ("{}" = class name) of the zero-shot head; empty means
+        the zero-shot templates of the data's dataset (FASHION_TEST_TEMPLATES for fashion_mnist sources), else
+        ("a photo of a {}.",).
+    caption_templates: kind "classifier": how the training captions were written from the class names, to
+        read each sample's label back from its caption; empty means the fashion_mnist sources' own caption
+        templates, and "{}" (the caption is the class name) for the other sources.
     """
 
     kind: LossKind = "clip"
@@ -130,9 +141,34 @@ class LossConfig:
     distill_weight: float = 1.0
     distill_feature_weight: float = 0.0
     max_logit_scale: float = 100.0
+    classes: tuple[str, ...] = ()
+    class_templates: tuple[str, ...] = ()
+    caption_templates: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        _check(self.kind in ("clip", "siglip"), f"loss.kind must be 'clip' or 'siglip', got {self.kind!r}")
+        _check(
+            self.kind in ("clip", "siglip", "classifier"),
+            f"loss.kind must be 'clip', 'siglip' or 'classifier', got {self.kind!r}",
+        )
+        for name in ("classes", "class_templates", "caption_templates"):
+            value = getattr(self, name)
+            _check(
+                isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value),
+                f"loss.{name} must be a list of strings, got {value!r}",
+            )
+            object.__setattr__(self, name, tuple(value))
+            if value and self.kind != "classifier":
+                raise ConfigError(f"loss.{name} is only used with loss.kind='classifier' (kind is {self.kind!r})")
+        for i, name in enumerate(self.classes):
+            _check(bool(name.strip()), f"loss.classes[{i}] is empty; give every class a name")
+        duplicates = sorted({c for c in self.classes if self.classes.count(c) > 1})
+        _check(not duplicates, f"loss.classes names {duplicates} more than once; class names must be unique")
+        for name in ("class_templates", "caption_templates"):
+            for template in getattr(self, name):
+                _check(
+                    template.count("{}") == 1,
+                    f"loss.{name}: template {template!r} needs exactly one '{{}}' where the class name goes",
+                )
 
 
 @dataclass(frozen=True)
@@ -255,6 +291,17 @@ class TrainConfig:
             f"precision must be fp32|bf16|pure_bf16, got {self.precision!r}",
         )
         _check(self.nan_policy in ("stop", "skip"), f"nan_policy must be 'stop' or 'skip', got {self.nan_policy!r}")
+        if self.loss.kind == "classifier":
+            _check(
+                self.model.teacher is None,
+                "model.teacher (distillation) does not apply with loss.kind='classifier'; set model.teacher=null",
+            )
+            others = sorted({s.kind for s in self.data.sources} - {"fashion_mnist"})
+            _check(
+                bool(self.loss.classes) or not others,
+                "loss.classes is empty, which means Fashion-MNIST's classes, but the data has sources of kind "
+                f"{others}; set loss.classes to the class names",
+            )
         if self.phases:
             total = sum(p.fraction for p in self.phases)
             _check(abs(total - 1.0) < 1e-6, f"phases fractions must sum to 1, got {total}")

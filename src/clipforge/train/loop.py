@@ -42,6 +42,7 @@ from ..models.clip import CLIP
 from ..models.layers import PatchDropout
 from ..weights.loading import create_model, load_model, save_model
 from .checkpoint import TrainState, find_resume_checkpoint, save_checkpoint, set_rng_state
+from .classifier import lock_for_classifier, prepare_head, resolve_head_spec
 from .config import PhaseConfig, TrainConfig
 from .distributed import (
     DistInfo,
@@ -65,7 +66,7 @@ from .sharding import (
     uses_fsdp,
     wrap_model,
 )
-from .step import run_step
+from .step import run_classifier_step, run_step
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,8 @@ def build_model(cfg: TrainConfig) -> CLIP:
         lock_image_tower(model, spec.lock_image_unlocked_groups)
     if spec.lock_text:
         lock_text_tower(model, spec.lock_text_unlocked_layers)
+    if cfg.loss.kind == "classifier":  # fine-tuning against the fixed zero-shot head: the image tower alone learns
+        lock_for_classifier(model)
     if spec.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model
@@ -171,16 +174,19 @@ def phase_at(phases: tuple[PhaseConfig, ...], step: int, total_steps: int) -> Ph
 
 
 def apply_phase(
-    phase: PhaseConfig | None, model: CLIP, images: torch.Tensor, tokens: torch.Tensor, eot: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reduce image size / text length for a CLIPA phase (Li et al. 2023); set its patch dropout."""
+    phase: PhaseConfig | None, model: CLIP, images: torch.Tensor, tokens: torch.Tensor | None, eot: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Reduce image size / text length for a CLIPA phase (Li et al. 2023); set its patch dropout.
+
+    `tokens` None (classifier fine-tuning, where no text is run) leaves the text length alone.
+    """
     if phase is None:
         return images, tokens
     resized = phase.image_size is not None and phase.image_size != model.image_size
     model.set_position_interpolation(resized)  # explicit: the model refuses other sizes otherwise
     if phase.image_size is not None and phase.image_size != images.shape[-1]:
         images = F.interpolate(images, size=(phase.image_size,) * 2, mode="bilinear", antialias=True)
-    if phase.context_length is not None and phase.context_length < tokens.shape[1]:
+    if tokens is not None and phase.context_length is not None and phase.context_length < tokens.shape[1]:
         cut = tokens[:, : phase.context_length].clone()
         truncated = (tokens[:, phase.context_length :] != 0).any(dim=1)
         cut[truncated, -1] = eot  # keep an end token on rows that lost theirs
@@ -329,6 +335,13 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop_after_steps: int | None) -> Tr
         # The data layer's max_bad_fraction check goes on from the run's totals, not from zero.
         data.tally.good = state.good_samples
         data.tally.bad.update(state.bad_samples)
+    head = None
+    if cfg.loss.kind == "classifier":  # the zero-shot head of the initial model (stored), or the run's stored head
+        spec = resolve_head_spec(cfg)
+        head = prepare_head(
+            model, tokenizer, spec, checkpoint_dir, found is not None, dist.is_main, lambda: barrier(dist)
+        )
+        head_weights = head.weights.to(device)  # (C, D), fixed
     if dist.is_main:  # only once the folder is known to hold this model's run (or none): never clobber another's
         _write_config(cfg, output_dir)
     if cfg.model.compile:
@@ -384,15 +397,23 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop_after_steps: int | None) -> Tr
                     for name, count in batch.bad.items():
                         bad_new[name] = bad_new.get(name, 0) + count
                     good_new[0] += len(batch)
-                    micro.append((batch.images.to(device, non_blocking=True), batch.tokens.to(device)))
+                    # classifier: each caption's class label (B,) instead of its tokens, read before any phase cuts them
+                    second = batch.tokens if head is None else head.labels_for(batch.tokens)
+                    micro.append((batch.images.to(device, non_blocking=True), second.to(device)))
                     if len(micro) < accum:
                         continue
                     phase = phase_at(cfg.phases, state.step, total_steps)
-                    micro = [apply_phase(phase, model, i, t, tokenizer.eot_token_id) for i, t in micro]
+                    if head is None:
+                        micro = [apply_phase(phase, model, i, t, tokenizer.eot_token_id) for i, t in micro]
+                    else:
+                        micro = [(apply_phase(phase, model, i, None, tokenizer.eot_token_id)[0], y) for i, y in micro]
                     if cfg.precision == "pure_bf16":
                         micro = [(i.to(torch.bfloat16), t) for i, t in micro]
                     optimizer.zero_grad(set_to_none=True)
-                    result = run_step(wrapped, micro, cfg.loss, dist, autocast, teacher, no_sync)
+                    if head is None:
+                        result = run_step(wrapped, micro, cfg.loss, dist, autocast, teacher, no_sync)
+                    else:
+                        result = run_classifier_step(wrapped, micro, head_weights, autocast, no_sync)
                     state.batch_in_epoch += len(micro)
                     micro = []
                     if result.finite:
@@ -409,7 +430,8 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop_after_steps: int | None) -> Tr
                         grad_norm = float("nan")
                         monitor.write(f"step {state.step}: non-finite loss, step skipped ({state.skipped_nan_steps})")
                     scheduler.step()
-                    clamp_logit_scale_(model.logit_scale, math.log(cfg.loss.max_logit_scale))
+                    if head is None:  # the classifier's temperature is locked: never touched, not even clamped
+                        clamp_logit_scale_(model.logit_scale, math.log(cfg.loss.max_logit_scale))
                     state.step += 1
                     state.samples_seen += global_batch
                     _log_step(ctx, cfg, state, result.loss, optimizer, model, grad_norm, bad_new, total_steps)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..models.output import CLIPOutput
+from .classifier import classifier_loss
 from .config import LossConfig
 from .distributed import DistInfo
 from .losses import clip_loss, distillation_loss, siglip_loss
@@ -51,7 +52,7 @@ class StepResult:
     finite: bool
 
 
-def _forward(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> CLIPOutput:
+def _forward(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor | None) -> CLIPOutput:
     """The model's forward (possibly DDP- or torch.compile-wrapped), read by key only."""
     return model(images, tokens)
 
@@ -120,6 +121,35 @@ def run_step(
                 return StepResult(float(loss.detach()), False)
             loss.backward()
         total = float(loss.detach())
+    return StepResult(total, True)
+
+
+def run_classifier_step(
+    model: nn.Module,
+    micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
+    head: torch.Tensor,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
+) -> StepResult:
+    """Forward and backward of `loss.kind="classifier"` over (images, labels) micro-batches: image tower only.
+
+    Cross-entropy is a mean of per-sample terms, so no feature cache is needed: micro-batch j's mean loss,
+    weighted by b_j / N (N = all samples of the step), is backpropagated on its own, and the weighted sum
+    is the full-batch loss and gradient. head: (C, D) fixed class weights, on the model's device.
+    """
+    total_samples = sum(len(labels) for _, labels in micro_batches)
+    total = 0.0
+    for j, (images, labels) in enumerate(micro_batches):
+        last = j == len(micro_batches) - 1
+        sync = contextlib.nullcontext() if (last or no_sync is None) else no_sync()
+        with sync:
+            with autocast():
+                out = _float(_forward(model, images, None))  # no tokens: the locked text tower is not run
+            loss = classifier_loss(out["image_features"], out["logit_scale"], head, labels)  # scalar, mean over b_j
+            if not torch.isfinite(loss):
+                return StepResult(float(loss.detach()), False)
+            (loss * (len(labels) / total_samples)).backward()
+        total += float(loss.detach()) * len(labels) / total_samples
     return StepResult(total, True)
 
 
