@@ -164,6 +164,64 @@ def test_clap_constraint_holds_confident_classes_near_zero_shot(task):
     assert adaptive.hparams["adaptive"]
 
 
+def test_clap_penalty_is_measured_against_the_unnormalised_prompt_means(task, monkeypatch):
+    """As jusiro/CLAP: prototypes start at, and are held to, the unnormalised mean prompt embeddings."""
+    from clipforge.adapt import feature_trained
+
+    ctx0, train, _, _ = task
+    g = torch.Generator().manual_seed(5)
+    means = ctx0.text_weights * (2.0 + torch.rand(C, generator=g)) + 0.1 * torch.randn(D, C, generator=g)  # (D, C)
+    ctx = FitContext(text_weights=ctx0.text_weights, prompt_means=means)
+    calls, real = [], feature_trained.clap_penalty
+
+    def spy(prototypes, anchors, multipliers):
+        value = real(prototypes, anchors, multipliers)
+        calls.append((prototypes.detach().clone(), anchors.clone(), multipliers.clone(), float(value.detach())))
+        return value
+
+    monkeypatch.setattr(feature_trained, "clap_penalty", spy)
+    adapter = adapt.fit("clap", ctx, train, epochs=3, lr=0.5)
+    assert adapter.hparams["anchors"] == "prompt_means" and len(calls) == 3
+    # multipliers: zero-shot probability of the true class under the initial prototypes normalize(means)
+    pool = F.normalize(train.views, dim=-1).reshape(-1, D)  # (V N, D)
+    labels = train.labels.repeat(train.views.shape[0])
+    probs = (ctx.logit_scale * pool @ F.normalize(means, dim=0)).softmax(dim=-1)[torch.arange(len(labels)), labels]
+    hand = torch.stack([probs[labels == c].mean() for c in range(C)])
+    assert_close_rel(torch.tensor(adapter.hparams["initial_multipliers"]), hand, REL, "multipliers")
+    assert_close_rel(calls[0][0], means.T, REL, "prototypes start at the prompt means")
+    assert (calls[-1][0] - means.T).abs().max() > 1e-3  # and then move
+    for prototypes, anchors, lam, value in calls:
+        assert torch.equal(anchors, means.T)
+        by_hand = sum(
+            float(lam[c]) * sum((float(prototypes[c, d]) - float(means[d, c])) ** 2 for d in range(D)) for c in range(C)
+        ) / C
+        assert value == pytest.approx(by_hand, rel=1e-4, abs=1e-9)
+    fallback = adapt.fit("clap", ctx0, train, epochs=1)  # no prompt means: anchored to the unit text weights
+    assert fallback.hparams["anchors"] == "text_weights"
+
+
+def test_context_for_keeps_the_unnormalised_prompt_means():
+    import clipforge
+    from clipforge.zeroshot import build_class_weights, get_templates
+
+    torch.manual_seed(0)
+    model = clipforge.create_model("tiny-vit").eval()
+    names = ("cat", "dog")
+    ctx = adapt.context_for(model, names)
+    templates = get_templates("simple")
+    with torch.no_grad():
+        rows = []
+        for name in names:
+            prompts = [t.format(name) if isinstance(t, str) else t(name) for t in templates]
+            tokens = clipforge.get_tokenizer(model)(prompts)
+            rows.append(model.encode_text(tokens).float().mean(dim=0))  # unnormalised mean over the templates
+        expected = build_class_weights(model, clipforge.get_tokenizer(model), list(names), templates)
+    assert_close_rel(ctx.prompt_means, torch.stack(rows).T, REL, "prompt means")
+    assert_close_rel(ctx.text_weights, expected, REL, "text weights = the CLIP ensemble")
+    with pytest.raises(ValueError, match="prompt_means"):
+        FitContext(text_weights=ctx.text_weights, prompt_means=ctx.prompt_means[:, :1])
+
+
 def test_linear_probe_agrees_with_eval_probe(task):
     ctx, train, val, (test_x, test_y) = task
     adapter = adapt.fit("linear_probe", ctx, train, None)

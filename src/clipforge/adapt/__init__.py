@@ -41,14 +41,19 @@ def list_methods() -> list[str]:
 
 def context_for(model: Any, classnames: tuple[str, ...] | list[str], templates: str = "simple") -> FitContext:
     """A FitContext from a CLIP model: zero-shot text weights of `classnames` under the `templates` set (the
-    "simple" CLIP-paper ensemble by default) and the model's own logit scale."""
-    from ..factory import get_tokenizer
-    from ..zeroshot import build_class_weights, get_templates
+    "simple" CLIP-paper ensemble by default), the unnormalised prompt means CLAP anchors to (same pass, see
+    `adapt.prompts`) and the model's own logit scale."""
+    from ..zeroshot import get_templates
+    from .prompts import text_anchors
 
-    weights = build_class_weights(model, get_tokenizer(model), list(classnames), get_templates(templates))  # (D, C)
+    weights, means = text_anchors(model, list(classnames), get_templates(templates))  # (D, C) each
     device = next(model.parameters()).device
     return FitContext(
-        text_weights=weights.float(), logit_scale=float(model.logit_scale.detach().exp()), model=model, device=device
+        text_weights=weights.float(),
+        logit_scale=float(model.logit_scale.detach().exp()),
+        model=model,
+        device=device,
+        prompt_means=means.float(),
     )
 
 

@@ -114,13 +114,16 @@ class LabelledFeatures:
 class FitContext:
     """What a method may need besides the support set: text_weights (D, C) zero-shot classifier of the class names
     (L2-normalised columns, CLIP-paper prompt ensemble), logit_scale (float, usually 100), the model (for methods
-    that need the towers; None when fitting from features only), device, dtype."""
+    that need the towers; None when fitting from features only), device, dtype, and prompt_means (D, C) optional:
+    the unnormalised mean prompt embedding of each class (`adapt.prompts.text_anchors`), CLAP's constraint anchor
+    (it falls back to text_weights without them)."""
 
     text_weights: torch.Tensor
     logit_scale: float = 100.0
     model: Any = None
     device: torch.device | str = "cpu"
     dtype: torch.dtype = torch.float32
+    prompt_means: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.text_weights.ndim != 2:
@@ -129,6 +132,11 @@ class FitContext:
             )
         if not math.isfinite(self.logit_scale) or self.logit_scale <= 0:
             raise ValueError(f"FitContext.logit_scale must be a positive finite number, got {self.logit_scale}")
+        if self.prompt_means is not None and self.prompt_means.shape != self.text_weights.shape:
+            raise ValueError(
+                f"FitContext.prompt_means must be (D, C) like text_weights {tuple(self.text_weights.shape)}, got "
+                f"{tuple(self.prompt_means.shape)}"
+            )
 
 
 _ADAPTER_CLASSES: dict[str, type[Adapter]] = {}

@@ -485,6 +485,13 @@ def clap_outer_step(
     return (multipliers + penalty * distance).clamp_min(0.0), distance.clone()
 
 
+def clap_penalty(prototypes: torch.Tensor, anchors: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
+    """CLAP's constraint term `mean_c lambda_c ||p_c - t_c||^2`: prototypes (C, D), anchors t (C, D) the
+    unnormalised mean prompt embeddings, multipliers lambda (C,) -> scalar. As the reference's
+    `AdapterMethod.zero_shot_constraint` (github.com/jusiro/CLAP, trainers/adapters.py), "l2" branch."""
+    return (multipliers * (prototypes - anchors).square().sum(dim=-1)).mean()
+
+
 class ClapAdapter(Adapter):
     """CLAP's constrained linear probe. State: prototypes (C, D); hparams logit_scale."""
 
@@ -527,8 +534,14 @@ def fit_clap(
     lambda_c = 1) or "none" (plain zero-shot-initialised probe, their ZS-LP baseline). adaptive=True applies the
     repository's PHR outer step after each epoch (`clap_outer_step`). Validation-free: `val` is not read.
 
-    The penalty acts on the L2-normalised text weights of the FitContext; the reference uses the unnormalised mean
-    of its prompt embeddings, so the same lambda weighs the distance by their squared norm there.
+    The anchors t_c are what the reference uses (jusiro/CLAP, trainers/adapters.py: `_get_base_text_features`
+    returns `text_embeddings.mean(1)`, the UNnormalised mean of each class's prompt embeddings; `AdapterMethod`
+    initialises its prototypes at them and `zero_shot_constraint` / `outer_step` measure
+    `(prototypes - base_text_features).pow(2).sum(-1)` against them; logits normalise both sides): the
+    FitContext's `prompt_means` (`context_for` fills them). The initial multipliers come from the zero-shot
+    logits of those initial prototypes, as the reference's `init_lagrangian_multipliers(labels, logits_zs)`.
+    A FitContext without prompt_means (features only) anchors to its unit text weights instead;
+    `hparams["anchors"]` says which.
     """
     del val  # CLAP is validation-free by design
     check_positive("lr", lr)
@@ -544,10 +557,11 @@ def fit_clap(
     pool = _view_pool(train, x.device)  # (V, N, D)
     pool_x = pool.reshape(-1, train.dim)  # (V N, D)
     pool_y = y.repeat(pool.shape[0])  # (V N,)
-    base = text.T.contiguous()  # (C, D) zero-shot prototypes
+    anchors = text if ctx.prompt_means is None else ctx.prompt_means.to(device=x.device, dtype=torch.float32)
+    base = anchors.T.contiguous()  # (C, D) the reference's base_text_features: start and constraint anchor
     with torch.no_grad():
         if constraint == "l2":
-            multipliers = clap_multipliers(scale * pool_x @ text, pool_y, c)
+            multipliers = clap_multipliers(_cosine_logits(pool_x, base, scale), pool_y, c)
         else:
             multipliers = torch.full((c,), 1.0 if constraint == "balanced" else 0.0, device=x.device)
     penalty = torch.zeros_like(multipliers)
@@ -561,7 +575,7 @@ def fit_clap(
         for batch in shuffled_batches(pool_x.shape[0], batch_size, generator)[:num_batches]:
             loss = F.cross_entropy(_cosine_logits(pool_x[batch], prototypes, scale), pool_y[batch])
             if constraint != "none":
-                loss = loss + (multipliers * (prototypes - base).square().sum(dim=-1)).mean()
+                loss = loss + clap_penalty(prototypes, base, multipliers)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -577,6 +591,7 @@ def fit_clap(
         "warmup_epochs": warmup_epochs,
         "warmup_lr": float(warmup_lr),
         "constraint": constraint,
+        "anchors": "text_weights" if ctx.prompt_means is None else "prompt_means",
         "adaptive": bool(adaptive),
         "initial_multipliers": [float(v) for v in initial.tolist()],
         "seed": seed,

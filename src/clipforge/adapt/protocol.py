@@ -265,7 +265,8 @@ def run_base_to_new(
         raise ValueError("run_base_to_new: the test set's class names must equal the training pool's")
     base, new = base_new_classes(train_pool.num_classes)
     weights = ctx.text_weights
-    base_ctx = FitContext(weights[:, base], ctx.logit_scale, ctx.model, ctx.device, ctx.dtype)
+    means = None if ctx.prompt_means is None else ctx.prompt_means[:, base]
+    base_ctx = FitContext(weights[:, base], ctx.logit_scale, ctx.model, ctx.device, ctx.dtype, prompt_means=means)
     pool = restrict_classes(train_pool, base)
     new_names = tuple(train_pool.classnames[c] for c in new)
     records = []
