@@ -187,7 +187,8 @@ class WiseFTReport:
         for r, x, y in zip(self.rows, xs, ys):
             ends = {0.0: f"{self.model_names[0]} (α=0)", 1.0: f"{self.model_names[1]} (α=1)"}
             text = ends.get(r.alpha, f"α={r.alpha:g}")
-            ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+            below = r.alpha == 1.0  # the fine-tuned label below its point: coinciding endpoints stay readable
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, -12 if below else 5), fontsize=8)
         chosen = next((i for i, r in enumerate(self.rows) if r.alpha == self.chosen_alpha), None)
         if chosen is not None:
             ax.plot([xs[chosen]], [ys[chosen]], marker="*", ms=16, color="gold", mec="black", ls="none",
