@@ -41,10 +41,20 @@ def _check_threshold(threshold: float) -> float:
     return float(threshold)
 
 
-def _pairs_exact(queries: np.ndarray, corpus: np.ndarray, threshold: float, same: bool):
+def _blocks(n: int, step: int, progress: bool):
+    """Block starts over n rows, with a tqdm bar (rows compared) on stderr when `progress`."""
+    from tqdm import tqdm
+
+    with tqdm(total=n, desc="comparing", unit="rows", disable=not progress) as bar:
+        for start in range(0, n, step):
+            yield start
+            bar.update(min(step, n - start))
+
+
+def _pairs_exact(queries: np.ndarray, corpus: np.ndarray, threshold: float, same: bool, progress: bool):
     """(query rows, corpus rows, scores) with score >= threshold, block by block (numpy)."""
     found_q, found_c, found_s = [], [], []
-    for start in range(0, queries.shape[0], BLOCK_ROWS):
+    for start in _blocks(queries.shape[0], BLOCK_ROWS, progress):
         block = queries[start : start + BLOCK_ROWS] @ corpus.T  # (b, M)
         rows, cols = np.nonzero(block >= threshold)
         if same:  # each unordered pair once, no self pairs
@@ -56,7 +66,7 @@ def _pairs_exact(queries: np.ndarray, corpus: np.ndarray, threshold: float, same
     return _concat(found_q, found_c, found_s)
 
 
-def _pairs_faiss(queries: np.ndarray, corpus: np.ndarray, threshold: float, same: bool):
+def _pairs_faiss(queries: np.ndarray, corpus: np.ndarray, threshold: float, same: bool, progress: bool):
     """The same pairs from faiss's exact IndexFlatIP range search (multi-threaded, bounded memory)."""
     try:
         import faiss
@@ -66,7 +76,7 @@ def _pairs_faiss(queries: np.ndarray, corpus: np.ndarray, threshold: float, same
     index.add(corpus)
     found_q, found_c, found_s = [], [], []
     step = 16 * BLOCK_ROWS
-    for start in range(0, queries.shape[0], step):
+    for start in _blocks(queries.shape[0], step, progress):
         # faiss's range search keeps scores > radius (strictly): step the radius one float below the threshold.
         radius = float(np.nextafter(np.float32(threshold), np.float32(-2)))
         lims, scores, ids = index.range_search(queries[start : start + step], radius)
@@ -87,7 +97,11 @@ def _concat(q: list, c: list, s: list) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 def similar_pairs(
-    queries: np.ndarray, corpus: np.ndarray | None = None, threshold: float = DEFAULT_THRESHOLD, method: Method = "auto"
+    queries: np.ndarray,
+    corpus: np.ndarray | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    method: Method = "auto",
+    progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All (i, j, cosine) with cosine(queries[i], corpus[j]) >= threshold: (i (P,), j (P,), scores (P,)).
 
@@ -105,7 +119,7 @@ def similar_pairs(
     if method not in ("auto", "exact", "faiss"):
         raise ValueError(f"method must be auto, exact or faiss, not {method!r}")
     exact = method == "exact" or (method == "auto" and max(queries.shape[0], corpus.shape[0]) <= EXACT_MAX_ROWS)
-    return (_pairs_exact if exact else _pairs_faiss)(queries, corpus, threshold, same)
+    return (_pairs_exact if exact else _pairs_faiss)(queries, corpus, threshold, same, progress)
 
 
 def connected_components(n: int, left: np.ndarray, right: np.ndarray) -> list[list[int]]:
@@ -132,7 +146,7 @@ def connected_components(n: int, left: np.ndarray, right: np.ndarray) -> list[li
 
 
 def near_duplicate_groups(
-    embeddings: np.ndarray, threshold: float = DEFAULT_THRESHOLD, *, method: Method = "auto"
+    embeddings: np.ndarray, threshold: float = DEFAULT_THRESHOLD, *, method: Method = "auto", progress: bool = False
 ) -> list[list[int]]:
     """Groups (row positions, each sorted, ordered by first member) of rows whose cosine links them at >= threshold.
 
@@ -140,7 +154,7 @@ def near_duplicate_groups(
     best-ranked of search results, pass them in rank order (the Searcher does).
     """
     embeddings = _check_embeddings(embeddings)
-    left, right, _ = similar_pairs(embeddings, None, threshold, method)
+    left, right, _ = similar_pairs(embeddings, None, threshold, method, progress)
     return connected_components(embeddings.shape[0], left, right)
 
 
@@ -159,10 +173,15 @@ class Match:
 
 
 def cross_matches(
-    queries: np.ndarray, corpus: np.ndarray, threshold: float = DEFAULT_THRESHOLD, *, method: Method = "auto"
+    queries: np.ndarray,
+    corpus: np.ndarray,
+    threshold: float = DEFAULT_THRESHOLD,
+    *,
+    method: Method = "auto",
+    progress: bool = False,
 ) -> list[Match]:
     """Every (query row, corpus row) pair at cosine >= threshold, sorted by query row then by similarity (best
     first): the contamination report of an evaluation set (queries) against training data (corpus)."""
-    q, c, s = similar_pairs(queries, corpus, threshold, method)
+    q, c, s = similar_pairs(queries, corpus, threshold, method, progress)
     order = np.lexsort((-s, q))
     return [Match(int(q[i]), int(c[i]), float(s[i])) for i in order]
