@@ -85,13 +85,15 @@ def test_update_refuses_another_model(tmp_path, model_dir, capsys):
     assert model_dir in err and str(other) in err and "was embedded with" in err
 
 
-def test_skipped_fifo_is_listed(tmp_path, model_dir):
+def test_skipped_fifo_is_listed_and_progress_shows_rate(tmp_path, model_dir, capsys):
     import os
 
     source = _images(tmp_path / "photos", n=2)
     os.mkfifo(source / "stuck.png")
     out = tmp_path / "idx"
-    assert _run(["build", str(source), "--out", str(out), "--no-index", "--workers", "0"], model_dir) == 0
+    args = ["build", str(source), "--out", str(out), "--no-index", "--workers", "0", "--pretrained", model_dir]
+    assert main([*args, "--progress"]) == 0
+    assert "img/s" in capsys.readouterr().err
     skipped = [json.loads(line) for line in IndexLayout(out).skipped_path.read_text().splitlines()]
     assert [s["image_path"] for s in skipped] == [str(source / "stuck.png")] and "FIFO" in skipped[0]["error"]
 

@@ -240,3 +240,12 @@ def test_webdataset_shards(tmp_path, model, record):
     assert meta["caption"] == ["caption 0", "caption 1", "caption 2"]
     assert meta["url"] == ["http://x/0", "http://x/1", "http://x/2"]
     assert meta["image_path"][0] == f"{shard}/0000.png"
+    # the same shard through fsspec (as s3:// or https:// would be): ranged reads at the recorded offsets
+    import fsspec
+
+    with fsspec.open(f"memory://{tmp_path.name}/shard-0000.tar", "wb") as remote:
+        remote.write(shard.read_bytes())
+    url = build(tmp_path / "url", detect_source(f"memory://{tmp_path.name}/shard-0000.tar"), model, record, _config())
+    assert url.rows == 3
+    assert_close_rel(IndexLayout(tmp_path / "url").load_embeddings(), IndexLayout(tmp_path / "idx").load_embeddings(),
+                     rel=1e-3)

@@ -50,10 +50,12 @@ class SourceSpec:
             raise ConfigError(f"source kind {self.kind!r} is not one of {list(SOURCE_KINDS)}")
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form kept in info.json and manifest.json."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SourceSpec:
+        """The spec `to_dict` wrote (ConfigError naming the record when it is not one)."""
         try:
             return cls(**{f.name: data.get(f.name) for f in dataclasses.fields(cls)})
         except TypeError as exc:
@@ -112,7 +114,7 @@ def detect_source(
 
 
 def _absolute_spec(spec: str) -> str:
-    return spec if os.path.isabs(spec) else os.path.join(os.path.abspath("."), spec)
+    return spec if os.path.isabs(spec) or spec.startswith("file://") else os.path.join(os.path.abspath("."), spec)
 
 
 def enumerate_source(spec: SourceSpec) -> Enumeration:
@@ -206,9 +208,12 @@ def _shard_stat(url: str) -> tuple[int, int]:
         fs, path = fsspec.core.url_to_fs(url)
         info = fs.info(path)
         mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
-        mtime_ns = int(mtime.timestamp() * 1e9) if hasattr(mtime, "timestamp") else int(float(mtime or -1) * 1e9)
+        if hasattr(mtime, "timestamp"):
+            mtime_ns = int(mtime.timestamp() * 1e9)
+        else:
+            mtime_ns = int(float(mtime) * 1e9) if mtime is not None else -1  # unknown: a change shows in the size
         return int(info.get("size") or -1), mtime_ns
-    st = os.stat(url)
+    st = os.stat(url[len("file://") :] if url.startswith("file://") else url)
     return st.st_size, st.st_mtime_ns
 
 

@@ -93,50 +93,63 @@ class IndexLayout:
     # paths
     @property
     def img_emb_dir(self) -> Path:
+        """img_emb/: the image embedding shards."""
         return self.root / "img_emb"
 
     @property
     def text_emb_dir(self) -> Path:
+        """text_emb/: the caption embedding shards (only when the source has captions)."""
         return self.root / "text_emb"
 
     @property
     def metadata_dir(self) -> Path:
+        """metadata/: one parquet per shard, rows in the embedding shards' order."""
         return self.root / "metadata"
 
     @property
     def state_dir(self) -> Path:
+        """state/: the pipeline's per-shard plans and finished-shard records (search.pipeline)."""
         return self.root / "state"
 
     @property
     def info_path(self) -> Path:
+        """info.json: what the index holds (see the module docstring)."""
         return self.root / "info.json"
 
     @property
     def manifest_path(self) -> Path:
+        """manifest.json: the pipeline's plan and state (search.pipeline)."""
         return self.root / "manifest.json"
 
     @property
     def deleted_path(self) -> Path:
+        """deleted.npy: int64 global ids that `index update` dropped."""
         return self.root / "deleted.npy"
 
     @property
     def skipped_path(self) -> Path:
+        """skipped.jsonl: one {"image_path", "error"} per item that was not embedded."""
         return self.root / "skipped.jsonl"
 
     def index_path(self, modality: str = "image") -> Path:
+        """image.index / text.index: the faiss index of `modality` (search.index writes it)."""
         return self.root / f"{_check_modality(modality)}.index"
 
     def emb_dir(self, modality: str) -> Path:
+        """The embedding folder of `modality` (img_emb/ or text_emb/)."""
         return self.root / _FOLDER[_check_modality(modality)]
 
     def emb_path(self, modality: str, shard: int) -> Path:
+        """The .npy file of shard `shard` of `modality`."""
         prefix = _FOLDER[_check_modality(modality)]
         return self.root / prefix / f"{shard_stem(prefix, shard)}.npy"
 
     def metadata_path(self, shard: int) -> Path:
+        """The metadata parquet of shard `shard`."""
         return self.metadata_dir / f"{shard_stem('metadata', shard)}.parquet"
 
     def shard_state_path(self, shard: int) -> Path:
+        """state/shard_{i}.json: written last when shard i is finished (its rows and skipped items)."""
         return self.state_dir / f"{shard_stem('shard', shard)}.json"
 
     # listings
@@ -214,4 +227,5 @@ class IndexLayout:
         return mask
 
     def live_count(self, modality: str = "image") -> int:
+        """Rows of `modality` that are not deleted."""
         return int(self.live_mask(modality).sum())

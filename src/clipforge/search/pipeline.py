@@ -148,6 +148,7 @@ def read_plan(layout: IndexLayout, shard: int) -> list[Item]:
 
 
 def read_manifest(layout: IndexLayout) -> dict[str, Any]:
+    """manifest.json of an INDEX_DIR; IndexLayoutError when the folder has none (not made by `index build`)."""
     if not layout.manifest_path.is_file():
         raise IndexLayoutError(f"{layout.root}: no manifest.json; not an INDEX_DIR made by `clipforge index build`")
     return read_json_file(layout.manifest_path)
@@ -165,8 +166,9 @@ def _plan(layout: IndexLayout, enumeration: Enumeration, first_shard: int, shard
 # ---------------------------------------------------------------- embedding one shard
 
 
-class _ShardImages(Dataset):
-    """Decodes and preprocesses one shard's images (in DataLoader workers): (tensor or None, position, error)."""
+class _RunImages(Dataset):
+    """Decodes and preprocesses the images of a run's shards (in DataLoader workers): (tensor or None, flat
+    position, error). One dataset for all the shards a run embeds, so worker processes start once per run."""
 
     def __init__(self, items: list[Item], preprocess, max_pixels: int | None, max_bytes: int) -> None:
         self.items, self.preprocess, self.max_pixels, self.max_bytes = items, preprocess, max_pixels, max_bytes
@@ -207,39 +209,18 @@ def _metadata_table(items: list[Item], column_names: list[str]):
     return pa.table(data, schema=pa.schema([(name, pa.string()) for name in data]))
 
 
-def _embed_shard(layout, shard, manifest, model, preprocess, tokenizer, config, bar) -> tuple[int, int]:
-    items = read_plan(layout, shard)
-    started = time.perf_counter()
-    loader = DataLoader(
-        _ShardImages(items, preprocess, config.max_pixels, config.max_bytes),
-        batch_size=config.batch_size,
-        num_workers=config.workers,
-        collate_fn=_collate,
-    )
-    from clipforge.eval.zeroshot import encoding_context
-
-    chunks: list[torch.Tensor] = []
-    kept: list[int] = []
-    skipped: list[dict[str, Any]] = []
-    with encoding_context(model) as device:
-        dtype = next(model.parameters()).dtype
-        for images, positions, bad in loader:
-            skipped.extend({"position": p, "image_path": items[p].image_path, "error": e} for p, e in bad)
-            if images is not None:
-                chunks.append(model.encode_image(images.to(device, dtype), normalize=True).float().cpu())  # (B, D)
-                kept.extend(positions)
-            bar.update(len(positions) + len(bad))
-        dim = int(model.config.embed_dim)
-        image_emb = torch.cat(chunks).numpy() if chunks else np.zeros((0, dim), np.float32)  # (n, D)
-        rows = [items[p] for p in kept]
-        text_emb = None
-        if manifest["has_captions"]:
-            text_emb = np.zeros((len(rows), dim), np.float32)  # (n, D); uncaptioned rows stay zero
-            with_caption = [r for r, item in enumerate(rows) if item.caption is not None]
-            for start in range(0, len(with_caption), config.batch_size):
-                chosen = with_caption[start : start + config.batch_size]
-                tokens = tokenizer([rows[r].caption for r in chosen]).to(device)
-                text_emb[chosen] = model.encode_text(tokens, normalize=True).float().cpu().numpy()
+def _write_shard(layout, shard, items, image_emb, kept, skipped, manifest, model, tokenizer, config, device) -> None:
+    """Embed the kept rows' captions and write shard `shard`'s files, each atomically, the state file last."""
+    rows = [items[p] for p in kept]
+    dim = int(model.config.embed_dim)
+    text_emb = None
+    if manifest["has_captions"]:
+        text_emb = np.zeros((len(rows), dim), np.float32)  # (n, D); uncaptioned rows stay zero
+        with_caption = [r for r, item in enumerate(rows) if item.caption is not None]
+        for start in range(0, len(with_caption), config.batch_size):
+            chosen = with_caption[start : start + config.batch_size]
+            tokens = tokenizer([rows[r].caption for r in chosen]).to(device)
+            text_emb[chosen] = model.encode_text(tokens, normalize=True).float().cpu().numpy()
     store = np.dtype(manifest["dtype"])
     layout.img_emb_dir.mkdir(parents=True, exist_ok=True)
     layout.metadata_dir.mkdir(parents=True, exist_ok=True)
@@ -248,9 +229,7 @@ def _embed_shard(layout, shard, manifest, model, preprocess, tokenizer, config, 
         layout.text_emb_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(layout.emb_path("text", shard), _npy_bytes(text_emb.astype(store)))
     _write_parquet(layout.metadata_path(shard), _metadata_table(rows, manifest["column_names"]))
-    state = {"shard": shard, "rows": len(rows), "skipped": skipped, "seconds": time.perf_counter() - started}
-    write_json_file(layout.shard_state_path(shard), state)  # last: the shard is finished
-    return len(rows), len(skipped)
+    write_json_file(layout.shard_state_path(shard), {"shard": shard, "rows": len(rows), "skipped": skipped})
 
 
 def _pending(layout: IndexLayout, manifest: dict[str, Any], config: PipelineConfig) -> list[dict[str, int]]:
@@ -262,26 +241,58 @@ def _pending(layout: IndexLayout, manifest: dict[str, Any], config: PipelineConf
 
 
 def _embed_pending(layout, manifest, model, config, progress, on_shard_done, result: RunResult) -> None:
+    """Embed this rank's unfinished shards in order: one DataLoader over all of them (batches never cross a shard),
+    each shard written as soon as its last batch is encoded, while the workers already decode the next."""
     from tqdm import tqdm
 
+    from clipforge.eval.zeroshot import encoding_context
     from clipforge.factory import get_preprocess, get_tokenizer
 
     pending = _pending(layout, manifest, config)
     if not pending:
         return
-    preprocess, tokenizer = get_preprocess(model), get_tokenizer(model)
-    total = sum(s["items"] for s in pending)
-    started = time.perf_counter()
-    with tqdm(total=total, desc="index build", unit="img", disable=not progress, dynamic_ncols=True) as bar:
-        for shard in pending:
-            rows, skipped = _embed_shard(layout, shard["index"], manifest, model, preprocess, tokenizer, config, bar)
-            result.embedded_shards.append(shard["index"])
-            result.rows += rows
-            result.skipped += skipped
-            result.images_seen += shard["items"]
+    plans = [(s["index"], read_plan(layout, s["index"])) for s in pending]
+    starts = np.cumsum([0] + [len(items) for _, items in plans]).tolist()
+    batches = [
+        list(range(start + b, start + min(b + config.batch_size, len(items))))
+        for start, (_, items) in zip(starts, plans)
+        for b in range(0, len(items), config.batch_size)
+    ]
+    flat = [item for _, items in plans for item in items]
+    loader = DataLoader(
+        _RunImages(flat, get_preprocess(model), config.max_pixels, config.max_bytes),
+        batch_sampler=batches,
+        num_workers=config.workers,
+        collate_fn=_collate,
+    )
+    tokenizer = get_tokenizer(model)
+    dim = int(model.config.embed_dim)
+    started = time.perf_counter() - result.seconds  # update's second pass adds to its first
+    batch_iter = iter(loader)
+    bar = tqdm(total=len(flat), desc="index", unit="img", disable=not progress, dynamic_ncols=True)
+    with bar, encoding_context(model) as device:
+        dtype = next(model.parameters()).dtype
+        for start, (shard, items) in zip(starts, plans):
+            chunks: list[torch.Tensor] = []
+            kept: list[int] = []
+            skipped: list[dict[str, Any]] = []
+            for _ in range(-(-len(items) // config.batch_size)):
+                images, positions, bad = next(batch_iter)
+                for p, error in bad:
+                    skipped.append({"position": p - start, "image_path": flat[p].image_path, "error": error})
+                if images is not None:
+                    chunks.append(model.encode_image(images.to(device, dtype), normalize=True).float().cpu())  # (B, D)
+                    kept.extend(p - start for p in positions)
+                bar.update(len(positions) + len(bad))
+            image_emb = torch.cat(chunks).numpy() if chunks else np.zeros((0, dim), np.float32)  # (n, D)
+            _write_shard(layout, shard, items, image_emb, kept, skipped, manifest, model, tokenizer, config, device)
+            result.embedded_shards.append(shard)
+            result.rows += len(kept)
+            result.skipped += len(skipped)
+            result.images_seen += len(items)
+            result.seconds = time.perf_counter() - started
             if on_shard_done is not None:
-                on_shard_done(shard["index"])
-    result.seconds += time.perf_counter() - started
+                on_shard_done(shard)
 
 
 # ---------------------------------------------------------------- finalize
