@@ -75,13 +75,15 @@ ADAPT_NAMES = ("zebra", "violin", "ocean", "pizza")  # distinct in the tiny rand
 
 
 def _shifted_task(model, per_class: int, seed: int, beta: float = 0.2) -> LabelledFeatures:
-    """Images that look like "itap of my <name>." pushed by `beta` from their class's zero-shot weight towards the
-    next class's: zero-shot (the CLIP-ensemble text weights) confuses them, a learned context reaches them."""
+    """Images that look like "itap of my <name>." pushed by `beta` from their class's zero-shot directions (the
+    CLIP-ensemble weight and CoCoOp's initial prompt "a photo of a <name>.") towards the next class's: both
+    classifiers confuse them, a learned context can reach them."""
     g = torch.Generator().manual_seed(seed)
     target = _encode_prompts(model, [f"itap of my {name}." for name in ADAPT_NAMES]).T  # (C, D)
+    initial = _encode_prompts(model, [f"a photo of a {name}." for name in ADAPT_NAMES]).T  # (C, D)
     zero_shot = adapt.context_for(model, ADAPT_NAMES).text_weights.T  # (C, D)
     y = torch.arange(len(ADAPT_NAMES)).repeat_interleave(per_class)
-    shift = (zero_shot.roll(-1, dims=0) - zero_shot)[y]  # (N, D)
+    shift = (initial.roll(-1, dims=0) - initial + zero_shot.roll(-1, dims=0) - zero_shot)[y]  # (N, D)
     noise = 0.1 * torch.randn(len(y), target.shape[1], generator=g) / math.sqrt(target.shape[1])
     return LabelledFeatures(F.normalize(target[y] + beta * shift + noise, dim=-1), y, ADAPT_NAMES)
 
@@ -94,10 +96,11 @@ def test_cocoop_beats_zero_shot_on_held_out_features(model):
         return (adapter.predict(test.features) == test.labels).float().mean().item()
 
     zero_shot = accuracy(adapt.fit("zeroshot", ctx, train))
-    assert zero_shot < 0.75  # the task needs adaptation (measured: 0.51)
-    cocoop = adapt.fit("cocoop", ctx, train, lr=0.2, epochs=15, batch_size=4, warmup_epochs=0, seed=2)
+    untrained = accuracy(adapt.fit("cocoop", ctx, train, epochs=0, seed=1))  # its initial prompts + meta-net
+    assert max(zero_shot, untrained) < 0.75  # the task needs adaptation (measured: 0.50 and 0.50)
+    cocoop = adapt.fit("cocoop", ctx, train, lr=0.2, epochs=15, batch_size=4, warmup_epochs=0, seed=1)
     learned = accuracy(cocoop)
-    assert learned >= zero_shot + 0.25, (learned, zero_shot)  # measured: 1.00 with seeds 1, 2 and 3
+    assert learned >= max(zero_shot, untrained) + 0.25, (learned, zero_shot, untrained)  # measured: 1.00
 
 
 def test_cocoop_learns_and_round_trips(model, tmp_path):
