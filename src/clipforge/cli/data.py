@@ -1,5 +1,6 @@
 """`clipforge data`: data preparation commands. `make-shards` turns a CSV/TSV file or an image folder with
-sidecar captions into WebDataset tar shards (img2dataset's layout, see clipforge.data.shards).
+sidecar captions into WebDataset tar shards (img2dataset's layout, see clipforge.data.shards); `export-collection`
+renders a built-in collection (OpenClipart, Noto emoji) to PNGs and a captions CSV (cli/data_export.py).
 
 Inputs that cannot be used (unreadable or corrupt images, FIFOs or devices, oversized files, missing or empty
 captions, malformed CSV rows) are skipped and counted; the count and the first few reasons are printed at the end.
@@ -17,6 +18,7 @@ from typing import Any
 from ..safeio import DEFAULT_MAX_IMAGE_BYTES
 from .argtypes import positive_int, positive_number
 from .common import add_common_arguments, add_progress_arguments, show_progress
+from .data_export import add_export_parser, export_collection_command
 from .errors import INPUT_NOT_FOUND, CliError, CliParser, UsageError, command
 
 _SHOW_SKIPPED = 5
@@ -26,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `clipforge data` parser with its subcommands (make-shards)."""
+    """The `clipforge data` parser with its subcommands (make-shards, export-collection)."""
     parser = CliParser(
         prog="clipforge data",
         description="Prepare training data.",
@@ -75,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_progress_arguments(make)
     add_common_arguments(make)
+    add_export_parser(commands)
     add_common_arguments(parser)
     return parser
 
@@ -176,4 +179,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "make-shards":
         return make_shards(args)
+    if args.command == "export-collection":
+        return export_collection_command(args)
     raise UsageError("give a data command", "e.g. clipforge data make-shards --help")
