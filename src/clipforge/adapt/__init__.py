@@ -3,8 +3,9 @@
 `train` / `val` are `LabelledFeatures` (cached, L2-normalised image features + labels). Hyper-parameters are
 explicit keywords with the papers' defaults; a method with a search grid chooses on `val` only (never on test
 data: fit has no way to receive it) and records the chosen values in `adapter.hparams`. Adapters save as
-safetensors + JSON (`adapter.save(dir)`, `load(dir)`), no pickle. `wise_ft(zero_shot, fine_tuned, alpha)`
-interpolates two whole models in weight space (WiSE-FT).
+safetensors + JSON (`adapter.save(dir)`, `load(dir)`), no pickle. An adapter scores features or, once bound
+to its model (`fit` binds it; after `load` call `adapter.bind(model)`), images: `adapter.predict(["a.png", ...])`.
+`wise_ft(zero_shot, fine_tuned, alpha)` interpolates two whole models in weight space (WiSE-FT).
 """
 
 from __future__ import annotations

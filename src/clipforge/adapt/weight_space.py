@@ -9,6 +9,7 @@ reference). Everything else is frozen, so an epoch is one (N, P) x (P, D) produc
 
 Because the adapter owns the projection, `ProLIPAdapter.logits` takes PRE-projection features (N, P), not the
 projected ones every other adapter takes; `labelled_features(model, images, ...)` computes both for a labelled set.
+Given images instead (bound to the model), it encodes them with `encode_image(x, project=False)` itself.
 """
 
 from __future__ import annotations
