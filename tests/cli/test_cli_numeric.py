@@ -122,4 +122,4 @@ def test_every_numeric_option_uses_a_checked_type():
                 elif action.type is not None:
                     assert action.type in checked, (module.__name__, action.option_strings, action.type)
                     seen += 1
-    assert seen == 17  # classify 2, embed 1, eval 9 (+ --option, --methods, --ood), data 2
+    assert seen == 20  # classify 2, embed 1, eval 9 (+ --option, --methods, --ood), data 5 (export-collection 3)
