@@ -223,7 +223,7 @@ def test_cli_adapt_task_writes_records_and_plot(tmp_path):
     code = cli(
         [
             "eval", "--model", "tiny-vit", "--task", "adapt", "--dataset", "folder", "--root", str(tmp_path / "data"),
-            "--methods", "zeroshot,prototype", "--shots", "1", "2", "--seeds", "1", "2", "--out", str(out),
+            "--methods", "zeroshot,prototype,clap", "--shots", "1", "2", "--seeds", "1", "2", "--out", str(out),
             "--cache-dir", str(tmp_path / "cache"), "--workers", "0", "--quiet",
         ]
     )
@@ -236,6 +236,9 @@ def test_cli_adapt_task_writes_records_and_plot(tmp_path):
             assert {f"{method}_{k}shot_top1_mean", f"{method}_{k}shot_top1_std", f"{method}_{k}shot_fit_s"} <= metrics
     runs = [r for r in adapt if r["metric"].endswith("shot_top1_mean")]
     assert all(len(r["runs"]) == 2 and "hparams" in r for r in runs)
+    # CLAP anchors to the unnormalised prompt means the eval task computes, as the reference does.
+    clap = [h for r in runs if r["metric"].startswith("clap_") for h in r["hparams"]]
+    assert clap and all(h["anchors"] == "prompt_means" for h in clap)
     assert {"zeroshot_base", "zeroshot_new", "zeroshot_harmonic"} <= metrics
     assert "adapt" in (out / "results.md").read_text()
     pytest.importorskip("matplotlib")

@@ -359,7 +359,21 @@ def adapt_task(model: CLIP, req: EvalRequest, ctx: EvalContext) -> TaskResult:
     weights = _class_weights(model, req, classnames, test_set.templates, ctx)  # (D, C)
     # Methods marked `needs_model` (coop, cocoop, prolip) train through the towers: give them the model.
     needs_model = any(getattr(get_method(m), "needs_model", False) for m in req.methods)
-    fit_ctx = FitContext(weights, float(model.logit_scale.detach().exp()), model if needs_model else None, "cpu")
+    # CLAP anchors to the unnormalised prompt means (the reference's base text features), from the same templates.
+    prompt_means = None
+    if "clap" in req.methods and not req.descriptions:
+        from ..adapt.prompts import text_anchors
+
+        templates = get_templates(req.templates) if req.templates else list(test_set.templates)
+        with encoding_context(model, ctx.device, ctx.dtype):
+            prompt_means = text_anchors(model, classnames, templates)[1].float().cpu()  # (D, C)
+    fit_ctx = FitContext(
+        weights,
+        float(model.logit_scale.detach().exp()),
+        model if needs_model else None,
+        "cpu",
+        prompt_means=prompt_means,
+    )
     runs = run_protocol(fit_ctx, train.features, test.features, req.methods, req.ks, seeds)
     records, curves = [], {}
     for row in aggregate(runs):
