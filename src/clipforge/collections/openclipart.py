@@ -29,12 +29,14 @@ they are: nothing here can translate them.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
 
 from clipforge.safeio import open_regular_file
 
@@ -124,15 +126,19 @@ def _text(element: object | None) -> str:
 def read_metadata(path: str) -> ClipartMetadata:
     """The Dublin Core metadata of one SVG; reads up to </metadata> only. OSError or a parse error when unusable.
 
-    Internal entity declarations (common in Adobe Illustrator exports) are allowed, since expat caps their
-    expansion; external entities and DTDs are refused.
+    No entity is ever expanded by the XML parser and nothing outside the file is read: the DOCTYPE's internal
+    subset (where Adobe Illustrator exports declare entities such as `<!ENTITY ns_svg "http://...">`) is removed
+    before parsing (see `without_internal_subset`), and defusedxml then refuses any entity declaration left and any
+    external entity or DTD. A billion-laughs or XXE file therefore yields no metadata (an error) instead of
+    expanding or reading anything.
     """
     from defusedxml.ElementTree import iterparse
 
     with open_regular_file(path, what="SVG file") as file:
         if os.fstat(file.fileno()).st_size > MAX_METADATA_BYTES:
             raise OSError(f"{path}: larger than {MAX_METADATA_BYTES // 2**20} MiB")
-        for _, element in iterparse(file, events=("end",), forbid_entities=False):
+        stream = without_internal_subset(file)
+        for _, element in iterparse(stream, events=("end",), forbid_entities=True, forbid_external=True):
             if element.tag == f"{_CC}Work":
                 keywords = tuple(t for t in (_text(li) for li in element.iter(f"{_RDF}li")) if t)
                 creator = element.find(f"{_DC}creator")
@@ -145,6 +151,151 @@ def read_metadata(path: str) -> ClipartMetadata:
             if element.tag == _SVG_METADATA:
                 break
     return ClipartMetadata()
+
+
+_PLAIN_ENTITY = re.compile(rb"""<!ENTITY\s+([A-Za-z_][\w.\-]*)\s+(?:"([^"&%<]{0,256})"|'([^'&%<]{0,256})')\s*>""")
+_PROLOG_BYTES = 2**20  # where a DOCTYPE and the root start tag must end; more is refused, not searched
+_MAX_REFERENCES = 64  # entity references replaced in the root start tag (namespace URIs: Illustrator uses ~11)
+
+
+def _skip_quoted(data: bytes, i: int) -> int:
+    end = data.find(data[i : i + 1], i + 1)
+    if end < 0:
+        raise ValueError("unterminated quoted string in the DOCTYPE")
+    return end + 1
+
+
+def _internal_subset(data: bytes) -> tuple[int, int] | None:
+    """(start, end) of the DOCTYPE's `[...]` in `data`, None without one; ValueError when it does not end."""
+    start = data.find(b"<!DOCTYPE")
+    if start < 0:
+        return None
+    i = start + len(b"<!DOCTYPE")
+    while i < len(data):  # the name and external id, up to "[" or ">"
+        char = data[i : i + 1]
+        if char in (b'"', b"'"):
+            i = _skip_quoted(data, i)
+        elif char == b">":
+            return None
+        elif char == b"[":
+            break
+        else:
+            i += 1
+    else:
+        raise ValueError("the DOCTYPE does not end")
+    opening = i
+    i += 1
+    while i < len(data):  # the subset: declarations, comments, quoted values (which may hold "]")
+        char = data[i : i + 1]
+        if char in (b'"', b"'"):
+            i = _skip_quoted(data, i)
+        elif data.startswith(b"<!--", i):
+            end = data.find(b"-->", i + 4)
+            if end < 0:
+                raise ValueError("unterminated comment in the DOCTYPE")
+            i = end + 3
+        elif char == b"]":
+            return opening, i + 1
+        else:
+            i += 1
+    raise ValueError("the DOCTYPE's internal subset does not end")
+
+
+def _root_start_tag_end(data: bytes, i: int) -> int:
+    """The index just past the first element's start tag at or after `i` (-1 when not in `data`)."""
+    while True:
+        i = data.find(b"<", i)
+        if i < 0:
+            return -1
+        if data.startswith(b"<!--", i):
+            end = data.find(b"-->", i)
+            i = -1 if end < 0 else end + 3
+        elif data.startswith(b"<?", i) or data.startswith(b"<!", i):
+            end = data.find(b">", i)
+            i = -1 if end < 0 else end + 1
+        else:
+            break
+        if i < 0:
+            return -1
+    i += 1
+    while i < len(data):
+        char = data[i : i + 1]
+        if char in (b'"', b"'"):
+            end = data.find(char, i + 1)
+            if end < 0:
+                return -1
+            i = end + 1
+        elif char == b">":
+            return i + 1
+        else:
+            i += 1
+    return -1
+
+
+def without_internal_subset(file: BinaryIO) -> BinaryIO:
+    """`file` (positioned at its start) with the DOCTYPE's internal subset removed, as a readable stream.
+
+    Why: defusedxml refuses every entity declaration, and allowing them lets expat expand nested entities (a
+    billion-laughs file grows to megabytes before expat's own guard stops it). Removing the subset leaves no
+    declaration to expand. Adobe Illustrator files use their entities only for namespace URIs in the root
+    element's start tag (`xmlns="&ns_svg;"`); there, and only there, a reference to a declared plain value
+    (no markup or references in it, at most 256 bytes) is replaced by that value, at most 64 times: a
+    bounded, one-level text substitution. Any other reference stays, and the parser reports it as undefined.
+    Raises ValueError when the DOCTYPE or the root start tag does not end within the first MiB.
+    """
+    head = file.read(65536)
+    while True:
+        try:
+            subset = _internal_subset(head)
+            tag_end = _root_start_tag_end(head, subset[1] if subset else 0) if subset else 0
+        except ValueError:
+            if len(head) >= _PROLOG_BYTES:
+                raise
+            subset, tag_end = (0, 0), -1
+        if tag_end >= 0:
+            break
+        more = file.read(65536)
+        if not more or len(head) >= _PROLOG_BYTES:
+            raise ValueError("the DOCTYPE or the root element's start tag does not end in the first MiB")
+        head += more
+    if subset is None:
+        return io.BufferedReader(_Chain(head, file))  # type: ignore[arg-type]
+    start, end = subset
+    values = {m.group(1): m.group(2) if m.group(2) is not None else m.group(3) for m in _PLAIN_ENTITY.finditer(
+        head[start:end])}
+    count = 0
+
+    def replace(match: re.Match[bytes]) -> bytes:
+        nonlocal count
+        value = values.get(match.group(1))
+        if value is None or count >= _MAX_REFERENCES:
+            return match.group(0)
+        count += 1
+        return value
+
+    tag = re.sub(rb"&([A-Za-z_][\w.\-]*);", replace, head[end:tag_end])
+    return io.BufferedReader(_Chain(head[:start] + tag + head[tag_end:], file))  # type: ignore[arg-type]
+
+
+class _Chain(io.RawIOBase):
+    """Bytes already read, then the rest of a file: a read-only raw stream."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self._head = head
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def readable_stem(path: str, creator: str = "") -> str:
