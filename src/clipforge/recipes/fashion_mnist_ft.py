@@ -8,8 +8,10 @@ model over Fashion-MNIST's classes with its zero-shot (test) templates, fixed; t
 temperature are locked, so the result is still a CLIP whose zero-shot classifier is that head, and the
 reported zero-shot top-1 is the fine-tuned classifier's test accuracy. Labels are read from the training
 captions. Hyper-parameters follow WiSE-FT (AdamW, weight decay 0.1, cosine with warm-up, a low learning
-rate: 3e-5 there for ViT-B/L, 1e-4 here for a 28 px model trained from scratch in two minutes); two epochs
-run in about 1-2 minutes on 2 CPU cores.
+rate: 3e-5 there for ViT-B/L, 5e-4 here, a quarter of the quickstart's, for a 28 px model trained from scratch
+in two minutes). Two epochs (468 steps, the image tower alone) took 3.4 CPU-minutes (under two minutes on
+2 idle cores) and raised the quickstart model's top-1 from 87.6% to 88.1% (the locked temperature, ~13,
+keeps the head's logits soft, so cross-entropy moves the features gently).
 
     clipforge train fashion_mnist                          # the zero-shot model, in runs/fashion_mnist
     clipforge train fashion_mnist_ft                       # -> runs/fashion_mnist_ft/model
@@ -55,10 +57,10 @@ def get_config(arg: str | None = None) -> TrainConfig:
         precision="fp32",
         model=ModelSpec(name=MODEL.name, overrides=MODEL.overrides, pretrained=model_folder(arg)),
         data=DataConfig(sources=(SourceConfig(kind="fashion_mnist"),), batch_size=256),
-        optim=OptimConfig(lr=1e-4, weight_decay=0.1, grad_clip=1.0),
+        optim=OptimConfig(lr=5e-4, weight_decay=0.1, grad_clip=1.0),
         schedule=ScheduleConfig(epochs=2, warmup_steps=50, kind="cosine"),
         loss=LossConfig(kind="classifier"),  # Fashion-MNIST's classes, test templates and caption templates
         checkpoint=CheckpointConfig(every_steps=200, keep_last=2),
         logging=LogConfig(every_steps=20),
-        eval=EvalConfig(zeroshot="fashion_mnist", every_steps=200),
+        eval=EvalConfig(zeroshot="fashion_mnist"),  # at the end: the 10,000 test images
     )
