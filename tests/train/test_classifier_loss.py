@@ -3,6 +3,10 @@
 import contextlib
 import csv
 import json
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -33,6 +37,7 @@ from clipforge.train.config import (
 from clipforge.train.loop import build_model, seed_everything, train
 from clipforge.train.step import run_classifier_step
 from clipforge.zeroshot import ZeroShotClassifier
+from support.pairs import write_recipe
 from support.tolerance import assert_close_rel
 
 CLASSES = ("red", "green", "blue")
@@ -224,8 +229,6 @@ def test_resume_reads_the_stored_head(tmp_path, dataset, monkeypatch):
 def test_config_validation():
     with pytest.raises(ConfigError, match="loss.kind"):
         LossConfig(kind="softmax")
-    with pytest.raises(ConfigError, match="loss.classes.*only used"):
-        LossConfig(kind="clip", classes=("a",))
     with pytest.raises(ConfigError, match=r"loss.class_templates.*exactly one"):
         LossConfig(kind="classifier", classes=("a",), class_templates=("no placeholder",))
     with pytest.raises(ConfigError, match=r"loss.caption_templates.*exactly one"):
@@ -234,11 +237,13 @@ def test_config_validation():
         LossConfig(kind="classifier", classes=("a", "b", "a"))
     with pytest.raises(ConfigError, match=r"loss.classes\[1\] is empty"):
         LossConfig(kind="classifier", classes=("a", " "))
+    with pytest.raises(ConfigError, match="loss.classes"):
+        LossConfig(kind="classifier", classes="abc")
     csv_data = DataConfig(sources=(SourceConfig(kind="csv", path="x.csv"),))
     with pytest.raises(ConfigError, match="set loss.classes"):
-        TrainConfig(data=csv_data, loss=LossConfig(kind="classifier"))
+        resolve_head_spec(TrainConfig(data=csv_data, loss=LossConfig(kind="classifier")))
     with pytest.raises(ConfigError, match="model.teacher"):
-        TrainConfig(model=ModelSpec(teacher="tiny-vit:none"), loss=LossConfig(kind="classifier"))
+        resolve_head_spec(TrainConfig(model=ModelSpec(teacher="tiny-vit:none"), loss=LossConfig(kind="classifier")))
 
 
 def test_defaults_follow_the_data():
@@ -252,3 +257,25 @@ def test_defaults_follow_the_data():
     csv_data = DataConfig(sources=(SourceConfig(kind="csv", path="x.csv"),))
     spec = resolve_head_spec(TrainConfig(data=csv_data, loss=LossConfig(kind="classifier", classes=("a", "b"))))
     assert spec == HeadSpec(("a", "b"), ("a photo of a {}.",), ("{}",))
+
+
+def test_ddp_trains_the_image_tower_only(tmp_path, dataset):
+    """Two gloo processes: DDP sees only the image tower (the locked text tower never runs); both ranks agree."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    recipe = write_recipe(tmp_path / "recipe.py", dataset / "train.csv", 6, 'epochs=4, max_steps=4, kind="constant"')
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+        f"--master_port={port}", "-m", "clipforge.cli.main", "train", str(recipe), "--arg", str(tmp_path / "o"),
+        "--loss.kind=classifier", '--loss.classes=["red", "green", "blue"]',
+        '--loss.caption_templates=["a {} thing", "{}"]', "--seed=1",
+    ]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seed_everything(1)
+    initial = clipforge.create_model("tiny-vit")
+    tuned = clipforge.load_model(tmp_path / "o" / "model")
+    before, after = initial.state_dict(), tuned.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("text.") or k == "logit_scale")
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("visual."))

@@ -72,15 +72,25 @@ class HeadSpec:
 
 def resolve_head_spec(cfg: TrainConfig) -> HeadSpec:
     """LossConfig's classes and templates with the data's defaults: Fashion-MNIST's classes, its zero-shot
-    (test) templates for the head and its sources' caption templates; "{}" captions for other sources."""
+    (test) templates for the head and its sources' caption templates; "{}" captions for other sources.
+
+    Also the classifier's checks across config sections (ConfigError naming the field to set); the trainer
+    calls it before building anything."""
     from ..data import FASHION_MNIST_CLASSES, FASHION_TEST_TEMPLATES, FASHION_TRAIN_TEMPLATES
 
     loss, sources = cfg.loss, cfg.data.sources
-    all_fashion = all(s.kind == "fashion_mnist" for s in sources)
-    classes = loss.classes or (FASHION_MNIST_CLASSES if all_fashion else ())
+    if cfg.model.teacher is not None:
+        raise ConfigError(
+            "model.teacher (distillation) does not apply with loss.kind='classifier'; set model.teacher=null"
+        )
+    others = sorted({s.kind for s in sources} - {"fashion_mnist"})
+    classes = loss.classes or (FASHION_MNIST_CLASSES if not others else ())
     if not classes:
-        raise ConfigError("loss.kind='classifier' needs loss.classes (the class names) for this data")
-    class_templates = loss.class_templates or (FASHION_TEST_TEMPLATES if all_fashion else DEFAULT_CLASS_TEMPLATES)
+        raise ConfigError(
+            "loss.classes is empty, which means Fashion-MNIST's classes, but the data has sources of kind "
+            f"{others}; set loss.classes to the class names (--loss.classes='[\"cat\", \"dog\"]')"
+        )
+    class_templates = loss.class_templates or (FASHION_TEST_TEMPLATES if not others else DEFAULT_CLASS_TEMPLATES)
     caption_templates = loss.caption_templates
     if not caption_templates:
         found: list[str] = []

@@ -298,6 +298,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop_after_steps: int | None) -> Tr
     if dist.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
     device = dist.device
+    spec = resolve_head_spec(cfg) if cfg.loss.kind == "classifier" else None  # its config checks, before any work
     seed_everything(cfg.seed)  # the same initial weights on every rank (FSDP2 does not broadcast them)
     model = build_model(cfg)
     seed_everything(cfg.seed + dist.rank)  # per-rank randomness from here on (patch dropout, ...)
@@ -336,8 +337,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, stop_after_steps: int | None) -> Tr
         data.tally.good = state.good_samples
         data.tally.bad.update(state.bad_samples)
     head = None
-    if cfg.loss.kind == "classifier":  # the zero-shot head of the initial model (stored), or the run's stored head
-        spec = resolve_head_spec(cfg)
+    if spec is not None:  # the zero-shot head of the initial model (stored), or the run's stored head
         head = prepare_head(
             model, tokenizer, spec, checkpoint_dir, found is not None, dist.is_main, lambda: barrier(dist)
         )
