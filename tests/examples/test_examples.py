@@ -37,7 +37,13 @@ def ok(result: subprocess.CompletedProcess) -> str:
 
 
 def test_the_index_lists_every_example():
-    assert SCRIPTS == ["evaluate_matrix.py", "finetune_csv.py", "load_and_convert.py", "zero_shot_folder.py"]
+    assert SCRIPTS == [
+        "evaluate_matrix.py",
+        "finetune_csv.py",
+        "load_and_convert.py",
+        "textile_inspection.py",
+        "zero_shot_folder.py",
+    ]
     index = (EXAMPLES / "README.md").read_text()
     for name in SCRIPTS:
         assert f"({name})" in index, f"examples/README.md does not link {name}"
@@ -152,3 +158,19 @@ def test_load_and_convert_round_trips_every_format_and_catches_a_difference(tmp_
     args = ("--formats", "clipforge", "--rtol", "-1", "--out", tmp_path / "again")
     strict = run("load_and_convert.py", tmp_path / "conv" / "hf", *args, cwd=tmp_path)
     assert strict.returncode == 1 and "changed the embeddings" in strict.stderr
+
+
+def test_textile_inspection_fits_runs_and_scores(tmp_path):
+    """A few textile images per class: the inspector is fitted and run, every new part scored, a report written."""
+    pytest.importorskip("conformal_clip_data")
+    out = ok(run("textile_inspection.py", "--out", tmp_path / "demo", "--per-class", "6", "--test-per-class", "3",
+                 cwd=tmp_path))
+    assert "new parts: 9; method nn1" in out, out
+    accuracy = float(out.split("accuracy ")[1].split()[0])
+    coverage = float(out.split("conformal coverage ")[1].split()[0])
+    assert 0.0 <= accuracy <= 1.0 and 0.0 <= coverage <= 1.0
+    lines = (tmp_path / "demo" / "decisions.jsonl").read_text().splitlines()
+    assert len(lines) == 9 and all(json.loads(line)["prediction_set"] for line in lines)
+    assert (tmp_path / "demo" / "inspector" / "report").is_dir()
+    again = run("textile_inspection.py", "--out", tmp_path / "demo", cwd=tmp_path)  # never writes into a used folder
+    assert again.returncode != 0 and "not empty" in again.stderr
