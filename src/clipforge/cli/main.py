@@ -23,6 +23,8 @@ COMMANDS = {
     "data": "data tools: write WebDataset shards from a folder or CSV",
     "inspect": "few-shot visual inspection: fit an inspector from example folders, run it on images",
     "index": "embed an image collection into a searchable index (build), or bring one up to date (update)",
+    "search": "search an index by text, image, row or embedding (rclip query syntax: 2:cat + ./img.jpg - fruit)",
+    "dedup": "near-duplicate groups and a keep-list for a collection; --against finds eval images in it",
 }
 
 USAGE = (
