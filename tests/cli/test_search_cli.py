@@ -157,3 +157,25 @@ def test_model_override_replaces_the_recorded_one(collection, tmp_path, capsys):
     assert cli(argv) == 0
     expected = Searcher(collection["index"], model=collection["model"]).search("a red square", k=5)
     assert [r["id"] for r in json_lines(capsys.readouterr().out)] == [e.id for e in expected]
+
+
+def test_index_build_then_search_and_dedup_end_to_end(collection, tmp_path, capsys):
+    """The user's path: `clipforge index build FOLDER`, then `search` by text and image, then `dedup`."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in collection["paths"]:
+        shutil.copy(path, folder)
+    (folder / "green.txt").write_text("a green square")  # a caption beside its image
+    index = str(tmp_path / "index")
+    model = str(collection["root"] / "model")
+    assert cli(["index", "build", str(folder), "--out", index, "--pretrained", model, "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert cli(["search", index, str(folder / "blue.png"), "-k", "1", "--json"]) == 0
+    (top,) = json_lines(capsys.readouterr().out)
+    assert top["image_path"].endswith("blue.png") and top["score"] == pytest.approx(1.0, abs=5e-3)
+    assert cli(["search", index, "a green square", "-k", "5", "--json", "--dedup"]) == 0
+    found = json_lines(capsys.readouterr().out)
+    assert len(found) == 4  # five images, the red copy dropped
+    assert cli(["dedup", index, "--json"]) == 0
+    (group,) = json_lines(capsys.readouterr().out)
+    assert sorted(item["image_path"].rsplit("/", 1)[1] for item in group["items"]) == ["red.png", "red_copy.png"]
