@@ -68,6 +68,10 @@ def test_search_text_json_matches_the_library(collection, capsys):
     assert [r["id"] for r in rows] == [e.id for e in expected] and [r["rank"] for r in rows] == [1, 2, 3]
     assert [r["score"] for r in rows] == pytest.approx([e.score for e in expected], abs=1e-4)
     assert {"image_path", "caption", "kind"} <= set(rows[0])
+    # rclip's command-line form: operators as separate words
+    assert cli(["search", collection["index"], "id:2", "-", "0.5:id:0", "+", "red", "--json"]) == 0
+    expected = Searcher(collection["index"], model=collection["model"]).search("id:2 - 0.5:id:0 + red", k=10)
+    assert [r["id"] for r in json_lines(capsys.readouterr().out)] == [e.id for e in expected]
 
 
 def test_search_by_image_file_finds_it_and_its_copy(collection, capsys):

@@ -184,10 +184,11 @@ class Searcher:
         ids = np.asarray(ids, dtype=np.int64)
         modality = "image" if self.layout.shard_paths("image") else "text"
         index = self.index(modality)
+        deleted = set(index.deleted.tolist())
         for row in ids.tolist():
             if not 0 <= row < index.ntotal:
                 raise QueryError(f"id:{row}: the index holds rows 0..{index.ntotal - 1}")
-            if row in set(index.deleted.tolist()):
+            if row in deleted:
                 raise QueryError(f"id:{row}: that row was removed by `clipforge index update`")
         return index.reconstruct(ids)
 
