@@ -25,6 +25,7 @@ COMMANDS = {
     "index": "embed an image collection into a searchable index (build), or bring one up to date (update)",
     "search": "search an index by text, image, row or embedding (rclip query syntax: 2:cat + ./img.jpg - fruit)",
     "dedup": "near-duplicate groups and a keep-list for a collection; --against finds eval images in it",
+    "serve": "serve indices over HTTP: JSON search API, clip-retrieval's clip-back API, metrics (127.0.0.1)",
 }
 
 USAGE = (
