@@ -33,6 +33,7 @@ class Rows:
     names: object  # callable: ids (n,) -> list[str]
 
     def name(self, ids: np.ndarray) -> list[str]:
+        """What the output calls rows `ids`: their image paths (or `id:N` / `row:N` when a row has none)."""
         return self.names(np.asarray(ids, dtype=np.int64))  # type: ignore[operator]
 
 

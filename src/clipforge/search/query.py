@@ -200,9 +200,13 @@ def parse_query(query: str | Sequence[str]) -> list[Term]:
 class QueryEncoder(Protocol):
     """What combining terms needs from a model: (n, D) float embeddings of texts and of decoded images."""
 
-    def encode_texts(self, texts: list[str]) -> np.ndarray: ...
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """(n, D) embeddings of `texts` (normalised or not: combining normalises each)."""
+        ...
 
-    def encode_images(self, images: list) -> np.ndarray: ...
+    def encode_images(self, images: list) -> np.ndarray:
+        """(n, D) embeddings of decoded RGB PIL images."""
+        ...
 
 
 def fetch_url(url: str, *, timeout: float = URL_TIMEOUT_S, max_bytes: int = MAX_URL_BYTES) -> bytes:

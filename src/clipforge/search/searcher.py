@@ -57,6 +57,7 @@ class ModelEncoder:
         self.dim = int(model.embed_dim)
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """(n, D) unit embeddings of `texts`, tokenised with the model's tokenizer."""
         import torch
 
         with torch.no_grad():
@@ -64,6 +65,7 @@ class ModelEncoder:
             return self.model.encode_text(tokens, normalize=True).float().cpu().numpy()
 
     def encode_images(self, images: list) -> np.ndarray:
+        """(n, D) unit embeddings of PIL images, through the model's own eval preprocessing."""
         import torch
 
         with torch.no_grad():
