@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-per-class", type=int, default=100, help="held-out new parts per class")
     parser.add_argument("--method", default="nn1", help="adapter (default nn1: the paper's 1-NN rule)")
     parser.add_argument("--alpha", default="0.1", help="conformal miscoverage rate")
-    parser.add_argument("--model", default="tiny-vit", help="architecture (default tiny-vit)")
+    parser.add_argument("--model", default=None, help="architecture (default: the checkpoint's own, else tiny-vit)")
     parser.add_argument("--pretrained", default=None, help="tag, checkpoint or folder (default: random weights)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"{out} is not empty: give a new --out folder")
     (out / "new_parts").mkdir(parents=True, exist_ok=True)
     truth = sample(textile_root(args.root), out, args.per_class, args.test_per_class, args.seed)
-    model = ["--model", args.model] + (["--pretrained", args.pretrained] if args.pretrained else [])
+    model = ["--model", args.model or "tiny-vit"] if args.model or not args.pretrained else []
+    model += ["--pretrained", args.pretrained] if args.pretrained else []
     fit = ["inspect", "fit", str(out / "examples"), "--out", str(out / "inspector"), "--method", args.method]
     if clipforge([*fit, "--alpha", args.alpha, "--seed", str(args.seed), "--quiet", *model]) != 0:
         return 1

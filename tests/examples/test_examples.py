@@ -163,8 +163,10 @@ def test_load_and_convert_round_trips_every_format_and_catches_a_difference(tmp_
 def test_textile_inspection_fits_runs_and_scores(tmp_path):
     """A few textile images per class: the inspector is fitted and run, every new part scored, a report written."""
     pytest.importorskip("conformal_clip_data")
+    saved = tmp_path / "model"  # a checkpoint folder that describes its own architecture (as the quickstart's)
+    clipforge.save_model(clipforge.create_model("tiny-vit", embed_dim=24), saved)
     out = ok(run("textile_inspection.py", "--out", tmp_path / "demo", "--per-class", "6", "--test-per-class", "3",
-                 cwd=tmp_path))
+                 "--pretrained", saved, cwd=tmp_path))
     assert "new parts: 9; method nn1" in out, out
     accuracy = float(out.split("accuracy ")[1].split()[0])
     coverage = float(out.split("conformal coverage ")[1].split()[0])
