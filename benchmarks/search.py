@@ -79,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="INDEX_DIR to write (default: a temporary folder)")
     parser.add_argument("--no-exact", action="store_true", help="skip the brute-force latency comparison")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--service", action="store_true",
+        help="then load `clipforge serve` on the index over loopback: p50/p99 and QPS (benchmarks/search_service.py)",
+    )  # fmt: skip
+    parser.add_argument("--service-clients", type=int, default=8, help="client processes for --service (default 8)")
+    parser.add_argument("--service-requests", type=int, default=5000, help="requests for --service (default 5000)")
     args = parser.parse_args(argv)
     rows = 100_000 if args.quick else args.rows
 
@@ -143,6 +149,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{result['index_bytes'] / 1e6:.0f} | {peak_rss / 1e6:.0f} | "
           f"{result['recall_at_10_build_sample']:.3f} / {recall:.3f} | {result['p50_ms']:.2f} | "
           f"{result['p99_ms']:.2f} | {result['qps_one_thread']:.0f} | {exact} |")
+    if args.service:
+        from search_service import markdown_row
+        from search_service import run as run_service
+
+        result["service"] = run_service(out, clients=args.service_clients, requests=args.service_requests)
+        print("\n| rows | k | clients | search slots | requests | errors | p50 ms | p99 ms | QPS |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        print(markdown_row(result["service"]))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     if args.out is None:
