@@ -77,6 +77,37 @@ def test_bearer_token(collection, monkeypatch):
     assert (b"Bearer correct-horsf", b"Bearer correct-horse") in calls  # compared in constant time
 
 
+def test_cors_only_for_configured_origins(collection):
+    origin = "http://front.example"
+    preflight = {"Origin": origin, "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization"}  # fmt: skip
+    closed = create_app({"photos": collection["index"]}, ServiceConfig(preload_model=False))
+    with TestClient(closed) as client:
+        assert "access-control-allow-origin" not in client.get("/indices-list", headers={"Origin": origin}).headers
+    config = ServiceConfig(preload_model=False, cors_origins=(origin,), token="a-long-token")
+    with TestClient(create_app({"photos": collection["index"]}, config)) as client:
+        answer = client.options("/knn-service", headers=preflight)
+        assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == origin
+        reply = client.get("/indices-list", headers={"Origin": origin, "Authorization": "Bearer a-long-token"})
+        assert reply.headers["access-control-allow-origin"] == origin
+        assert "X-Clipforge-Ignored" in reply.headers["access-control-expose-headers"]
+        other = client.get("/indices-list", headers={"Origin": "http://evil.example"})
+        assert "access-control-allow-origin" not in other.headers and other.status_code == 401
+
+
+def test_unexpected_errors_are_500_json_without_traceback(collection):
+    app = create_app({"photos": collection["index"]}, ServiceConfig(preload_model=False))
+    served = app.state.search.indices["photos"]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internal detail")
+
+    served.searcher.search = broken
+    with TestClient(app, raise_server_exceptions=False) as client:
+        reply = client.get("/search?q=id:1")
+    assert reply.status_code == 500 and reply.json() == {"error": "internal error; the server's log has the details"}
+
+
 def test_full_server_answers_503_with_retry_after(collection):
     config = ServiceConfig(max_concurrency=1, max_queue=0, queue_timeout_s=1.0)
     app = create_app({"photos": collection["index"]}, config)
@@ -137,7 +168,8 @@ def test_limiter_queues_then_times_out():
         ({"max_queue": -1}, "max_queue"),
         ({"queue_timeout_s": 0}, "queue_timeout_s"),
         ({"token": "short"}, "at least 8"),
-        ({"image_roots": "/data"}, "tuple of folders"),
+        ({"image_roots": "/data"}, "tuple of strings"),
+        ({"cors_origins": "*"}, "tuple of strings"),
     ],
 )
 def test_service_config_refuses_bad_settings(kwargs, says):
@@ -162,10 +194,10 @@ def test_serve_command_line(collection, monkeypatch, capsys):
     assert "without a token" in capsys.readouterr().err
     assert list(started[-1][0].state.search.indices) == ["a", "b"]
     monkeypatch.setenv(serve_cli.TOKEN_ENV, "from-the-environment")
-    assert serve_cli.main([index, "--host", "0.0.0.0", "--lazy-model", "--allow-image-url"]) == 0
+    assert serve_cli.main([index, "--host", "0.0.0.0", "--lazy-model", "--allow-image-url", "--cors-origin", "*"]) == 0
     assert "without a token" not in capsys.readouterr().err
     config = started[-1][0].state.search.config
-    assert config.token == "from-the-environment" and config.allow_image_url is True
+    assert config.token == "from-the-environment" and config.allow_image_url is True and config.cors_origins == ("*",)
     assert serve_cli.main([str(collection["images"] / "missing")]) == 3
     assert serve_cli.main([index, "--token", "short"]) == 2
     assert serve_cli.main([f"x={index}", f"x={index}"]) == 2

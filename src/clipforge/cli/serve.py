@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--image-root", action="append", default=[], metavar="FOLDER",
         help="also serve image files under FOLDER (default: only under each index's source folder); repeatable",
     )  # fmt: skip
+    net.add_argument(
+        "--cors-origin", action="append", default=[], metavar="ORIGIN",
+        help="let web pages from ORIGIN (e.g. http://localhost:8080, where clip-front runs) call the API from a "
+        "browser; repeatable; '*' allows any origin (default: none)",
+    )  # fmt: skip
     api = parser.add_argument_group("clip-back compatibility")
     api.add_argument(
         "--clipback-strict", action="store_true",
@@ -174,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         strict_clipback=args.clipback_strict,
         clipback_images=not args.no_clipback_images,
         image_roots=tuple(args.image_root),
+        cors_origins=tuple(args.cors_origin),
         preload_model=not args.lazy_model,
         device=args.device,
     )

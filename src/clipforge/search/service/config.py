@@ -34,6 +34,8 @@ class ServiceConfig:
     image_roots: folders (besides each index's own source folder) whose images /items/{id}/image may serve.
     max_image_file_bytes: an image file served or inlined.
     preload_model: load each index's query model at start (a first text query then waits for nothing).
+    cors_origins: web origins whose pages may call the API from a browser (clip-retrieval's clip-front served from
+        elsewhere, say); "*" allows any. None by default: only same-origin pages (the service's own) may.
     device: where query models run.
     """
 
@@ -57,6 +59,7 @@ class ServiceConfig:
     max_image_file_bytes: int = 64 * 2**20
     preload_model: bool = True
     device: str = "cpu"
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         positive = (
@@ -75,8 +78,9 @@ class ServiceConfig:
                 raise ValueError(f"ServiceConfig.{name} must be a positive number of seconds, got {value!r}")
         if self.token is not None and (not isinstance(self.token, str) or len(self.token) < 8):
             raise ValueError("ServiceConfig.token must be a string of at least 8 characters (or None for no token)")
-        if isinstance(self.image_roots, str):
-            raise ValueError("ServiceConfig.image_roots must be a tuple of folders, not one string")
+        for name in ("image_roots", "cors_origins"):
+            if isinstance(getattr(self, name), str):
+                raise ValueError(f"ServiceConfig.{name} must be a tuple of strings, not one string")
 
     @property
     def max_body_bytes(self) -> int:
