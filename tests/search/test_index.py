@@ -47,6 +47,8 @@ def test_plan_follows_size_and_budget():
     assert plan_index(1_000_000, 512, mmap=False, memory_budget_bytes=2_100_000_000).kind == "ivfpq"  # M < 8
     with pytest.raises(ValueError, match="raise memory_budget_bytes"):
         plan_index(1_000_000, 512, memory_budget_bytes=1_000_000)
+    with pytest.raises(ValueError, match="at least 9,984 vectors"):
+        plan_index(5000, 64, kind="ivfpq")
     with pytest.raises(ValueError, match="one of"):
         plan_index(10, 8, kind="lsh")
 
@@ -118,7 +120,7 @@ def test_filtered_search_equals_brute_force_with_the_filter(tmp_path, collection
     assert (none == -1).all()
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivfpq"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
 def test_deleted_rows_are_never_returned(tmp_path, collection, kind):
     vectors = collection[:12_000]
     layout = make_index_dir(tmp_path, vectors)
@@ -139,7 +141,7 @@ def test_deleted_rows_are_never_returned(tmp_path, collection, kind):
 
 def test_reconstruct_returns_the_stored_rows(tmp_path, collection):
     make_index_dir(tmp_path, collection[:4000], shards=3, dtype=np.float16)
-    build_index(tmp_path, kind="ivfpq", recall_sample=50)
+    build_index(tmp_path, kind="ivfflat", recall_sample=50)
     index = open_index(tmp_path)
     ids = np.array([3999, 0, 1500, 2700, 1500])
     np.testing.assert_array_equal(index.reconstruct(ids), collection[ids].astype(np.float16).astype(np.float32))

@@ -144,6 +144,8 @@ def plan_index(
         return ivf_flat
     if kind == "auto" and n < IVF_FLAT_MAX_VECTORS and ivf_flat.estimated_bytes(n, dim) <= budget:
         return ivf_flat
+    if n < PQ_MIN_TRAIN_ROWS:
+        raise ValueError(f"IVF-PQ needs at least {PQ_MIN_TRAIN_ROWS:,} vectors to train, not {n:,}; use kind='auto'")
     return _ivfpq_plan(n, dim, budget)
 
 
@@ -212,7 +214,10 @@ def build_index(
     an exact index, measured all the same), `recall_sample`, `count` and `dim` (checked when opening)."""
     layout = IndexLayout(root)
     start = time.perf_counter()
-    vectors = layout.load_embeddings(modality, mmap=True)  # (N, D) float32
+    shards = layout.shard_paths(modality)
+    if not shards:
+        raise IndexLayoutError(f"{layout.root}: no {modality} embedding shards; build the index first")
+    vectors = ShardRows.open(shards)  # memory-mapped, read shard by shard: memory holds the index and one chunk
     n, dim = vectors.shape
     live_ids = np.flatnonzero(layout.live_mask(modality)).astype(np.int64)
     if live_ids.size == 0:
@@ -222,12 +227,13 @@ def build_index(
     index = faiss.index_factory(dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
     if plan.train_rows:
         sample = np.sort(rng.choice(live_ids, size=plan.train_rows, replace=False))
-        index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))  # (train_rows, D)
+        index.train(vectors.take(sample))  # (train_rows, D)
     bar = _progress(n, progress, f"indexing {modality}")
-    for lo, hi in _chunks(n, 65_536):  # all rows, deleted included, so that ids are row numbers
-        index.add(np.ascontiguousarray(vectors[lo:hi], dtype=np.float32))
-        if bar is not None:
-            bar.update(hi - lo)
+    for shard in vectors.shards:  # all rows, deleted included, so that ids are row numbers
+        for lo, hi in _chunks(shard.shape[0], 65_536):
+            index.add(np.ascontiguousarray(shard[lo:hi], dtype=np.float32))
+            if bar is not None:
+                bar.update(hi - lo)
     if bar is not None:
         bar.close()
 
@@ -244,10 +250,10 @@ def build_index(
         tune_truth, eval_truth = truth[: tune_ids.size], truth[tune_ids.size :]
         name = _search_param_name(plan.kind)
         if name is not None:
-            best = _tune(vector_index, plan, vectors[tune_ids], tune_truth)
+            best = _tune(vector_index, plan, vectors.take(tune_ids), tune_truth)
             params[name] = best
             _set_search_param(index, plan.kind, best)
-        _, found = vector_index.search(np.ascontiguousarray(vectors[eval_ids], dtype=np.float32), 10)
+        _, found = vector_index.search(vectors.take(eval_ids), 10)
         recall = _recall(found, eval_truth)
     else:
         name = _search_param_name(plan.kind)
@@ -271,13 +277,27 @@ def build_index(
     return record
 
 
-def _exact_top(vectors: np.ndarray, live_ids: np.ndarray, query_ids: np.ndarray, k: int) -> np.ndarray:
-    """(Q, k) global ids of the exact top-k inner products of rows `query_ids` over the live rows."""
-    queries = np.ascontiguousarray(vectors[query_ids], dtype=np.float32)  # (Q, D)
-    base = vectors if live_ids.size == vectors.shape[0] else vectors[live_ids]  # (N_live, D)
-    _, rows = faiss.knn(queries, np.ascontiguousarray(base, dtype=np.float32), min(k, base.shape[0]),
-                        metric=faiss.METRIC_INNER_PRODUCT)
-    return live_ids[rows] if base is not vectors else rows.astype(np.int64)
+def _exact_top(vectors: ShardRows, live_ids: np.ndarray, query_ids: np.ndarray, k: int) -> np.ndarray:
+    """(Q, k) global ids of the exact top-k inner products of rows `query_ids` over the live rows, computed chunk by
+    chunk of the shards (no copy of the whole collection) and merged."""
+    queries = vectors.take(query_ids)  # (Q, D)
+    live = np.zeros(vectors.shape[0], dtype=bool)
+    live[live_ids] = True
+    best_scores = np.full((len(queries), 0), -np.inf, np.float32)
+    best_ids = np.zeros((len(queries), 0), np.int64)
+    for shard, offset in zip(vectors.shards, vectors.offsets):
+        for lo, hi in _chunks(shard.shape[0], 262_144):
+            keep = np.flatnonzero(live[offset + lo : offset + hi])  # (C_live,) rows of this chunk
+            if keep.size == 0:
+                continue
+            base = np.ascontiguousarray(shard[lo:hi][keep], dtype=np.float32)
+            scores, rows = faiss.knn(queries, base, min(k, keep.size), metric=faiss.METRIC_INNER_PRODUCT)
+            best_scores = np.concatenate([best_scores, scores], axis=1)
+            best_ids = np.concatenate([best_ids, offset + lo + keep[rows]], axis=1)
+            order = np.argsort(-best_scores, axis=1, kind="stable")[:, :k]
+            best_scores = np.take_along_axis(best_scores, order, 1)
+            best_ids = np.take_along_axis(best_ids, order, 1)
+    return best_ids
 
 
 def _tune(vector_index: VectorIndex, plan: IndexPlan, queries: np.ndarray, truth: np.ndarray) -> int:
@@ -300,6 +320,9 @@ class ShardRows:
     def __init__(self, shards: list[np.ndarray]) -> None:
         if not shards:
             raise ValueError("ShardRows needs at least one shard")
+        dims = {a.shape[1] if a.ndim == 2 else None for a in shards}
+        if len(dims) != 1 or None in dims:
+            raise IndexLayoutError(f"embedding shards are not all (n, D) with one D: {sorted(map(str, dims))}")
         self.shards = shards
         self.offsets = np.cumsum([0] + [a.shape[0] for a in shards])  # (S + 1,) first global id of each shard
         self.shape = (int(self.offsets[-1]), int(shards[0].shape[1]))
