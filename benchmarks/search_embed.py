@@ -182,7 +182,9 @@ def run_clip_retrieval(python: str, driver: Path, folder: Path, out: Path, check
     """(seconds of its inference entry point, seconds inside its runner loop, rows); RuntimeError with its output.
 
     The runner-loop time comes from its own stats file (the sum of its batches' read + inference + write times):
-    it leaves out the start-up of its distributor and its two spawned logger processes."""
+    it leaves out what happens before its first batch and after its last (listing the folder twice, starting and
+    joining its logger processes), though the start-up of those spawned processes (each imports its whole stack)
+    still competes for the CPU during the first batches. Both are fixed costs: they weigh less with more images."""
     args = [python, str(driver), str(folder), str(out), f"open_clip:{MODEL}/{checkpoint}", str(batch), str(workers),
             str(threads)]
     env = {**os.environ, "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
