@@ -26,8 +26,8 @@ def _image(path, colour=(200, 10, 10), size=(8, 6), mode="RGB"):
 
 def test_registry_lists_every_dataset():
     assert list_eval_datasets() == sorted(
-        ["cifar10", "cifar100", "coco", "csv", "fashion_mnist", "flickr30k", "folder", "imagenet", "textile",
-         "tuxpaint", "wds"]
+        ["cifar10", "cifar100", "coco", "csv", "emoji", "fashion_mnist", "flickr30k", "folder", "imagenet",
+         "openclipart", "textile", "tuxpaint", "wds"]
     )  # fmt: skip
     with pytest.raises(ValueError, match="known"):
         load_eval_dataset("nope", "/tmp")

@@ -131,6 +131,7 @@ def parse_indices(items: list[str]) -> dict[str, str]:
 
 
 def is_loopback(host: str) -> bool:
+    """Whether `host` is this machine only (localhost, 127.0.0.0/8, ::1): binding elsewhere without a token warns."""
     if host == "localhost":
         return True
     try:

@@ -66,6 +66,7 @@ class HeadSpec:
     caption_templates: tuple[str, ...]
 
     def to_json(self) -> str:
+        """The head's identity (classes and templates) as stored beside its weights, checked on resume."""
         fields = ("classes", "class_templates", "caption_templates")
         return json.dumps({name: list(getattr(self, name)) for name in fields})
 

@@ -28,6 +28,7 @@ class StrictJSONResponse(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
+        """Strict JSON (NaN/inf refused, as every clipforge JSON writer), compact, UTF-8."""
         return json_text(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
@@ -47,6 +48,7 @@ def _short(text: str) -> str:
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> StrictJSONResponse:
+    """The one error shape of the API: `{"error": message}` (shortened) with the given status."""
     return StrictJSONResponse({"error": _short(message)}, status_code=status, headers=headers)
 
 

@@ -53,14 +53,17 @@ class ServedIndex:
 
     @property
     def info(self) -> dict[str, Any]:
+        """The index's info.json (model, dim, counts, index kinds)."""
         return self.searcher.info
 
     @property
     def dim(self) -> int:
+        """Embedding width D: a query embedding must have it."""
         return self.searcher.dim
 
     @property
     def columns(self) -> list[str]:
+        """Metadata column names (what `where`/`filters` and results carry)."""
         return list(self.searcher.store.columns)
 
     def summary(self) -> dict[str, Any]:

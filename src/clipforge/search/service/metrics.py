@@ -42,6 +42,7 @@ class Metrics:
         self.started = time.time()
 
     def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        """Count one finished request and its latency under its route template (not the raw path: bounded labels)."""
         with self._lock:
             key = (endpoint, method, str(status))
             self.requests[key] = self.requests.get(key, 0) + 1

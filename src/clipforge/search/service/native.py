@@ -35,12 +35,14 @@ QUERY_FIELDS = ("text", "image", "embedding", "id", "query")
 
 
 def parse_item_id(text: str) -> int:
+    """A path's item id as an int, or a 400 naming the bad value (no signs, no floats, at most 18 digits)."""
     if not text.isdigit() or len(text) > 18:
         raise ApiError(400, f"item id must be a non-negative integer, got {text[:50]!r}")
     return int(text)
 
 
 def result_json(served: ServedIndex, result: SearchResult) -> dict[str, Any]:
+    """One result as the native API returns it: id, score, metadata and, when servable, its image URL."""
     out: dict[str, Any] = {"id": result.id, "score": result.score, "metadata": result.metadata}
     if served.roots and result.metadata.get("image_path"):
         out["image"] = f"/items/{result.id}/image?index={served.name}"

@@ -64,6 +64,7 @@ def check_filters(served: ServedIndex, filters: Any, config: ServiceConfig) -> d
 
 
 def check_modality(served: ServedIndex, modality: Any) -> str:
+    """'image' or 'text', and one this index has embeddings for; a 400 otherwise."""
     if modality not in ("image", "text"):
         raise ApiError(400, f"'modality' must be 'image' or 'text', got {modality!r}"[:300])
     if modality not in served.modalities:

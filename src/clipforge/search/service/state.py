@@ -14,6 +14,8 @@ from .metrics import Metrics
 
 @dataclass
 class ServiceState:
+    """What every request handler reads: the served indices, the configuration and the concurrency limiter."""
+
     indices: dict[str, ServedIndex]
     config: ServiceConfig
     limiter: ConcurrencyLimiter
