@@ -118,6 +118,9 @@ def _build_index(root, args: argparse.Namespace, progress: bool) -> list[str]:
     for modality in ("image", "text"):
         if not layout.shard_paths(modality):
             continue
+        if modality == "text" and layout.live_count("text") == 0:
+            lines.append("text.index: not built (no row has a caption); search with --modality image")
+            continue
         record = build_index(root, modality, memory_budget_bytes=args.index_memory, progress=progress)
         recall = record.get("recall_at_10")
         shown = f", recall@10 {recall:.3f}" if isinstance(recall, float) else ""
@@ -166,17 +169,32 @@ def _run(args: argparse.Namespace) -> int:
     what = f"{args.action}: embedded {result.rows} image(s) in {len(result.embedded_shards)} shard(s)"
     if args.action == "update":
         what += f" ({result.added_items} new or changed, {result.deleted} dropped)"
-    print(f"{what}, skipped {result.skipped}, {rate:.1f} images/s -> {root}")
     if not result.finalized:
+        print(f"{what}, {result.skipped} unreadable, {rate:.1f} images/s -> {root}")
         print(f"{root}: shards of other ranks are still unfinished; the last rank to finish completes the index")
         return 0
-    info = IndexLayout(root).read_info()
-    print(f"{info['count']['image']} rows ({info['live']} live), {info['skipped']} skipped: listed in "
-          f"{IndexLayout(root).skipped_path}")
+    print(f"{what}, {rate:.1f} images/s -> {root}")
+    layout = IndexLayout(root)
+    print(summary_line(layout.read_info(), layout.skipped_path))
     if not args.no_index:
         for line in _build_index(root, args, progress):
             print(line)
     return 0
+
+
+def summary_line(info: dict, skipped_path) -> str:
+    """The index's counts in one line: rows, live rows, and the skipped items once, broken down by reason
+    (info.json `skipped_reasons`); caption files that could not be read are reported apart (their images are in)."""
+    reasons = info.get("skipped_reasons") or {}
+    detail = ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]))
+    line = f"{info['count']['image']} rows ({info['live']} live), {info['skipped']} skipped"
+    if detail:
+        line += f" ({detail})"
+    if info.get("caption_errors"):
+        line += f", {info['caption_errors']} caption file(s) unreadable (images kept without caption)"
+    if info.get("skipped") or info.get("caption_errors"):
+        line += f": listed in {skipped_path}"
+    return line
 
 
 @command("clipforge index")

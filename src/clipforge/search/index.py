@@ -23,7 +23,8 @@ need), and the search parameter (nprobe for IVF, efSearch for HNSW) is the small
 then measured against exact search on *another* sample of rows used as queries, and written with the plan, the
 build time and the index's size to `info.json` under `index.{modality}`.
 
-Ids are global row numbers (layout.py). Deleted rows (`deleted.npy`) stay in the index (no id map, so ids stay row
+Ids are global row numbers (layout.py). Deleted rows (`deleted.npy`), and in the text index the rows without a
+caption (`no_caption.npy`, zero vectors), stay in the index (no id map, so ids stay row
 numbers and every index type takes search parameters unchanged) and are excluded at search time by an id
 selector, as are rows deleted after the index was built.
 """
@@ -219,9 +220,15 @@ def build_index(
         raise IndexLayoutError(f"{layout.root}: no {modality} embedding shards; build the index first")
     vectors = ShardRows.open(shards)  # memory-mapped, read shard by shard: memory holds the index and one chunk
     n, dim = vectors.shape
-    live_ids = np.flatnonzero(layout.live_mask(modality)).astype(np.int64)
+    live = layout.live_mask(modality)  # (N,) not deleted and, for text, captioned
+    if live.size != n:
+        raise IndexLayoutError(
+            f"{layout.root}: the {modality} shards hold {n} rows but their headers say {live.size}; rebuild the index"
+        )
+    live_ids = np.flatnonzero(live).astype(np.int64)
     if live_ids.size == 0:
-        raise IndexLayoutError(f"{layout.root}: every {modality} row is deleted; there is nothing to index")
+        why = "deleted or without a caption" if modality == "text" else "deleted"
+        raise IndexLayoutError(f"{layout.root}: every {modality} row is {why}; there is nothing to index")
     plan = plan_index(live_ids.size, dim, kind=kind, memory_budget_bytes=memory_budget_bytes, mmap=mmap)
     rng = np.random.default_rng(seed)
     index = faiss.index_factory(dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
@@ -237,8 +244,8 @@ def build_index(
     if bar is not None:
         bar.close()
 
-    deleted = layout.deleted_ids()
-    vector_index = VectorIndex(index, kind=plan.kind, deleted=deleted, embeddings=vectors)
+    excluded = np.flatnonzero(~live).astype(np.int64)  # deleted rows (and uncaptioned ones for text)
+    vector_index = VectorIndex(index, kind=plan.kind, deleted=excluded, embeddings=vectors)
     sample_size = int(min(recall_sample, live_ids.size))
     params: dict[str, Any] = {k: v for k, v in asdict(plan).items() if k not in ("kind", "factory")}
     recall = None
@@ -533,4 +540,6 @@ def open_index(root: str | os.PathLike, modality: str = "image", mmap: bool = Tr
             f"{path}: holds {index.ntotal} x {index.d}-d vectors but the {modality} shards hold {rows.shape[0]} x "
             f"{rows.shape[1]}-d; rebuild the index after `index update`"
         )
-    return VectorIndex(index, kind=record["kind"], deleted=layout.deleted_ids(), embeddings=rows, path=path)
+    # Rows never returned: deleted ones, and for text the rows without a caption (zero vectors; layout.live_mask).
+    excluded = layout.deleted_ids() if modality == "image" else np.flatnonzero(~layout.live_mask(modality))
+    return VectorIndex(index, kind=record["kind"], deleted=excluded, embeddings=rows, path=path)

@@ -6,6 +6,8 @@
       metadata/metadata_{i}.parquet  the same rows: image_path (str), caption (str|null), then source columns
       image.index / text.index       faiss index over all shards (search.index), ids = global row numbers
       deleted.npy                    int64 global ids dropped by `index update` (sorted, unique); absent: none
+      no_caption.npy                 int64 global ids of rows without a caption (zero text embedding), which the
+                                     text index never returns; absent: every row has one (or no text_emb/)
       info.json                      what the index holds (model, dim, counts, dtype, source, index settings)
       manifest.json                  pipeline state (search.pipeline): the plan and which shards are finished
       state/shard_{i}.json           one per finished shard, written last: its rows and source items
@@ -24,6 +26,7 @@ old rows to `deleted.npy`; indexes and searches exclude those ids (`live_mask`).
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
@@ -40,6 +43,7 @@ SHARD_DIGITS = 5  # img_emb_00012.npy: a lexicographic sort is the shard order u
 MODALITIES = ("image", "text")
 _FOLDER = {"image": "img_emb", "text": "text_emb"}
 _MAX_JSON_BYTES = 64 * 1024 * 1024
+_MAX_IDS_BYTES = 8 * 2**30  # deleted.npy / no_caption.npy: 8 bytes per id, a billion rows
 
 
 class IndexLayoutError(ValueError):
@@ -125,6 +129,11 @@ class IndexLayout:
     def deleted_path(self) -> Path:
         """deleted.npy: int64 global ids that `index update` dropped."""
         return self.root / "deleted.npy"
+
+    @property
+    def no_caption_path(self) -> Path:
+        """no_caption.npy: int64 global ids of rows without a caption (their text embedding is zero)."""
+        return self.root / "no_caption.npy"
 
     @property
     def skipped_path(self) -> Path:
@@ -214,18 +223,36 @@ class IndexLayout:
 
     def deleted_ids(self) -> np.ndarray:
         """Global ids `index update` dropped (int64, sorted, unique; empty when none)."""
-        if not self.deleted_path.exists():
+        return self._ids_file(self.deleted_path)
+
+    def no_caption_ids(self) -> np.ndarray:
+        """Global ids of rows without a caption (int64, sorted, unique; empty when none or not recorded)."""
+        return self._ids_file(self.no_caption_path)
+
+    def _ids_file(self, path: Path) -> np.ndarray:
+        if not path.exists():
             return np.zeros(0, dtype=np.int64)
-        ids = np.load(self.deleted_path, allow_pickle=False)
+        try:  # a regular file only (a FIFO named deleted.npy would block np.load forever)
+            ids = np.load(io.BytesIO(read_regular_file(path, _MAX_IDS_BYTES, what="id list")), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise IndexLayoutError(
+                f"{path}: not a readable .npy file ({exc}); run `clipforge index update {self.root}` to rewrite it, "
+                "or rebuild the index"
+            ) from exc
+        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+            raise IndexLayoutError(f"{path}: expected a 1-d integer array, found {ids.dtype} {ids.shape}; rebuild")
         return np.unique(np.asarray(ids, dtype=np.int64))
 
     def live_mask(self, modality: str = "image") -> np.ndarray:
-        """(N,) bool: True for rows that are not deleted."""
+        """(N,) bool: True for rows that are searchable in `modality`: not deleted, and for text, captioned (a
+        row without a caption has a zero text embedding, which matches nothing)."""
         mask = np.ones(self.count(modality), dtype=bool)
-        deleted = self.deleted_ids()
-        mask[deleted[deleted < mask.size]] = False
+        excluded = self.deleted_ids()
+        if modality == "text":
+            excluded = np.union1d(excluded, self.no_caption_ids())
+        mask[excluded[(excluded >= 0) & (excluded < mask.size)]] = False
         return mask
 
     def live_count(self, modality: str = "image") -> int:
-        """Rows of `modality` that are not deleted."""
+        """Rows of `modality` that are searchable (`live_mask`)."""
         return int(self.live_mask(modality).sum())

@@ -19,7 +19,13 @@ Plan, then embed shard by shard:
   stay stable and an interrupted update resumes like a build. Items skipped before (unreadable) are not retried
   unless they changed.
 
-Rows without a caption (a folder image without x.txt) get a zero text embedding, which matches no query.
+Rows without a caption (a folder image without x.txt, an empty caption) get a zero text embedding; `finalize` lists
+their global ids in `no_caption.npy`, which the text index leaves out (search.layout `live_mask`), so a
+text-modality search never returns them. Ids stay global row numbers in both modalities.
+
+Skipped items are counted once, in info.json (`skipped`, and `skipped_reasons`: how many per `skip_reason`);
+skipped.jsonl lists each with its error. A caption file that cannot be read does not skip its image (the image is
+embedded without a caption): those are listed too but counted apart (`caption_errors`).
 """
 
 from __future__ import annotations
@@ -209,6 +215,28 @@ def _metadata_table(items: list[Item], column_names: list[str]):
     return pa.table(data, schema=pa.schema([(name, pa.string()) for name in data]))
 
 
+def has_caption(caption: str | None) -> bool:
+    """Whether a row has a caption to embed (None and blank text do not: they would embed as noise)."""
+    return caption is not None and bool(caption.strip())
+
+
+def skip_reason(error: str) -> str:
+    """The category of a skipped item's error message (info.json `skipped_reasons`, the CLI's summary)."""
+    if error.startswith("caption not used"):
+        return "unreadable caption file"
+    if "not a regular" in error or "is a folder" in error:
+        return "not a regular file"
+    if error.startswith(("ImageTooLargeError", "FileTooLargeError")) or "over the" in error and "cap" in error:
+        return "too large"
+    if "no such file" in error or error.startswith("FileNotFoundError") or "empty path" in error:
+        return "missing file"
+    if error.startswith("ImageLoadError") or "no image member" in error:
+        return "not a readable image"
+    if "cannot read shard" in error:
+        return "unreadable shard"
+    return "unreadable"
+
+
 def _write_shard(layout, shard, items, image_emb, kept, skipped, manifest, model, tokenizer, config, device) -> None:
     """Embed the kept rows' captions and write shard `shard`'s files, each atomically, the state file last."""
     rows = [items[p] for p in kept]
@@ -216,7 +244,7 @@ def _write_shard(layout, shard, items, image_emb, kept, skipped, manifest, model
     text_emb = None
     if manifest["has_captions"]:
         text_emb = np.zeros((len(rows), dim), np.float32)  # (n, D); uncaptioned rows stay zero
-        with_caption = [r for r, item in enumerate(rows) if item.caption is not None]
+        with_caption = [r for r, item in enumerate(rows) if has_caption(item.caption)]
         for start in range(0, len(with_caption), config.batch_size):
             chosen = with_caption[start : start + config.batch_size]
             tokens = tokenizer([rows[r].caption for r in chosen]).to(device)
@@ -320,7 +348,13 @@ def finalize(layout: IndexLayout) -> bool:
         skipped.extend({"image_path": s["image_path"], "error": s["error"]} for s in states[index]["skipped"])
     lines = "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in skipped)
     atomic_write_bytes(layout.skipped_path, lines.encode())
+    reasons: dict[str, int] = {}
+    for s in skipped:
+        reason = skip_reason(s["error"])
+        reasons[reason] = reasons.get(reason, 0) + 1
+    caption_errors = reasons.pop("unreadable caption file", 0)
     rows = sum(s["rows"] for s in states.values())
+    captioned = _write_no_caption(layout, manifest) if manifest["has_captions"] else 0
     dims = [np.load(p, mmap_mode="r", allow_pickle=False).shape[1] for p in layout.shard_paths("image")[:1]]
     deleted = int(layout.deleted_ids().size)
     info = {
@@ -330,15 +364,35 @@ def finalize(layout: IndexLayout) -> bool:
         "count": {"image": rows, "text": rows if manifest["has_captions"] else 0},
         "live": rows - deleted,
         "deleted": deleted,
-        "skipped": len(skipped),
+        "captioned": captioned,
+        "skipped": sum(reasons.values()),
+        "skipped_reasons": reasons,
+        "caption_errors": caption_errors,
         "dtype": manifest["dtype"],
         "source": manifest["source"],
         "shards": len(manifest["shards"]),
     }
     layout.write_info(info)
-    manifest = {**manifest, "complete": True, "rows": rows, "skipped": len(skipped)}
+    manifest = {**manifest, "complete": True, "rows": rows, "skipped": info["skipped"]}
     write_json_file(layout.manifest_path, manifest)
     return True
+
+
+def _write_no_caption(layout: IndexLayout, manifest: dict[str, Any]) -> int:
+    """Write no_caption.npy (global ids of rows whose caption is missing or blank, from the metadata shards, in
+    shard order) atomically; the live rows that have a caption."""
+    import pyarrow.parquet as pq
+
+    missing: list[np.ndarray] = []
+    offset = 0
+    for shard in manifest["shards"]:
+        path = layout.metadata_path(shard["index"])
+        captions = pq.read_table(path, columns=["caption"]).column("caption").to_pylist()
+        missing.append(offset + np.flatnonzero([not has_caption(c) for c in captions]).astype(np.int64))
+        offset += len(captions)
+    ids = np.concatenate(missing) if missing else np.zeros(0, np.int64)
+    atomic_write_bytes(layout.no_caption_path, _npy_bytes(ids))
+    return int(np.count_nonzero(layout.live_mask("text")))
 
 
 def _finalize_locked(layout: IndexLayout, config: PipelineConfig) -> bool:

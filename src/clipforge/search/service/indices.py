@@ -172,7 +172,7 @@ def open_indices(indices: dict[str, str | os.PathLike], config: ServiceConfig) -
             raise ValueError(f"{root}: no image.index or text.index; build it with `clipforge index build`")
         searcher.warm_up(modalities)
         rows = int(searcher.index(modalities[0]).ntotal)
-        deleted = frozenset(int(i) for i in searcher.index(modalities[0]).deleted.tolist())
+        deleted = frozenset(int(i) for i in layout.deleted_ids().tolist())  # not the text index's uncaptioned rows
         roots, base = _roots(layout, searcher.info, config.image_roots)
         entry = ServedIndex(name, searcher, modalities, roots, base, deleted, rows)
         if not (searcher.info.get("model") or {}):
