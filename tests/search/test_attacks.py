@@ -1,8 +1,10 @@
 """A newcomer's mistakes and an attacker's inputs against the search commands (index build/update, search, dedup,
 serve): each test pins a fix (or a behaviour checked to be right) found by trying them."""
 
+import json
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -10,6 +12,8 @@ from PIL import Image
 
 import clipforge
 from clipforge.cli.index import main as index_main
+from clipforge.cli.main import main as clipforge_cli
+from clipforge.cli.search import main as search_main
 from clipforge.search.collection import detect_source
 from clipforge.search.index import build_index
 from clipforge.search.layout import IndexLayout
@@ -104,3 +108,127 @@ def test_skip_reasons():
     assert skip_reason("ImageTooLargeError: x.png: 100000x100000 pixels") == "too large"
     assert skip_reason("line 3: no such file") == "missing file"
     assert skip_reason("ImageLoadError: cannot read x.png as an image") == "not a readable image"
+
+
+# ---------------------------------------------------------------- a newcomer's mistakes
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, model_dir):
+    """A finished INDEX_DIR of 6 images (even ones captioned) in 3 shards, and its source folder."""
+    base = tmp_path_factory.mktemp("built")
+    source = _folder(base / "src")
+    assert _cli_build(source, base / "idx", model_dir, "--shard-size", "2") == 0
+    return {"source": source, "index": base / "idx"}
+
+
+def _search(capsys, *argv):
+    code = search_main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize(
+    "argv, code, says",
+    [
+        (["{index}", "photo", "--where", "licence=cc0"], 2, "no metadata column 'licence'; the columns are"),
+        (["{index}", "id:" + "9" * 30], 2, "beyond any index's rows"),
+        (["{index}", "id:" + "9" * 5000], 2, "beyond any index's rows"),  # past Python's 4300-digit int() limit
+        (["{index}", "emb:x.npy#" + "9" * 40], 2, "beyond any index's rows"),
+        (["{index}", "x" * 2**20], 2, "over the limit of 10,000 characters"),
+        (["{index}", "cat", "+", "+", "-"], 2, "two operators in a row"),
+        (["photo of a cat", "{index}"], 3, "photo of a cat: no such folder"),  # arguments swapped
+        (["{index}", "cat", "-k", "-3"], 2, "must be a positive integer"),
+    ],
+)
+def test_search_mistakes_are_one_line_errors(built, capsys, argv, code, says):
+    got, _, err = _search(capsys, *[a.format(index=built["index"]) for a in argv])
+    assert got == code and says in err and "Traceback" not in err and "--debug" not in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_unicode_and_emoji_queries_search(built, capsys):
+    code, out, _ = _search(capsys, built["index"], "🐱 ĉat ∑ \u202e", "-k", "2", "--json")
+    assert code == 0 and len(out.splitlines()) == 2
+
+
+def test_index_dir_given_as_source_and_source_as_index_dir(built, tmp_path, model_dir, capsys):
+    capsys.readouterr()
+    args = ["--pretrained", model_dir, "--workers", "0", "--no-progress"]
+    assert clipforge_cli(["index", "build", str(built["index"]), "--out", str(tmp_path / "new"), *args]) == 1
+    assert "is an INDEX_DIR, not an image folder; refresh it with `clipforge index update" in capsys.readouterr().err
+    assert clipforge_cli(["index", "update", str(built["source"]), *args]) == 2
+    assert f"to index the images in it: `clipforge index build {built['source']} --out" in capsys.readouterr().err
+    assert clipforge_cli(["index", "update", str(tmp_path / "missing"), *args]) == 3
+    assert "missing: no such folder; give an INDEX_DIR" in capsys.readouterr().err
+
+
+def test_update_with_nothing_to_do_keeps_a_sound_index(built, model_dir, capsys):
+    before = IndexLayout(built["index"]).index_path("image").stat().st_mtime_ns
+    assert index_main(["update", str(built["index"]), "--workers", "0", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "other ranks" not in out and "image.index: up to date" in out and "text.index: up to date" in out
+    assert IndexLayout(built["index"]).index_path("image").stat().st_mtime_ns == before
+
+
+# ---------------------------------------------------------------- damaged files: named, with a repair that works
+
+
+def _damage(path, how: str) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if how == "truncate" else b"\x00garbage" * 10)
+
+
+def _results(capsys, index, *extra):
+    code, out, err = _search(capsys, index, "picture 2", "-k", "6", "--json", *extra)
+    assert code == 0, err
+    return [(row["id"], row["image_path"]) for row in map(json.loads, out.splitlines())]
+
+
+@pytest.mark.parametrize(
+    "damaged, how",
+    [
+        ("img_emb/img_emb_00001.npy", "truncate"),
+        ("img_emb/img_emb_00001.npy", "garbage"),
+        ("text_emb/text_emb_00001.npy", "truncate"),
+        ("metadata/metadata_00001.parquet", "garbage"),
+        ("state/shard_00001.json", "truncate"),
+        ("image.index", "truncate"),
+        ("info.json", "garbage"),
+        ("no_caption.npy", "truncate"),
+    ],
+)
+def test_damaged_file_is_named_and_its_repair_works(built, tmp_path, capsys, damaged, how):
+    index = tmp_path / "idx"
+    shutil.copytree(built["index"], index)
+    (index / "metadata.arrow").unlink(missing_ok=True)
+    expected = {m: _results(capsys, index, "--modality", m) for m in ("image", "text")}
+    _damage(index / damaged, how)
+    errors = []
+    for modality in ("image", "text"):
+        code, _, err = _search(capsys, index, "picture 2", "--modality", modality)
+        errors.append(err)
+    if damaged.startswith("state/"):  # only `index update` reads the state files
+        assert index_main(["update", str(index), "--workers", "0", "--no-progress"]) == 2
+        errors.append(capsys.readouterr().err)
+    err = next(e for e in errors if e)
+    assert str(index / damaged) in err and "Traceback" not in err, err
+    repair = re.search(r"(?:delete (\S+) and )?run `clipforge index update (\S+)`", err)
+    assert repair, err  # every message says what to do, and doing it restores the index:
+    if repair.group(1):  # "delete it": the file the message starts with
+        os.unlink(index / damaged if repair.group(1) == "it" else repair.group(1))
+    assert index_main(["update", repair.group(2), "--workers", "0", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert {m: _results(capsys, index, "--modality", m) for m in ("image", "text")} == expected
+
+
+def test_lost_files_say_rebuild(built, tmp_path, capsys):
+    index = tmp_path / "idx"
+    shutil.copytree(built["index"], index)
+    np.save(index / "deleted.npy", np.array([1]))
+    _damage(index / "deleted.npy", "truncate")
+    code, _, err = _search(capsys, index, "cat")
+    assert code == 3 and "deleted.npy: not a readable .npy file" in err and "rebuild the index" in err
+    _damage(index / "manifest.json", "garbage")
+    assert index_main(["update", str(index), "--workers", "0", "--no-progress"]) == 2
+    assert "manifest.json: not valid JSON" in capsys.readouterr().err

@@ -21,7 +21,7 @@ import os
 
 from .argtypes import non_negative_int, positive_int
 from .common import add_common_arguments, add_model_arguments, add_progress_arguments, model_from_args, show_progress
-from .errors import MODEL_ERROR, RUNTIME_ERROR, CliError, CliParser, command, exit_codes_epilog
+from .errors import INPUT_NOT_FOUND, MODEL_ERROR, RUNTIME_ERROR, CliError, CliParser, command, exit_codes_epilog
 
 log = logging.getLogger("clipforge.cli")
 
@@ -108,8 +108,21 @@ def _distributed(args: argparse.Namespace):
     return dist
 
 
-def _build_index(root, args: argparse.Namespace, progress: bool) -> list[str]:
-    """Build image.index (and text.index when there are captions) with search.index; lines to print."""
+def _index_is_sound(root, modality: str) -> bool:
+    """Whether {modality}.index opens and matches the embeddings (an update that changed nothing keeps it)."""
+    from ..search.index import IndexFileError, open_index
+    from ..search.layout import IndexLayoutError
+
+    try:
+        open_index(root, modality)
+    except (IndexFileError, IndexLayoutError):
+        return False
+    return True
+
+
+def _build_index(root, args: argparse.Namespace, progress: bool, changed: bool = True) -> list[str]:
+    """Build image.index (and text.index when there are captions) with search.index; lines to print. Unless
+    `changed`, an index that opens and matches its embeddings is kept."""
     from ..search.index import build_index
     from ..search.layout import IndexLayout
 
@@ -117,6 +130,9 @@ def _build_index(root, args: argparse.Namespace, progress: bool) -> list[str]:
     lines = []
     for modality in ("image", "text"):
         if not layout.shard_paths(modality):
+            continue
+        if not changed and _index_is_sound(root, modality):
+            lines.append(f"{modality}.index: up to date")
             continue
         if modality == "text" and layout.live_count("text") == 0:
             lines.append("text.index: not built (no row has a caption); search with --modality image")
@@ -137,6 +153,8 @@ def _run(args: argparse.Namespace) -> int:
     dist = _distributed(args)
     progress = show_progress(args) and dist.rank == 0
     root = args.out if args.action == "build" else args.index_dir
+    if args.action == "update" and not os.path.isdir(root):
+        raise CliError(f"{root}: no such folder", "give an INDEX_DIR made by `clipforge index build`", INPUT_NOT_FOUND)
     if args.action == "update" and args.model is None and args.pretrained is None:
         made_with = pipeline.read_manifest(IndexLayout(root)).get("model", {})  # the model it was built with
         args.model, args.pretrained = made_with.get("name"), made_with.get("pretrained")
@@ -177,7 +195,8 @@ def _run(args: argparse.Namespace) -> int:
     layout = IndexLayout(root)
     print(summary_line(layout.read_info(), layout.skipped_path))
     if not args.no_index:
-        for line in _build_index(root, args, progress):
+        changed = args.action == "build" or bool(result.embedded_shards or result.deleted)
+        for line in _build_index(root, args, progress, changed):
             print(line)
     return 0
 

@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     except IndexLayoutError as exc:
         raise CliError(str(exc), "", INPUT_NOT_FOUND) from exc
+    except KeyError as exc:  # --where on a column the metadata does not have (the message lists the columns)
+        raise UsageError(f"--where: {exc.args[0]}", "filter on one of those columns") from exc
     if args.json:
         for rank, result in enumerate(results, 1):
             sys.stdout.write(json_text({"rank": rank, **result.to_dict()}) + "\n")

@@ -43,7 +43,7 @@ import faiss
 import numpy as np
 
 from clipforge.atomic import atomic_open
-from clipforge.search.layout import IndexLayout, IndexLayoutError
+from clipforge.search.layout import IndexLayout, IndexLayoutError, load_shard
 
 KINDS = ("auto", "flat", "ivfflat", "ivfpq", "hnsw")
 EXACT_MAX_VECTORS = 100_000  # below: brute force (a few ms per query at 512-d) beats any approximate index
@@ -337,7 +337,7 @@ class ShardRows:
     @classmethod
     def open(cls, paths: list[Path]) -> ShardRows:
         """Memory-map the .npy shards at `paths` (in shard order)."""
-        return cls([np.load(path, mmap_mode="r", allow_pickle=False) for path in paths])
+        return cls([load_shard(path) for path in paths])
 
     def take(self, ids: np.ndarray) -> np.ndarray:
         """(n, D) float32 rows `ids` (any order, repeats allowed; every id in [0, N))."""
@@ -511,7 +511,7 @@ def _read_faiss(path: Path, kind: str, mmap: bool) -> faiss.Index:
         reason = str(exc).strip().splitlines()
         raise IndexFileError(
             f"{path}: not a readable faiss index (truncated or corrupted: {reason[-1] if reason else 'unreadable'}); "
-            "rebuild it with `clipforge index build` or clipforge.search.index.build_index"
+            f"run `clipforge index update {path.parent}` to rebuild it (or clipforge.search.index.build_index)"
         ) from exc
 
 

@@ -72,14 +72,37 @@ def _numbered(folder: Path, prefix: str, suffix: str) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def read_json_file(path: Path) -> dict[str, Any]:
-    """A JSON object from a regular file (capped, no FIFOs); IndexLayoutError naming the file when it is not one."""
+def load_shard(path: Path, mmap: bool = True) -> np.ndarray:
+    """An embedding shard (.npy) of an INDEX_DIR, memory-mapped unless `mmap=False`; IndexLayoutError naming the
+    file and the repair (re-embed that shard) when it is not a regular, readable, numeric 2-d .npy file."""
+    path = Path(path)
+    match = re.search(r"_(\d+)\.npy$", path.name)
+    state = path.parent.parent / "state" / f"{shard_stem('shard', int(match.group(1)))}.json" if match else None
+    repair = (
+        f"delete {state} and run `clipforge index update {path.parent.parent}` to embed that shard again"
+        if state is not None and state.is_file()
+        else "rebuild the index"
+    )
+    if not path.is_file():  # a FIFO would block np.load; a folder or device is no shard
+        raise IndexLayoutError(f"{path}: not a regular file; {repair}")
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:  # truncated (mmap longer than the file), garbage, pickles
+        raise IndexLayoutError(f"{path}: damaged .npy shard ({exc}); {repair}") from exc
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
+        raise IndexLayoutError(f"{path}: expected (n, D) float embeddings, found {array.dtype} {array.shape}; {repair}")
+    return array
+
+
+def read_json_file(path: Path, repair: str = "rebuild the index") -> dict[str, Any]:
+    """A JSON object from a regular file (capped, no FIFOs); IndexLayoutError naming the file and `repair` (what
+    to do) when it is not one."""
     try:
         data = json.loads(read_regular_file(path, _MAX_JSON_BYTES, what="JSON file").decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IndexLayoutError(f"{path}: not valid JSON ({exc}); remove it or rebuild the index") from exc
+        raise IndexLayoutError(f"{path}: not valid JSON ({exc}); {repair}") from exc
     if not isinstance(data, dict):
-        raise IndexLayoutError(f"{path}: expected a JSON object, found {type(data).__name__}")
+        raise IndexLayoutError(f"{path}: expected a JSON object, found {type(data).__name__}; {repair}")
     return data
 
 
@@ -180,7 +203,9 @@ class IndexLayout:
         """info.json as a dict ({} when absent)."""
         if not self.info_path.exists():
             return {}
-        return read_json_file(self.info_path)
+        return read_json_file(
+            self.info_path, f"delete it and run `clipforge index update {self.root}`, which writes it again"
+        )
 
     def write_info(self, updates: dict[str, Any]) -> dict[str, Any]:
         """Merge `updates` into info.json (top-level keys; a dict value merges one level deeper), atomically."""
@@ -204,7 +229,7 @@ class IndexLayout:
         paths = self.shard_paths(modality)
         if not paths:
             raise IndexLayoutError(f"{self.root}: no {_FOLDER[modality]}/*.npy shards; build the index first")
-        arrays = [np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False) for path in paths]
+        arrays = [load_shard(path, mmap) for path in paths]
         dims = {a.shape[1] if a.ndim == 2 else None for a in arrays}
         if len(dims) != 1 or None in dims:
             shapes = sorted(map(str, dims))
@@ -215,7 +240,7 @@ class IndexLayout:
 
     def shard_rows(self, modality: str = "image") -> list[int]:
         """Rows per shard (read from the .npy headers, no data loaded)."""
-        return [int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0]) for path in self.shard_paths(modality)]
+        return [int(load_shard(path).shape[0]) for path in self.shard_paths(modality)]
 
     def count(self, modality: str = "image") -> int:
         """Rows of `modality` over all shards, including deleted ones."""
@@ -223,24 +248,21 @@ class IndexLayout:
 
     def deleted_ids(self) -> np.ndarray:
         """Global ids `index update` dropped (int64, sorted, unique; empty when none)."""
-        return self._ids_file(self.deleted_path)
+        return self._ids_file(self.deleted_path, "the rows it dropped are lost: rebuild the index from its source")
 
     def no_caption_ids(self) -> np.ndarray:
         """Global ids of rows without a caption (int64, sorted, unique; empty when none or not recorded)."""
-        return self._ids_file(self.no_caption_path)
+        return self._ids_file(self.no_caption_path, f"run `clipforge index update {self.root}` to write it again")
 
-    def _ids_file(self, path: Path) -> np.ndarray:
+    def _ids_file(self, path: Path, repair: str) -> np.ndarray:
         if not path.exists():
             return np.zeros(0, dtype=np.int64)
         try:  # a regular file only (a FIFO named deleted.npy would block np.load forever)
             ids = np.load(io.BytesIO(read_regular_file(path, _MAX_IDS_BYTES, what="id list")), allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
-            raise IndexLayoutError(
-                f"{path}: not a readable .npy file ({exc}); run `clipforge index update {self.root}` to rewrite it, "
-                "or rebuild the index"
-            ) from exc
+            raise IndexLayoutError(f"{path}: not a readable .npy file ({exc}); {repair}") from exc
         if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-            raise IndexLayoutError(f"{path}: expected a 1-d integer array, found {ids.dtype} {ids.shape}; rebuild")
+            raise IndexLayoutError(f"{path}: expected a 1-d integer array, found {ids.dtype} {ids.shape}; {repair}")
         return np.unique(np.asarray(ids, dtype=np.int64))
 
     def live_mask(self, modality: str = "image") -> np.ndarray:

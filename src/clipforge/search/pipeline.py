@@ -49,7 +49,15 @@ from clipforge.atomic import atomic_write_bytes, remove_stale_temporaries
 from clipforge.image.loading import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 
 from .collection import Enumeration, Item, SourceSpec, enumerate_source, read_image_bytes
-from .layout import FORMAT_VERSION, IndexLayout, IndexLayoutError, read_json_file, shard_stem, write_json_file
+from .layout import (
+    FORMAT_VERSION,
+    IndexLayout,
+    IndexLayoutError,
+    load_shard,
+    read_json_file,
+    shard_stem,
+    write_json_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +147,25 @@ def _write_plan(layout: IndexLayout, shard: int, items: list[Item]) -> None:
     _write_parquet(_plan_path(layout, shard), pa.table(data, schema=schema))
 
 
-def read_plan(layout: IndexLayout, shard: int) -> list[Item]:
-    """The items planned for `shard`, in order."""
+def _read_parquet(path: Path, repair: str, columns: list[str] | None = None):
+    """A parquet file of the INDEX_DIR; IndexLayoutError naming it and `repair` when it is damaged."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if not path.is_file():
+        raise IndexLayoutError(f"{path}: missing or not a regular file; {repair}")
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError, KeyError) as exc:
+        raise IndexLayoutError(f"{path}: damaged parquet file ({exc}); {repair}") from exc
+
+
+def read_plan(layout: IndexLayout, shard: int) -> list[Item]:
+    """The items planned for `shard`, in order."""
     path = _plan_path(layout, shard)
     if not path.is_file():
         raise IndexLayoutError(f"{path}: missing plan of shard {shard}; the INDEX_DIR is damaged, rebuild it")
-    data = pq.read_table(path).to_pydict()
+    data = _read_parquet(path, "rebuild the index (its plan is damaged)").to_pydict()
     return [
         Item(k, p, u, c, tuple(tuple(pair) for pair in json.loads(cols)), s, m, o, n)
         for k, p, u, c, cols, s, m, o, n in zip(*(data[c] for c in _PLAN_COLUMNS))
@@ -155,9 +174,14 @@ def read_plan(layout: IndexLayout, shard: int) -> list[Item]:
 
 def read_manifest(layout: IndexLayout) -> dict[str, Any]:
     """manifest.json of an INDEX_DIR; IndexLayoutError when the folder has none (not made by `index build`)."""
+    if not layout.root.is_dir():
+        raise FileNotFoundError(2, "no such folder (an INDEX_DIR is made by `clipforge index build`)", str(layout.root))
     if not layout.manifest_path.is_file():
-        raise IndexLayoutError(f"{layout.root}: no manifest.json; not an INDEX_DIR made by `clipforge index build`")
-    return read_json_file(layout.manifest_path)
+        raise IndexLayoutError(
+            f"{layout.root}: no manifest.json; not an INDEX_DIR made by `clipforge index build` (to index the images "
+            f"in it: `clipforge index build {layout.root} --out INDEX_DIR`)"
+        )
+    return read_json_file(layout.manifest_path, "the build's plan is lost: rebuild the index into a new --out")
 
 
 def _plan(layout: IndexLayout, enumeration: Enumeration, first_shard: int, shard_size: int) -> list[dict[str, int]]:
@@ -332,7 +356,9 @@ def shard_states(layout: IndexLayout, manifest: dict[str, Any]) -> dict[int, dic
     for shard in manifest["shards"]:
         path = layout.shard_state_path(shard["index"])
         if path.is_file():
-            states[shard["index"]] = read_json_file(path)
+            states[shard["index"]] = read_json_file(
+                path, f"delete it and run `clipforge index update {layout.root}` to embed that shard again"
+            )
     return states
 
 
@@ -355,7 +381,7 @@ def finalize(layout: IndexLayout) -> bool:
     caption_errors = reasons.pop("unreadable caption file", 0)
     rows = sum(s["rows"] for s in states.values())
     captioned = _write_no_caption(layout, manifest) if manifest["has_captions"] else 0
-    dims = [np.load(p, mmap_mode="r", allow_pickle=False).shape[1] for p in layout.shard_paths("image")[:1]]
+    dims = [load_shard(p).shape[1] for p in layout.shard_paths("image")[:1]]
     deleted = int(layout.deleted_ids().size)
     info = {
         "format_version": FORMAT_VERSION,
@@ -381,13 +407,13 @@ def finalize(layout: IndexLayout) -> bool:
 def _write_no_caption(layout: IndexLayout, manifest: dict[str, Any]) -> int:
     """Write no_caption.npy (global ids of rows whose caption is missing or blank, from the metadata shards, in
     shard order) atomically; the live rows that have a caption."""
-    import pyarrow.parquet as pq
-
     missing: list[np.ndarray] = []
     offset = 0
     for shard in manifest["shards"]:
         path = layout.metadata_path(shard["index"])
-        captions = pq.read_table(path, columns=["caption"]).column("caption").to_pylist()
+        state = layout.shard_state_path(shard["index"])
+        repair = f"delete {state} and run `clipforge index update {layout.root}` to embed that shard again"
+        captions = _read_parquet(path, repair, ["caption"]).column("caption").to_pylist()
         missing.append(offset + np.flatnonzero([not has_caption(c) for c in captions]).astype(np.int64))
         offset += len(captions)
     ids = np.concatenate(missing) if missing else np.zeros(0, np.int64)
@@ -488,6 +514,11 @@ def _build(layout, spec, model, model_record, config, progress, on_shard_done) -
             )
         _check_model(manifest, model_record, layout.root)
     else:
+        if spec.kind == "folder" and IndexLayout(spec.location).is_index_dir():
+            raise PipelineError(
+                f"SOURCE {spec.location} is an INDEX_DIR, not an image folder; refresh it with `clipforge index "
+                f"update {spec.location}`, search it with `clipforge search {spec.location} QUERY`"
+            )
         enumeration = enumerate_source(spec)
         if not enumeration.items:
             first = enumeration.skipped[0] if enumeration.skipped else None
@@ -571,6 +602,7 @@ def _update(layout, model, model_record, config, progress, on_shard_done) -> Run
     gone = sorted(i for ids in live.values() for i in ids)
     result.deleted, result.added_items = len(gone), len(new_items)
     if not gone and not new_items:
+        result.finalized = True  # finalized above; nothing changed since
         return result
     if enumeration.has_captions and not manifest["has_captions"]:
         log.warning("the source now has captions but the index was built without: new captions are not embedded")

@@ -54,6 +54,17 @@ _ID = re.compile(r"^id:(?P<id>.*)$", re.DOTALL)
 _EMB = re.compile(r"^emb:(?P<path>.*?)(?:#(?P<row>[^#]*))?$", re.DOTALL)
 
 
+_MAX_ROW_DIGITS = 18  # every int64 row number fits; a longer one (or Python's 4300-digit int() limit) never names a row
+
+
+def _row_number(digits: str, word: str) -> int:
+    """A row number from its digits; QueryError for one with more digits than any index's row (an int64)."""
+    if len(digits) > _MAX_ROW_DIGITS:
+        shown = word if len(word) <= 40 else word[:37] + "..."
+        raise QueryError(f"term {shown!r}: a row number of {len(digits)} digits is beyond any index's rows")
+    return int(digits)
+
+
 class QueryError(ValueError):
     """A query that cannot be parsed or embedded: the message quotes the term and says what to write instead."""
 
@@ -137,14 +148,14 @@ def parse_term(word: str, sign: int = 1) -> Term:
         raw = match_id.group("id").strip()
         if not re.fullmatch(r"[0-9]+", raw):
             raise QueryError(f"term {word!r}: id:N takes a row number of the index (e.g. id:123), got {raw!r}")
-        return Term("id", int(raw), weight, sign)
+        return Term("id", _row_number(raw, word), weight, sign)
     if match_emb := _EMB.match(word):
         path, row = match_emb.group("path").strip(), match_emb.group("row")
         if not path:
             raise QueryError(f"term {word!r}: emb: takes a .npy file, e.g. emb:query.npy or emb:rows.npy#3")
         if row is not None and not re.fullmatch(r"[0-9]+", row.strip()):
             raise QueryError(f"term {word!r}: the row after # must be a row number (e.g. emb:rows.npy#3), got {row!r}")
-        return Term("embedding", path, weight, sign, None if row is None else int(row))
+        return Term("embedding", path, weight, sign, None if row is None else _row_number(row.strip(), word))
     if word.startswith(("http://", "https://")):
         return Term("url", word, weight, sign)
     if word.startswith(("/", "./", "../", "~/", "file://")) or _WINDOWS_PATH.match(word):

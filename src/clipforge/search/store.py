@@ -18,6 +18,7 @@ import decimal
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +44,25 @@ def _fingerprint(paths: list[Path]) -> str:
     return json.dumps(entries)
 
 
+def _repair(path: Path) -> str:
+    """What re-writes a damaged metadata shard: `index update` re-embeds a shard whose state file is gone."""
+    match = re.search(r"_(\d+)\.parquet$", path.name)
+    root = path.parent.parent
+    state = root / "state" / f"shard_{match.group(1)}.json" if match else None
+    if state is not None and state.is_file():
+        return f"delete {state} and run `clipforge index update {root}` to embed that shard again"
+    return "rebuild the index"
+
+
 def _read_shards(paths: list[Path]) -> pa.Table:
     tables = []
     for path in paths:
         if not path.is_file():  # a FIFO or device would block or never end
-            raise IndexLayoutError(f"{path}: not a regular file; remove it and re-run `clipforge index build`")
+            raise IndexLayoutError(f"{path}: not a regular file; {_repair(path)}")
         try:
             tables.append(pq.read_table(path))
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise IndexLayoutError(
-                f"{path}: not a readable parquet file ({exc}); re-run `clipforge index build`"
-            ) from exc
+        except (pa.ArrowException, OSError) as exc:
+            raise IndexLayoutError(f"{path}: not a readable parquet file ({exc}); {_repair(path)}") from exc
     try:
         return pa.concat_tables(tables, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
