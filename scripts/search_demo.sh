@@ -5,7 +5,7 @@
 # Arguments go to scripts/search_demo.py: --smoke (40 emoji, 8 training steps), --out DIR, --limit N, --max-steps N.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CLIPFORGE_EXTRAS=${CLIPFORGE_EXTRAS:-search,collections} bash scripts/setup.sh
+CLIPFORGE_EXTRAS=${CLIPFORGE_EXTRAS:-search,collections,plots} bash scripts/setup.sh
 font=/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
 if [ ! -f "$font" ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
