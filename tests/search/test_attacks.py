@@ -17,7 +17,7 @@ from clipforge.cli.search import main as search_main
 from clipforge.search.collection import detect_source
 from clipforge.search.index import build_index
 from clipforge.search.layout import IndexLayout
-from clipforge.search.pipeline import PipelineConfig, build, model_record, skip_reason
+from clipforge.search.pipeline import PipelineConfig, build, model_record, skip_reason, update
 from clipforge.search.searcher import Searcher
 
 
@@ -232,3 +232,154 @@ def test_lost_files_say_rebuild(built, tmp_path, capsys):
     _damage(index / "manifest.json", "garbage")
     assert index_main(["update", str(index), "--workers", "0", "--no-progress"]) == 2
     assert "manifest.json: not valid JSON" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- kill -9, a second run, a full disk
+
+_KILLER = """
+import os, signal, sys
+import clipforge
+from clipforge.search import pipeline
+from clipforge.search.collection import detect_source
+
+action, source, out, victim, weights = sys.argv[1:6]
+write = pipeline._write_parquet
+def write_then_die(path, table):
+    if path.name == victim:  # the shard's embeddings are written, its metadata and state are not
+        os.kill(os.getpid(), signal.SIGKILL)
+    write(path, table)
+pipeline._write_parquet = write_then_die
+model = clipforge.load_model(weights)  # the test's model (random weights differ from process to process)
+model.eval()
+record = pipeline.model_record(model, "tiny-vit", None)
+config = pipeline.PipelineConfig(shard_size=2, batch_size=2)
+if action == "build":
+    pipeline.build(out, detect_source(source), model, record, config)
+else:
+    pipeline.update(out, model, record, config)
+"""
+
+
+def _killed(*argv) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _KILLER, *map(str, argv)], capture_output=True, timeout=120)
+    assert done.returncode == -9, done.stderr.decode()[-2000:]
+
+
+def _same_rows(a, b) -> None:
+    """Two INDEX_DIRs hold the same rows: metadata equal, embeddings equal up to float16 storage."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    la, lb = IndexLayout(a), IndexLayout(b)
+    meta = [pa.concat_tables([pq.read_table(p) for p in x.metadata_paths()]).to_pylist() for x in (la, lb)]
+    assert meta[0] == meta[1]
+    for modality in ("image", "text"):
+        ea, eb = la.load_embeddings(modality), lb.load_embeddings(modality)
+        assert ea.shape == eb.shape and np.abs(ea - eb).max() <= 2e-2 * np.abs(eb).max()
+    assert la.deleted_ids().tolist() == lb.deleted_ids().tolist()
+    assert la.no_caption_ids().tolist() == lb.no_caption_ids().tolist()
+    assert la.read_info()["live"] == lb.read_info()["live"]
+
+
+def test_kill_9_in_build_and_update_then_rerun_matches_a_clean_run(tmp_path, model, model_dir):
+    source = _folder(tmp_path / "src", n=5)
+    record = model_record(model, "tiny-vit", None)
+    config = PipelineConfig(shard_size=2, batch_size=2)
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    build(clean, detect_source(str(source)), model, record, config)
+    _killed("build", source, killed, "metadata_00001.parquet", model_dir)
+    assert not IndexLayout(killed).info_path.exists()  # unfinished: nothing claims to be complete
+    assert IndexLayout(killed).metadata_path(0).is_file() and not IndexLayout(killed).metadata_path(1).exists()
+    result = build(killed, detect_source(str(source)), model, record, config)
+    assert result.embedded_shards == [1, 2] and result.finalized
+    _same_rows(killed, clean)
+
+    _png(source / "img9.png", 9)  # new
+    _png(source / "img0.png", 100)  # changed
+    (source / "img3.png").unlink()  # deleted
+    clean_update = tmp_path / "clean_update"
+    shutil.copytree(clean, clean_update)
+    update(clean_update, model, record, config)
+    _killed("update", source, killed, "metadata_00003.parquet", model_dir)
+    assert not list(killed.rglob("*.clipforge-partial.tmp"))  # atomic writes: no half file under a final name
+    result = update(killed, model, record, config)
+    assert result.finalized and not list(killed.rglob("*.clipforge-partial.tmp"))
+    _same_rows(killed, clean_update)
+    assert IndexLayout(killed).read_info()["live"] == 5
+
+
+def test_second_build_or_update_is_refused_naming_the_holder(built, tmp_path, model_dir, capsys):
+    from clipforge.locking import output_lock
+
+    args = ["--pretrained", model_dir, "--workers", "0", "--no-progress"]
+    with output_lock(built["index"], what="clipforge index (the first run)"):
+        assert clipforge_cli(["index", "update", str(built["index"]), *args]) == 1
+        err = capsys.readouterr().err
+        assert "clipforge index (the first run)" in err and f"pid {os.getpid()}" in err, err
+        assert clipforge_cli(["index", "build", str(built["source"]), "--out", str(built["index"]), *args]) == 1
+        assert "clipforge index (the first run)" in capsys.readouterr().err
+
+
+def test_full_disk_while_writing_a_shard(tmp_path, model, model_dir, monkeypatch, capsys):
+    import errno
+
+    from clipforge.search import pipeline
+
+    source = _folder(tmp_path / "src", n=5)
+    write = pipeline.atomic_write_bytes
+
+    def full_disk(path, data):
+        if path.name == "img_emb_00001.npy":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        write(path, data)
+
+    monkeypatch.setattr(pipeline, "atomic_write_bytes", full_disk)
+    out = tmp_path / "idx"
+    assert _cli_build(source, out, model_dir, "--shard-size", "2") == 1
+    err = capsys.readouterr().err
+    assert "no space left on device" in err.lower() and "img_emb_00001.npy" in err, err
+    layout = IndexLayout(out)
+    assert layout.shard_state_path(0).is_file() and not layout.shard_state_path(1).exists()
+    assert not layout.emb_path("image", 1).exists() and not layout.info_path.exists()
+    assert not list(out.rglob("*.clipforge-partial.tmp"))
+    monkeypatch.undo()
+    assert _cli_build(source, out, model_dir, "--shard-size", "2") == 0  # space freed: the rerun finishes it
+    assert "embedded 3 image(s) in 2 shard(s)" in capsys.readouterr().out
+    assert layout.read_info()["live"] == 5
+
+
+# ---------------------------------------------------------------- an unfinished build: search, dedup, serve
+
+
+def test_search_dedup_and_serve_tell_an_unfinished_build_apart(tmp_path, model, capsys):
+    from clipforge.search.service import ServiceConfig, create_app
+
+    source = _folder(tmp_path / "src", n=5)
+    record = model_record(model, "tiny-vit", None)
+
+    def stop(shard):
+        if shard == 0:
+            raise KeyboardInterrupt
+
+    half = tmp_path / "half"
+    with pytest.raises(KeyboardInterrupt):
+        build(half, detect_source(str(source)), model, record, PipelineConfig(shard_size=2), on_shard_done=stop)
+    says = "its `clipforge index build` is unfinished (1 of 3 shard(s) embedded) or still running"
+    code, _, err = _search(capsys, half, "cat")
+    assert code == 3 and says in err, err
+    assert clipforge_cli(["dedup", str(half)]) == 3  # was an IndexError: embeddings without their metadata
+    assert says in capsys.readouterr().err
+    for where in (half, tmp_path / "missing", source):
+        with pytest.raises((ValueError, FileNotFoundError)) as caught:
+            create_app({"x": str(where)}, ServiceConfig())
+        assert str(where) in str(caught.value)
+    assert "not an INDEX_DIR (no info.json)" in str(caught.value)  # the source folder
+
+
+def test_dedup_similarity_is_a_cosine(built, capsys):
+    assert clipforge_cli(["dedup", str(built["index"]), "--threshold", "-1", "--json"]) == 0
+    rows = [item for line in capsys.readouterr().out.splitlines() for item in json.loads(line)["items"]]
+    assert len(rows) == 6 and all(-1.0 <= r["similarity"] <= 1.0 for r in rows)

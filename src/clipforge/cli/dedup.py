@@ -41,9 +41,8 @@ def _index_rows(root: Path, modality: str) -> Rows:
     from ..search.layout import IndexLayout, IndexLayoutError
 
     layout = IndexLayout(root)
-    if not layout.is_index_dir():
-        raise CliError(f"{root}: not an INDEX_DIR (no info.json)", "build one with `clipforge index build`", 3)
     try:
+        layout.require_built()  # an unfinished build has embeddings without their metadata
         embeddings = layout.load_embeddings(modality)
     except IndexLayoutError as exc:
         raise CliError(str(exc), "", INPUT_NOT_FOUND) from exc
@@ -154,6 +153,7 @@ def _groups(args: argparse.Namespace, rows: Rows) -> int:
     for number, group in enumerate(groups, 1):
         positions = np.asarray(group, dtype=np.int64)
         similarity = rows.embeddings[positions] @ rows.embeddings[positions[0]]  # (g,): cosine to the kept row
+        similarity = np.clip(similarity, -1.0, 1.0)  # float16-stored unit rows give 1.0001 for the kept row itself
         names = rows.name(rows.ids[positions])
         items = [
             {"id": int(rows.ids[p]), "image_path": name, "similarity": float(s), "keep": i == 0}

@@ -538,7 +538,8 @@ def open_index(root: str | os.PathLike, modality: str = "image", mmap: bool = Tr
     if rows is not None and rows.shape != (index.ntotal, index.d):
         raise IndexFileError(
             f"{path}: holds {index.ntotal} x {index.d}-d vectors but the {modality} shards hold {rows.shape[0]} x "
-            f"{rows.shape[1]}-d; rebuild the index after `index update`"
+            f"{rows.shape[1]}-d: an `index update` is unfinished or still running; wait for it, or run `clipforge "
+            f"index update {layout.root}` to finish it and rebuild the index"
         )
     # Rows never returned: deleted ones, and for text the rows without a caption (zero vectors; layout.live_mask).
     excluded = layout.deleted_ids() if modality == "image" else np.flatnonzero(~layout.live_mask(modality))

@@ -198,6 +198,27 @@ class IndexLayout:
         """Whether `root` looks like an INDEX_DIR clipforge made (info.json or manifest.json present)."""
         return self.info_path.is_file() or self.manifest_path.is_file()
 
+    def require_built(self) -> None:
+        """IndexLayoutError saying what to do unless `root` is a finished INDEX_DIR (info.json present): an
+        interrupted or running build is told apart from a folder that is no INDEX_DIR at all."""
+        if self.info_path.is_file():
+            return
+        if self.manifest_path.is_file():
+            try:
+                planned = len(read_json_file(self.manifest_path).get("shards") or [])
+            except (IndexLayoutError, OSError):
+                planned = 0
+            done = len(_numbered(self.state_dir, "shard", ".json"))
+            raise IndexLayoutError(
+                f"{self.root}: its `clipforge index build` is unfinished ({done} of {planned} shard(s) embedded) or "
+                "still running; wait for it, or rerun the same `clipforge index build ... --out "
+                f"{self.root}`, which resumes it"
+            )
+        raise IndexLayoutError(
+            f"{self.root}: not an INDEX_DIR (no info.json); build one with `clipforge index build SOURCE --out "
+            f"{self.root}`"
+        )
+
     # info.json
     def read_info(self) -> dict[str, Any]:
         """info.json as a dict ({} when absent)."""

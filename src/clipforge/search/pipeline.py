@@ -582,6 +582,10 @@ def update(
 
 
 def _update(layout, model, model_record, config, progress, on_shard_done) -> RunResult:
+    if config.world_size == 1:  # what a killed run left (see _build)
+        for folder in (layout.img_emb_dir, layout.text_emb_dir, layout.metadata_dir, layout.state_dir, layout.root):
+            if folder.is_dir():
+                remove_stale_temporaries(folder)
     manifest = read_manifest(layout)
     _check_model(manifest, model_record, layout.root)
     result = RunResult()

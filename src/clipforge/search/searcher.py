@@ -110,10 +110,7 @@ class Searcher:
 
     def __init__(self, root: str | Path, model: Any = None, device: Any = "cpu") -> None:
         self.layout = IndexLayout(root)
-        if not self.layout.info_path.is_file():
-            raise IndexLayoutError(
-                f"{root}: not an INDEX_DIR (no info.json); build one with `clipforge index build SOURCE --out {root}`"
-            )
+        self.layout.require_built()  # an unfinished build is told apart from a folder that is no INDEX_DIR
         self.info = self.layout.read_info()
         dim = self.info.get("dim")
         if not isinstance(dim, int) or dim <= 0:
