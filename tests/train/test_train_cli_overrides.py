@@ -149,7 +149,8 @@ def test_help_lists_every_field_with_type_recipe_default_and_doc(capsys):
     assert "  --schedule.max_steps  int | None = 300\n      cap on optimizer steps" in out  # the recipe's value
     assert "  --optim.lr  float = 0.003\n      peak learning rate" in out  # after the given override
     assert "  --schedule.kind  'cosine' | 'constant' = \"cosine\"" in out
-    assert "  --data.sources.0.kind  'fashion_mnist' | 'tuxpaint' | 'openclipart' | 'emoji' | 'csv' | 'folder' | 'wds'" in out
+    kinds = "'fashion_mnist' | 'tuxpaint' | 'openclipart' | 'emoji' | 'csv' | 'folder' | 'wds'"
+    assert f"  --data.sources.0.kind  {kinds}" in out
     assert "      keys of each object:\n        fraction: float = 1.0. share of all steps" in out  # phases=()
     assert "recipe fashion_mnist (--arg smoke):" in out
 
