@@ -383,3 +383,34 @@ def test_dedup_similarity_is_a_cosine(built, capsys):
     assert clipforge_cli(["dedup", str(built["index"]), "--threshold", "-1", "--json"]) == 0
     rows = [item for line in capsys.readouterr().out.splitlines() for item in json.loads(line)["items"]]
     assert len(rows) == 6 and all(-1.0 <= r["similarity"] <= 1.0 for r in rows)
+
+
+# ---------------------------------------------------------------- a hostile CSV
+
+
+def test_csv_of_100k_rows_mostly_bad_with_paths_outside_its_folder(tmp_path, model_dir, capsys):
+    from fastapi.testclient import TestClient
+
+    from clipforge.search.service import ServiceConfig, create_app
+
+    folder, outside = tmp_path / "in", tmp_path / "outside"
+    folder.mkdir()
+    outside.mkdir()
+    for i in range(3):
+        _png(folder / f"{i}.png", i)
+    _png(outside / "secret.png", 7)
+    rows = [f"{i % 3}.png,ok {i}" if i % 1000 == 0 else f"missing{i}.png,bad {i}" for i in range(100_000)]
+    rows += ["../outside/secret.png,relative escape", f"{outside}/secret.png,absolute escape"]
+    (folder / "pairs.csv").write_text("image_path,caption\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "idx"
+    assert _cli_build(folder / "pairs.csv", out, model_dir) == 0
+    assert "102 rows (102 live), 99900 skipped (99900 missing file)" in capsys.readouterr().out
+    # the skipped list lives beside the manifest, which stays small enough to read back (64 MiB cap)
+    assert (out / "manifest.json").stat().st_size < 10_000
+    assert len((out / "skipped.jsonl").read_text().splitlines()) == 99_900
+    with TestClient(create_app({"pairs": str(out)}, ServiceConfig()), raise_server_exceptions=False) as client:
+        assert client.get("/items/0/image").status_code == 200  # 0.png, under the CSV's folder
+        for item in (100, 101):  # embedded, as the CSV asks, but never served
+            reply = client.get(f"/items/{item}/image")
+            assert reply.status_code == 403 and "secret" not in reply.headers["content-type"], reply.text
+            assert "outside the indexed roots" in reply.text or "contains '..'" in reply.text

@@ -350,6 +350,40 @@ def _embed_pending(layout, manifest, model, config, progress, on_shard_done, res
 # ---------------------------------------------------------------- finalize
 
 
+def _enumeration_skipped_path(layout: IndexLayout) -> Path:
+    return layout.state_dir / "enumeration_skipped.jsonl"
+
+
+def _write_enumeration_skipped(layout: IndexLayout, skipped: list[dict[str, Any]]) -> int:
+    """Write the items enumeration skipped to state/enumeration_skipped.jsonl (atomically, before the manifest);
+    their count, which is what the manifest keeps: a CSV of millions of bad rows would otherwise make manifest.json
+    too large to read back."""
+    layout.state_dir.mkdir(parents=True, exist_ok=True)
+    lines = "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in skipped)
+    atomic_write_bytes(_enumeration_skipped_path(layout), lines.encode("utf-8"))
+    return len(skipped)
+
+
+def _read_enumeration_skipped(layout: IndexLayout, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    recorded = manifest.get("enumeration_skipped", [])
+    if isinstance(recorded, list):  # an INDEX_DIR from before the separate file
+        return list(recorded)
+    path = _enumeration_skipped_path(layout)
+    try:
+        if not path.is_file():  # missing, or a FIFO that would block the read
+            raise FileNotFoundError(2, "not a regular file")
+        with open(path, encoding="utf-8") as handle:  # written by us, atomically; read line by line, not capped
+            found = [json.loads(line) for line in handle if line.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IndexLayoutError(f"{path}: missing or damaged ({exc}); rebuild the index into a new --out") from exc
+    if len(found) != recorded:
+        raise IndexLayoutError(
+            f"{path}: lists {len(found)} skipped item(s), manifest.json says {recorded}; rebuild the index into a new "
+            "--out"
+        )
+    return found
+
+
 def shard_states(layout: IndexLayout, manifest: dict[str, Any]) -> dict[int, dict[str, Any]]:
     """state/shard_{i}.json of every finished shard of the manifest."""
     states = {}
@@ -369,7 +403,7 @@ def finalize(layout: IndexLayout) -> bool:
     states = shard_states(layout, manifest)
     if len(states) < len(manifest["shards"]):
         return False
-    skipped = list(manifest.get("enumeration_skipped", []))
+    skipped = _read_enumeration_skipped(layout, manifest)
     for index in sorted(states):
         skipped.extend({"image_path": s["image_path"], "error": s["error"]} for s in states[index]["skipped"])
     lines = "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in skipped)
@@ -533,7 +567,7 @@ def _build(layout, spec, model, model_record, config, progress, on_shard_done) -
             "shard_size": config.shard_size,
             "has_captions": enumeration.has_captions,
             "column_names": list(enumeration.column_names),
-            "enumeration_skipped": enumeration.skipped,
+            "enumeration_skipped": _write_enumeration_skipped(layout, enumeration.skipped),
             "shards": _plan(layout, enumeration, 0, config.shard_size),
             "complete": False,
         }
@@ -623,7 +657,7 @@ def _update(layout, model, model_record, config, progress, on_shard_done) -> Run
         **manifest,
         "shards": manifest["shards"] + added,
         "column_names": columns,
-        "enumeration_skipped": enumeration.skipped,
+        "enumeration_skipped": _write_enumeration_skipped(layout, enumeration.skipped),
         "complete": False,
         "updates": manifest.get("updates", []) + [update_record],
     }
