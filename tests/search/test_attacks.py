@@ -414,3 +414,34 @@ def test_csv_of_100k_rows_mostly_bad_with_paths_outside_its_folder(tmp_path, mod
             reply = client.get(f"/items/{item}/image")
             assert reply.status_code == 403 and "secret" not in reply.headers["content-type"], reply.text
             assert "outside the indexed roots" in reply.text or "contains '..'" in reply.text
+
+
+# ---------------------------------------------------------------- a hostile folder
+
+
+def _png_header(path, width: int, height: int) -> None:
+    """A PNG that claims width x height pixels in a few hundred bytes (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+
+
+def test_bombs_symlink_loops_and_escapes_are_skipped_and_counted(tmp_path, model_dir, capsys):
+    source = _folder(tmp_path / "src", n=3)
+    _png_header(source / "bomb.png", 100_000, 100_000)
+    _png_header(source / "wide.png", 2**31 - 1, 1)
+    os.symlink(source / "loop_b.png", source / "loop_a.png")
+    os.symlink(source / "loop_a.png", source / "loop_b.png")
+    os.symlink(source, source / "folder_loop")  # a folder symlink to itself: not followed
+    (tmp_path / "secret.txt").write_text("not an image")
+    os.symlink(tmp_path / "secret.txt", source / "escape.png")
+    assert _cli_build(source, tmp_path / "idx", model_dir) == 0
+    out = capsys.readouterr().out
+    assert "3 rows (3 live), 5 skipped (2 too large, 2 unreachable path (a symlink loop, no permission), " \
+        "1 not a readable image)" in out, out

@@ -256,6 +256,8 @@ def skip_reason(error: str) -> str:
         return "missing file"
     if error.startswith("ImageLoadError") or "no image member" in error:
         return "not a readable image"
+    if "cannot stat" in error:
+        return "unreachable path (a symlink loop, no permission)"
     if "cannot read shard" in error:
         return "unreadable shard"
     return "unreadable"
