@@ -1,0 +1,168 @@
+"""open_clip's EVA-CLIP models: timm `eva02_*` image towers (open_clip `TimmModel`) in clipforge's ViT.
+
+open_clip builds EVA02-B-16, EVA02-L-14, ... with `vision_cfg.timm_model_name` naming a timm EVA (timm
+`models/eva.py`) and keeps that model under `visual.trunk.`; with `timm_proj: null` the trunk's classifier `head`
+(a Linear with bias) is the projection, with `timm_proj: "linear"` it is `visual.head.proj`. clipforge runs the
+same network as its `VisionTransformer` with EVA blocks (models/eva.py), so this module maps
+- timm's names onto clipforge's (`patch_embed.proj` -> `conv1`, `blocks.i.norm1` -> `transformer.resblocks.i.ln_1`,
+  separate or fused q/k/v -> the packed `attn.in_proj_weight` / `in_proj_bias`, with EVA's missing key bias as
+  zeros, SwiGLU's `fc1_g` / `fc1_x` -> the packed `mlp.c_fc`, ...), and
+- the timm model names open_clip's configs use onto `VisionConfig` fields (the shapes timm registers for them).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+
+from ..models.config import ConfigError, VisionConfig
+
+TRUNK = "visual.trunk."
+_CLS_KEY = TRUNK + "cls_token"
+_ROPE_MLP_RATIO = 4 * 2 / 3  # timm's EVA02 SwiGLU ratio: hidden = int(width * 8/3)
+
+# timm EVA models open_clip's configs name -> their VisionConfig fields (timm models/eva.py registrations).
+_EVA02_CLIP = dict(
+    mlp_ratio=_ROPE_MLP_RATIO, mlp_type="swiglu", scale_mlp=True, scale_attn_inner=True, rope=True,
+    rope_ref_grid=16, patch_bias=True, no_ln_pre=True, layer_norm_eps=1e-6, proj_bias=True, pool_type="tok",
+)
+TIMM_EVA_TOWERS: dict[str, dict[str, Any]] = {
+    "eva02_base_patch16_clip_224": dict(image_size=224, patch_size=16, width=768, layers=12, heads=12, **_EVA02_CLIP),
+    "eva02_large_patch14_clip_224": dict(
+        image_size=224, patch_size=14, width=1024, layers=24, heads=16, **_EVA02_CLIP
+    ),
+    "eva02_large_patch14_clip_336": dict(
+        image_size=336, patch_size=14, width=1024, layers=24, heads=16, **_EVA02_CLIP
+    ),
+}
+
+
+def is_openclip_eva(model_cfg: dict[str, Any]) -> bool:
+    """Whether an open_clip model config builds its image tower from a timm EVA model."""
+    name = (model_cfg.get("vision_cfg") or {}).get("timm_model_name")
+    return isinstance(name, str) and name.startswith(("eva02_", "eva_"))
+
+
+def vision_from_openclip(vision_cfg: dict[str, Any]) -> VisionConfig:
+    """The VisionConfig of an open_clip `vision_cfg` naming a timm EVA tower; unknown EVA models are refused."""
+    name = vision_cfg["timm_model_name"]
+    if name not in TIMM_EVA_TOWERS:
+        raise ConfigError(
+            f"open_clip vision_cfg.timm_model_name={name!r}: this timm EVA tower is not supported; supported: "
+            f"{sorted(TIMM_EVA_TOWERS)} (EVA01 towers such as EVA01-g-14 are not)"
+        )
+    pool, proj = vision_cfg.get("timm_pool", "avg"), vision_cfg.get("timm_proj", "linear")
+    if pool != "token" or proj not in (None, "linear"):
+        raise ConfigError(
+            f"open_clip {name} with timm_pool={pool!r}, timm_proj={proj!r} is not supported (EVA-CLIP's configs use "
+            "timm_pool 'token' and timm_proj null)"
+        )
+    fields = dict(TIMM_EVA_TOWERS[name])
+    if proj == "linear":  # a separate head.proj Linear, with a bias only if timm_proj_bias
+        fields["proj_bias"] = bool(vision_cfg.get("timm_proj_bias", False))
+    image_size = vision_cfg.get("image_size", fields["image_size"])
+    if isinstance(image_size, (list, tuple)):
+        image_size = image_size[0]
+    if image_size != fields["image_size"]:
+        raise ConfigError(
+            f"open_clip vision_cfg.image_size={image_size} differs from timm {name}'s {fields['image_size']}: "
+            "open_clip builds the timm tower at its own size"
+        )
+    return VisionConfig(**fields)
+
+
+def is_eva_state_dict(state_dict: dict[str, torch.Tensor]) -> bool:
+    """Whether an open_clip state dict holds a timm EVA image tower (class token under visual.trunk.)."""
+    return _CLS_KEY in state_dict or any(k.startswith(TRUNK + "blocks.0.attn.") for k in state_dict)
+
+
+_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+_BLOCK_RENAMES = {
+    "norm1.": "ln_1.",
+    "norm2.": "ln_2.",
+    "attn.proj.": "attn.out_proj.",
+    "attn.norm.": "attn.ln_inner.",
+    "mlp.fc2.": "mlp.c_proj.",
+    "mlp.norm.": "mlp.ln.",
+    "mlp.fc1.": "mlp.c_fc.",  # timm's packed GluMlp (gate half first) or plain Mlp: both are clipforge's c_fc
+    "gamma_1": "ls_1.gamma",
+    "gamma_2": "ls_2.gamma",
+}
+
+
+def eva_to_clipforge_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the `visual.trunk.*` (and `visual.head.proj.*`) keys of an open_clip EVA model to clipforge's.
+
+    Other keys pass through unchanged; q/k/v and SwiGLU input projections are concatenated (new tensors).
+    """
+    out: dict[str, torch.Tensor] = {}
+    parts: dict[tuple[int, str], torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key in ("visual.head.proj.weight", "visual.trunk.head.weight"):
+            out["visual.proj"] = value.t()  # Linear (D, width) -> clipforge's (width, D) matrix
+        elif key in ("visual.head.proj.bias", "visual.trunk.head.bias"):
+            out["visual.proj_bias"] = value
+        elif not key.startswith(TRUNK):
+            out[key] = value
+        elif key == _CLS_KEY:
+            out["visual.class_embedding"] = value.reshape(-1)  # (1, 1, width) -> (width,)
+        elif key == TRUNK + "pos_embed":
+            out["visual.positional_embedding"] = value.reshape(value.shape[-2], value.shape[-1])  # (1+N, width)
+        elif key.startswith(TRUNK + "patch_embed.proj."):
+            out["visual.conv1." + key.rsplit(".", 1)[1]] = value
+        elif key.startswith(TRUNK + "norm."):
+            out["visual.ln_post." + key.rsplit(".", 1)[1]] = value
+        else:
+            match = _BLOCK.match(key[len(TRUNK) :])
+            if match is None:
+                raise ConfigError(
+                    f"open_clip EVA checkpoint key {key!r} has no clipforge counterpart (fc_norm / attention pooling "
+                    "variants of timm's EVA are not supported)"
+                )
+            index, rest = int(match.group(1)), match.group(2)
+            if rest in _QKV_PARTS:
+                parts[(index, rest)] = value
+                continue
+            for old, new in _BLOCK_RENAMES.items():
+                if rest.startswith(old):
+                    rest = new + rest[len(old) :]
+                    break
+            out[f"visual.transformer.resblocks.{index}.{rest}"] = value
+    out.update(_pack_parts(parts))
+    return out
+
+
+_QKV_PARTS = frozenset(
+    {
+        "attn.q_proj.weight", "attn.k_proj.weight", "attn.v_proj.weight", "attn.q_proj.bias", "attn.v_proj.bias",
+        "attn.k_proj.bias", "attn.qkv.weight", "attn.q_bias", "attn.v_bias", "mlp.fc1_g.weight", "mlp.fc1_x.weight",
+        "mlp.fc1_g.bias", "mlp.fc1_x.bias",
+    }
+)
+
+
+def _pack_parts(parts: dict[tuple[int, str], torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Packed in_proj_weight / in_proj_bias / mlp.c_fc tensors from timm's separate ones, per block."""
+    out = {}
+    for index in sorted({i for i, _ in parts}):
+        p = {name: t for (i, name), t in parts.items() if i == index}
+        prefix = f"visual.transformer.resblocks.{index}."
+        if "attn.qkv.weight" in p:
+            weight = p["attn.qkv.weight"]
+        else:
+            weight = torch.cat([p["attn.q_proj.weight"], p["attn.k_proj.weight"], p["attn.v_proj.weight"]])
+        out[prefix + "attn.in_proj_weight"] = weight  # (3 width, width)
+        dim = weight.shape[0] // 3
+        q_bias = p.get("attn.q_proj.bias", p.get("attn.q_bias"))
+        v_bias = p.get("attn.v_proj.bias", p.get("attn.v_bias"))
+        k_bias = p.get("attn.k_proj.bias")
+        zeros = weight.new_zeros(dim)
+        # No key bias in EVA: softmax is blind to it (it adds q.b_k to every score of a query), so zeros are exact.
+        biases = [zeros if b is None else b for b in (q_bias, k_bias, v_bias)]
+        out[prefix + "attn.in_proj_bias"] = torch.cat(biases)  # (3 width,)
+        if "mlp.fc1_g.weight" in p:  # SwiGLU with separate gate / value projections: gate rows first
+            out[prefix + "mlp.c_fc.weight"] = torch.cat([p["mlp.fc1_g.weight"], p["mlp.fc1_x.weight"]])
+            out[prefix + "mlp.c_fc.bias"] = torch.cat([p["mlp.fc1_g.bias"], p["mlp.fc1_x.bias"]])
+    return out
