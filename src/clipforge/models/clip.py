@@ -40,7 +40,12 @@ class CLIP(nn.Module):
         self.config = config
         tower = ModifiedResNet if config.vision.is_resnet else VisionTransformer
         self.visual = tower(config.vision, config.embed_dim)
-        self.text = TextTransformer(config.text, config.embed_dim)
+        if config.text.is_hf:  # a Hugging Face encoder (XLM-R, RoBERTa, BERT); imports transformers lazily
+            from .hf_text import HFTextTower
+
+            self.text = HFTextTower(config.text, config.embed_dim)
+        else:
+            self.text = TextTransformer(config.text, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
         if config.init_logit_bias is not None:
             self.logit_bias = nn.Parameter(torch.tensor(float(config.init_logit_bias)))

@@ -21,6 +21,7 @@ Activation = Literal["gelu", "quick_gelu"]
 VisionPool = Literal["tok", "avg", "none"]
 TextPool = Literal["argmax", "eos", "first", "last", "none"]
 ResizeMode = Literal["shortest", "longest", "squash"]
+HF_POOLERS = ("mean_pooler", "cls_pooler", "cls_last_hidden_state_pooler")
 Interpolation = Literal["bicubic", "bilinear", "nearest"]
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -142,6 +143,13 @@ class TextConfig:
         pad_id / eos_id: token ids used by pool_type "eos" and pad_mask.
         proj_bias: text projection as a Linear with bias (SigLIP); otherwise a bias-free matrix.
         layer_norm_eps: LayerNorm epsilon.
+        hf_config: a Hugging Face encoder's config.json fields (with "model_type"); set, it replaces the CLIP text
+            transformer by that encoder (models/hf_text.py) and the fields above except context_length are unused.
+        hf_model_name: the Hugging Face model the tower comes from (e.g. "xlm-roberta-base"); the default tokenizer.
+        hf_tokenizer_name: a hub name or local folder of the tokenizer when it differs from hf_model_name.
+        hf_pooler_type: "mean_pooler" (mean over non-padding tokens), "cls_pooler" (the encoder's pooler output)
+            or "cls_last_hidden_state_pooler" (the first token's last hidden state).
+        hf_proj_type: "mlp" (Linear, GELU, Linear; open_clip's default), "linear" or "none".
     """
 
     context_length: int = 77
@@ -159,15 +167,31 @@ class TextConfig:
     eos_id: int = 49407
     proj_bias: bool = False
     layer_norm_eps: float = 1e-5
+    hf_config: dict[str, Any] | None = None
+    hf_model_name: str | None = None
+    hf_tokenizer_name: str | None = None
+    hf_pooler_type: str = "mean_pooler"
+    hf_proj_type: str = "mlp"
 
     def __post_init__(self) -> None:
         _check_types(self, "text")
+        _check_choice("text.hf_pooler_type", self.hf_pooler_type, HF_POOLERS)
+        _check_choice("text.hf_proj_type", self.hf_proj_type, ("mlp", "linear", "none"))
+        _check(
+            self.hf_config is None or isinstance(self.hf_config.get("model_type"), str),
+            "text.hf_config needs a \"model_type\" (e.g. \"xlm-roberta\"), as in the model's config.json",
+        )
         _check_choice("text.act", self.act, ("gelu", "quick_gelu"))
         _check_choice("text.pool_type", self.pool_type, ("argmax", "eos", "first", "last", "none"))
         _check(self.context_length > 0, f"text.context_length must be positive, got {self.context_length}")
         _check(self.vocab_size > 0, f"text.vocab_size must be positive, got {self.vocab_size}")
         _check(self.layers > 0, f"text.layers must be positive, got {self.layers}")
         _check(self.width % self.num_heads == 0, f"text.width {self.width} not divisible by heads {self.num_heads}")
+
+    @property
+    def is_hf(self) -> bool:
+        """Whether the tower is a Hugging Face encoder (`hf_config` set) rather than CLIP's text transformer."""
+        return self.hf_config is not None
 
     @property
     def num_heads(self) -> int:

@@ -1,0 +1,168 @@
+"""Tokenizers of Hugging Face text towers (XLM-R, RoBERTa, BERT), with open_clip's `HFTokenizer` behaviour.
+
+A CLIP whose text tower is a Hugging Face encoder (models/hf_text.py) takes that encoder's own vocabulary.
+`HFTokenizer` gives the same (N, context_length) ids open_clip's `HFTokenizer` does: each text cleaned with its
+"whitespace" cleaning (ftfy, HTML unescaped twice, whitespace collapsed, no lowercasing), encoded with the
+tokenizer's special tokens (`<s> ... </s>` for XLM-R), truncated to `context_length` with the end token kept,
+then right-padded with the pad id to exactly `context_length`.
+
+Sources: a folder holding `tokenizer.json` (the checkpoint's own file) is read with the Rust `tokenizers`
+library, under the size cap of clipforge.safeio; anything else (a hub name such as "xlm-roberta-base", or a
+folder with only slow-tokenizer files) goes through transformers' `AutoTokenizer`, which may download it.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import ftfy
+import numpy as np
+import torch
+
+from ..safeio import read_text_file
+
+MAX_TOKENIZER_FILE_BYTES = 64 * 2**20  # XLM-R's tokenizer.json is 17 MB
+_PAD_CANDIDATES = ("<pad>", "[PAD]")
+
+
+def clean_whitespace(text: str) -> str:
+    """open_clip's "whitespace" cleaning: ftfy, HTML unescaped twice, whitespace collapsed; case is kept."""
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return " ".join(text.split()).strip()
+
+
+def _check_context_length(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
+        raise ValueError(f"context_length must be an int >= 2 (room for the start and end tokens), got {value!r}")
+    return int(value)
+
+
+def _texts(texts: Any) -> list[str]:
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Iterable):
+        raise TypeError(f"texts must be a str or a sequence of str, got {type(texts).__name__}")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str: {t!r:.80}")
+    return texts
+
+
+def _pad_token(folder: Path, vocab: dict[str, int]) -> tuple[str, int]:
+    """The pad token of a tokenizer folder: tokenizer_config.json / special_tokens_map.json, else <pad> or [PAD]."""
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = folder / name
+        if path.is_file():
+            try:
+                data = json.loads(read_text_file(path, what=name))
+            except ValueError as exc:
+                raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+            token = data.get("pad_token") if isinstance(data, dict) else None
+            if isinstance(token, dict):  # AddedToken serialisation
+                token = token.get("content")
+            if isinstance(token, str) and token in vocab:
+                return token, vocab[token]
+    for token in _PAD_CANDIDATES:
+        if token in vocab:
+            return token, vocab[token]
+    raise ValueError(
+        f"{folder}: cannot tell the tokenizer's pad token (no pad_token in tokenizer_config.json and neither "
+        f"{' nor '.join(_PAD_CANDIDATES)} in the vocabulary); add \"pad_token\" to tokenizer_config.json"
+    )
+
+
+class HFTokenizer:
+    """Texts -> (N, context_length) int64 ids for a Hugging Face text tower, as open_clip's `HFTokenizer`.
+
+    Args:
+        source: a folder with `tokenizer.json` (read with `tokenizers`, nothing downloaded), or a hub name /
+            folder for transformers' `AutoTokenizer`.
+        context_length: ids per row, special tokens included (open_clip uses 77 for its HF-text models).
+        cache_dir: AutoTokenizer's download cache (hub names only).
+
+    Attributes:
+        pad_token_id: the id rows are padded with (the text tower's attention mask is `ids != pad_token_id`).
+        vocab_size: number of ids, added tokens included.
+    """
+
+    def __init__(self, source: str | os.PathLike, context_length: int = 77, *, cache_dir: str | None = None) -> None:
+        self.source = os.fspath(source)
+        self.context_length = _check_context_length(context_length)
+        folder = Path(self.source)
+        self._fast = None
+        self._auto = None
+        if (folder / "tokenizer.json").is_file():
+            from tokenizers import Tokenizer
+
+            path = folder / "tokenizer.json"
+            text = read_text_file(path, MAX_TOKENIZER_FILE_BYTES, "tokenizer.json")
+            try:
+                tokenizer = Tokenizer.from_str(text)
+            except Exception as exc:  # tokenizers raises its own Exception subclass for bad files
+                raise ValueError(f"{path}: not a readable tokenizers file ({exc})") from exc
+            vocab = tokenizer.get_vocab(with_added_tokens=True)
+            self._pad_token, self.pad_token_id = _pad_token(folder, vocab)
+            self._json = text
+            self._fast = {}  # context length -> a Tokenizer set to truncate and pad to it (never mutated after)
+            self._fast_vocab = tokenizer
+            self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        else:
+            try:
+                from transformers import AutoTokenizer
+            except ImportError as exc:  # pragma: no cover - the test environment has transformers
+                raise ImportError(
+                    f"{self.source!r} holds no tokenizer.json; reading it needs transformers: pip install transformers"
+                ) from exc
+            self._auto = AutoTokenizer.from_pretrained(self.source, cache_dir=cache_dir)
+            if self._auto.pad_token_id is None:
+                raise ValueError(f"the tokenizer {self.source!r} has no pad token; a CLIP text tower needs one")
+            self.pad_token_id = int(self._auto.pad_token_id)
+            self.vocab_size = len(self._auto)
+
+    def __repr__(self) -> str:
+        return f"HFTokenizer({self.source!r}, context_length={self.context_length})"
+
+    def __call__(self, texts: str | Iterable[str], context_length: int | None = None) -> torch.LongTensor:
+        """Ids of `texts` as a (N, context_length) int64 tensor (N = 1 for a single str)."""
+        texts = [clean_whitespace(t) for t in _texts(texts)]
+        length = self.context_length if context_length is None else _check_context_length(context_length)
+        if not texts:
+            return torch.zeros((0, length), dtype=torch.long)
+        if self._auto is not None:
+            return self._auto(
+                texts, return_tensors="pt", max_length=length, padding="max_length", truncation=True
+            ).input_ids.long()
+        encodings = self._fixed_length(length).encode_batch(texts)
+        return torch.tensor(np.asarray([e.ids for e in encodings], dtype=np.int64))
+
+    def _fixed_length(self, length: int):
+        """A `tokenizers.Tokenizer` that truncates (keeping the special tokens) and pads to `length`.
+
+        One per length, configured once: the Rust object's truncation and padding are settings on the object,
+        and changing them per call would race between threads sharing this tokenizer."""
+        tokenizer = self._fast.get(length)
+        if tokenizer is None:
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_str(self._json)
+            tokenizer.enable_truncation(max_length=length)
+            tokenizer.enable_padding(length=length, pad_id=self.pad_token_id, pad_token=self._pad_token)
+            self._fast[length] = tokenizer
+        return tokenizer
+
+    def decode(self, ids: Iterable[int] | torch.Tensor, *, skip_special_tokens: bool = True) -> str:
+        """Text of one id row (padding and, by default, the special tokens dropped)."""
+        if isinstance(ids, torch.Tensor):
+            if ids.ndim != 1:
+                raise ValueError(f"decode takes one 1-D id sequence, got shape {tuple(ids.shape)}")
+            ids = ids.tolist()
+        ids = [int(i) for i in ids if int(i) != self.pad_token_id]
+        if self._auto is not None:
+            return self._auto.decode(ids, skip_special_tokens=skip_special_tokens)
+        return self._fast_vocab.decode(ids, skip_special_tokens=skip_special_tokens)
