@@ -62,3 +62,26 @@ def test_existing_collection_is_refused_unless_recreated(exported, tmp_path):
         QdrantIndex(client, "other")
     on_disk = tmp_path / "qdrant"  # local in-process mode on a folder: the same code as for a server URL
     assert export_to_qdrant(layout.root, str(on_disk), "disk") == 398
+
+
+def test_cli_export_then_search_and_its_errors(tmp_path, capsys):
+    """`clipforge index export-qdrant` into a local folder: the collection answers like the faiss index."""
+    from clipforge.cli.index import main as index_cli
+
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((60, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    layout = make_index_dir(tmp_path / "idx", vectors, metadata={"label": [f"l{i}" for i in range(60)]})
+    build_index(layout.root, recall_sample=10)
+    target = tmp_path / "qdrant"
+    assert index_cli(["export-qdrant", str(layout.root), str(target), "--collection", "pics", "-q"]) == 0
+    assert "exported 60 image vector(s)" in capsys.readouterr().out
+    client = connect(str(target))
+    scores, ids = QdrantIndex(client, "pics").search(vectors[:3], 1)
+    assert ids[:, 0].tolist() == [0, 1, 2]
+    client.close()
+    again = index_cli(["export-qdrant", str(layout.root), str(target), "--collection", "pics", "-q"])
+    assert again == 1 and "--recreate" in capsys.readouterr().err
+    assert index_cli(["export-qdrant", str(tmp_path / "nope"), str(target)]) == 3
+    (tmp_path / "plain").mkdir()
+    assert index_cli(["export-qdrant", str(tmp_path / "plain"), str(target)]) == 3

@@ -1,4 +1,4 @@
-"""`clipforge index build SOURCE --out INDEX_DIR` and `clipforge index update INDEX_DIR`: embed a collection.
+"""`clipforge index build SOURCE --out INDEX_DIR`, `index update INDEX_DIR`, `index export-qdrant INDEX_DIR LOCATION`.
 
 build: SOURCE (an image folder, a CSV/TSV of paths with caption and metadata columns, or WebDataset .tar shards,
 local or fsspec URLs) -> INDEX_DIR in clip-retrieval's layout (img_emb/, text_emb/, metadata/; see
@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  clipforge index build pairs.csv --out pairs.index --model ViT-B-32 --pretrained openai\n"
         "  clipforge index build 's3://bucket/shard-{0000..0999}.tar' --out big.index --pretrained ./my-model\n"
         "  torchrun --nproc_per_node=8 -m clipforge index build ... (each rank embeds its shards)\n"
-        "  clipforge index update photos.index\n\n" + exit_codes_epilog(),
+        "  clipforge index update photos.index\n"
+        "  clipforge index export-qdrant photos.index http://qdrant:6333 --collection photos\n\n"
+        + exit_codes_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = parser.add_subparsers(dest="action", required=True, parser_class=CliParser)
@@ -95,7 +97,52 @@ def build_parser() -> argparse.ArgumentParser:
     add_progress_arguments(update)
     add_model_arguments(update)
     add_common_arguments(update)
+    export = actions.add_parser(
+        "export-qdrant",
+        help="copy INDEX_DIR's vectors and metadata into a Qdrant collection (a server, a cluster or a folder)",
+        description="Copy the live rows of INDEX_DIR (ids = its row numbers, payload = each row's metadata) into "
+        "a Qdrant collection, for collections that outgrow one machine: Qdrant shards, replicates and serves them. "
+        "LOCATION is an http(s) URL of a Qdrant server or cluster, or a folder (qdrant-client's local mode). Search "
+        "it from Python with clipforge.search.qdrant.QdrantIndex (the same interface as the faiss index).",
+    )
+    export.add_argument("index_dir", help="an INDEX_DIR made by `clipforge index build`")
+    export.add_argument("location", help="http(s)://HOST:6333 of a Qdrant server or cluster, or a local folder")
+    export.add_argument("--collection", default="clipforge", help="collection name (default clipforge)")
+    export.add_argument("--modality", choices=["image", "text"], default="image", help="which embeddings (image)")
+    export.add_argument("--recreate", action="store_true", help="replace the collection if it exists")
+    export.add_argument("--api-key", default=None, help="Qdrant API key (or env QDRANT_API_KEY)")
+    add_progress_arguments(export)
+    add_common_arguments(export)
     return parser
+
+
+def _export_qdrant(args: argparse.Namespace) -> int:
+    """`index export-qdrant`: the live rows into a Qdrant collection; one line with the count."""
+    from ..search.layout import IndexLayout, IndexLayoutError
+    from ..search.qdrant import export_to_qdrant
+
+    if not os.path.isdir(args.index_dir):
+        raise CliError(f"{args.index_dir}: no such folder", "give an INDEX_DIR made by `clipforge index build`",
+                       INPUT_NOT_FOUND)  # fmt: skip
+    try:
+        IndexLayout(args.index_dir).require_built()
+    except IndexLayoutError as exc:
+        raise CliError(str(exc), "", INPUT_NOT_FOUND) from exc
+    try:
+        import qdrant_client  # noqa: F401
+    except ImportError as exc:
+        raise CliError("qdrant-client is not installed", "pip install 'clipforge[qdrant]'") from exc
+    api_key = args.api_key or os.environ.get("QDRANT_API_KEY")
+    try:
+        count = export_to_qdrant(
+            args.index_dir, args.location, args.collection, modality=args.modality, recreate=args.recreate,
+            api_key=api_key, progress=show_progress(args),
+        )  # fmt: skip
+    except ValueError as exc:
+        raise CliError(str(exc), "pass --recreate to replace it, or --collection NAME for a new one") from exc
+    print(f"exported {count} {args.modality} vector(s) of {args.index_dir} to Qdrant collection "
+          f"{args.collection!r} at {args.location}")  # fmt: skip
+    return 0
 
 
 def _distributed(args: argparse.Namespace):
@@ -218,6 +265,8 @@ def summary_line(info: dict, skipped_path) -> str:
 
 @command("clipforge index")
 def main(argv: list[str] | None = None) -> int:
-    """`clipforge index build|update`; returns the exit code."""
+    """`clipforge index build|update|export-qdrant`; returns the exit code."""
     args = build_parser().parse_args(argv)
+    if args.action == "export-qdrant":
+        return _export_qdrant(args)
     return _run(args)
