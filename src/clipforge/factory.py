@@ -37,12 +37,26 @@ def get_tokenizer(
 ) -> CLIPTokenizer:
     """A callable `texts -> LongTensor[N, context_length]` matching the model's text tower."""
     config = _config(name_or_model, cache_dir)
+    if config.text.is_hf:  # a Hugging Face text tower takes its own vocabulary (text/hf_tokenizer.py)
+        return _hf_tokenizer(config, context_length, cache_dir)
     if config.text.vocab_size != 49408:
         raise ValueError(
             f"this model's text tower has vocab_size {config.text.vocab_size}; only CLIP's BPE (49408) ships "
             "with clipforge"
         )
     return CLIPTokenizer(context_length=context_length or config.text.context_length)
+
+
+def _hf_tokenizer(config: CLIPConfig, context_length: int | None, cache_dir: str | None):
+    from .text.hf_tokenizer import HFTokenizer
+
+    source = config.text.hf_tokenizer_name or config.text.hf_model_name
+    if not source:
+        raise ValueError(
+            "this model's Hugging Face text tower names no tokenizer (text.hf_tokenizer_name / text.hf_model_name); "
+            "build one with clipforge.text.hf_tokenizer.HFTokenizer(folder_with_tokenizer_json)"
+        )
+    return HFTokenizer(source, context_length or config.text.context_length, cache_dir=cache_dir)
 
 
 def get_preprocess(name_or_model: ModelLike | PreprocessConfig = "ViT-B-32", train: bool = False, **train_options):
