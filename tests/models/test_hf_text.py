@@ -7,6 +7,7 @@ downloaded, both sides hold the same random weights, and features must agree wit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -177,3 +178,23 @@ def test_existing_configs_unchanged():
     assert config.text.hf_config is None and not config.text.is_hf
     assert CLIPConfig.from_dict(config.to_dict()) == config
     assert isinstance(CLIP(config).text, TextTransformer)
+
+
+def test_openclip_checkpoint_translation(tmp_path, hf_folder):
+    """open_clip's text_cfg + the encoder's config.json -> the same TextConfig; old position_ids buffers dropped."""
+    from clipforge.weights.openclip_hftext import clean_hf_text_state_dict, text_config_from_openclip
+
+    folder, fields = hf_folder
+    reference, _ = _openclip_model(tmp_path, folder, "mean_pooler", "mlp")
+    text_cfg = {"hf_model_name": str(folder), "hf_tokenizer_name": str(folder), "context_length": 20}
+    text = text_config_from_openclip(text_cfg, fields)
+    assert text == dataclasses.replace(_config(fields).text, hf_model_name=str(folder), hf_tokenizer_name=str(folder))
+    model = CLIP(_config(fields).replace(text=text)).eval()
+    state = dict(reference.state_dict())
+    state["text.transformer.embeddings.position_ids"] = torch.arange(80)[None]  # as transformers < 4.31 saved
+    model.load_state_dict(clean_hf_text_state_dict(state))
+    tokens = HFTokenizer(folder, 20)(TEXTS)
+    with torch.no_grad():
+        assert_close_rel(model.encode_text(tokens), reference.encode_text(tokens), 1e-5, "translated model")
+    with pytest.raises(ConfigError, match="model_type"):
+        text_config_from_openclip(text_cfg, {"hidden_size": 8})
