@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import CLIPConfig
+from .convnext import ConvNeXt
 from .freeze import lock_image, lock_text
 from .layers import Attention
 from .output import CLIPOutput
@@ -38,7 +39,7 @@ class CLIP(nn.Module):
     def __init__(self, config: CLIPConfig) -> None:
         super().__init__()
         self.config = config
-        tower = ModifiedResNet if config.vision.is_resnet else VisionTransformer
+        tower = ConvNeXt if config.vision.convnext else ModifiedResNet if config.vision.is_resnet else VisionTransformer
         self.visual = tower(config.vision, config.embed_dim)
         if config.text.is_hf:  # a Hugging Face encoder (XLM-R, RoBERTa, BERT); imports transformers lazily
             from .hf_text import HFTextTower

@@ -62,6 +62,11 @@ class VisionConfig:
         attn_pooler_queries / attn_pooler_heads: its query count and heads.
         patch_dropout: fraction of patch tokens dropped in training (FLIP); 0 disables.
         layer_norm_eps: LayerNorm epsilon.
+        convnext: a ConvNeXt tower (models/convnext.py): layers = four stage depths, width = first stage width
+            (doubled per stage), patch_size = stem stride (4), pool_type "avg"; ls_init_value is its LayerScale.
+        head_proj: a ConvNeXt's projection head: one Linear ("linear") or open_clip's GELU MLP ("mlp").
+        head_proj_bias: a bias on the ConvNeXt head's last Linear (open_clip's timm_proj_bias).
+        drop_path: a ConvNeXt's stochastic depth rate for its last block (linear from 0 over blocks, as timm).
     """
 
     image_size: int = 224
@@ -81,6 +86,10 @@ class VisionConfig:
     attn_pooler_heads: int = 8
     patch_dropout: float = 0.0
     layer_norm_eps: float = 1e-5
+    convnext: bool = False
+    head_proj: Literal["linear", "mlp"] = "linear"
+    head_proj_bias: bool = False
+    drop_path: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, list):
@@ -91,7 +100,16 @@ class VisionConfig:
         _check(self.image_size > 0, f"vision.image_size must be positive, got {self.image_size}")
         _check(self.width > 0, f"vision.width must be positive, got {self.width}")
         _check(0.0 <= self.patch_dropout < 1.0, f"vision.patch_dropout must be in [0, 1), got {self.patch_dropout}")
-        if self.is_resnet:
+        _check_choice("vision.head_proj", self.head_proj, ("linear", "mlp"))
+        _check(0.0 <= self.drop_path < 1.0, f"vision.drop_path must be in [0, 1), got {self.drop_path}")
+        if not self.convnext:
+            _check(
+                (self.head_proj, self.head_proj_bias, self.drop_path) == ("linear", False, 0.0),
+                "vision.head_proj / head_proj_bias / drop_path apply to ConvNeXt towers only (vision.convnext)",
+            )
+        if self.convnext:
+            _check_convnext(self)
+        elif self.is_resnet:
             _check(
                 isinstance(self.layers, tuple) and len(self.layers) == 4,
                 f"a ModifiedResNet (patch_size=None) needs layers as four stage depths, got {self.layers!r}",
@@ -113,7 +131,7 @@ class VisionConfig:
     @property
     def is_resnet(self) -> bool:
         """Whether this is a ModifiedResNet tower (no patch size) rather than a ViT."""
-        return self.patch_size is None
+        return self.patch_size is None and not self.convnext
 
     @property
     def num_heads(self) -> int:
@@ -123,7 +141,24 @@ class VisionConfig:
     @property
     def grid_size(self) -> int:
         """Side of the patch grid (ViT) or of the final feature map (ResNet, stride 32)."""
-        return self.image_size // self.patch_size if self.patch_size else self.image_size // 32
+        return self.image_size // self.patch_size if self.patch_size and not self.convnext else self.image_size // 32
+
+
+def _check_convnext(cfg: VisionConfig) -> None:
+    """A ConvNeXt tower's shape: four stage depths, a stem stride, an image size its 32x downsampling divides;
+    the ViT-only options (token pooling, attentional pooler, patch dropout) are refused rather than ignored."""
+    _check(
+        isinstance(cfg.layers, tuple) and len(cfg.layers) == 4,
+        f"a ConvNeXt (vision.convnext) needs layers as four stage depths, got {cfg.layers!r}",
+    )
+    _check(cfg.patch_size is not None, "a ConvNeXt needs vision.patch_size, its stem stride (4)")
+    _check(cfg.image_size % 32 == 0, f"a ConvNeXt needs image_size divisible by 32, got {cfg.image_size}")
+    _check(cfg.pool_type == "avg", f"a ConvNeXt pools by average: set vision.pool_type 'avg', got {cfg.pool_type!r}")
+    _check(
+        not (cfg.attentional_pool or cfg.patch_dropout or cfg.final_ln_after_pool or cfg.no_ln_pre),
+        "vision.attentional_pool / patch_dropout / final_ln_after_pool / no_ln_pre are ViT options; a ConvNeXt "
+        "takes none of them",
+    )
 
 
 @dataclass(frozen=True)

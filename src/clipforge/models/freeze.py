@@ -70,6 +70,8 @@ def image_tower_groups(visual: nn.Module) -> list[Group]:
         stem = [visual.conv1, visual.class_embedding, visual.positional_embedding, visual.ln_pre]
         head = [blocks[-1], visual.attn_pool, visual.ln_post]
         return [stem, *([b] for b in blocks[:-1]), head, [visual.proj]]
+    if hasattr(visual, "parameter_groups"):  # towers that state their own groups (ConvNeXt)
+        return visual.parameter_groups()
     raise TypeError(f"cannot lock an image tower of type {type(visual).__name__}")
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..models.config import CLIPConfig, ConfigError, PreprocessConfig, TextConfig, VisionConfig
+from . import openclip_convnext
 
 CONFIG_NAME = "open_clip_config.json"
 SAFE_WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -47,6 +48,8 @@ _UNSUPPORTED_TEXT = {
 
 def openclip_to_clipforge_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename an open_clip (or OpenAI) state dict to clipforge's names; tensors are not copied."""
+    if openclip_convnext.TRUNK_STEM_KEY in state_dict:  # a timm ConvNeXt image tower (convnext_* models)
+        state_dict = openclip_convnext.convnext_to_clipforge_keys(state_dict)
     out = {}
     for key, value in state_dict.items():
         if key.startswith(_TEXT_TOP_LEVEL):
@@ -59,6 +62,8 @@ def openclip_to_clipforge_keys(state_dict: dict[str, torch.Tensor]) -> dict[str,
 
 def clipforge_to_openclip_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename clipforge's state dict to open_clip's `CLIP` layout (text tower at top level)."""
+    if openclip_convnext.NATIVE_STEM_KEY in state_dict:  # a ConvNeXt image tower: open_clip's TimmModel names
+        state_dict = openclip_convnext.clipforge_to_convnext_keys(state_dict)
     return {(key[len("text.") :] if key.startswith("text.") else key): value for key, value in state_dict.items()}
 
 
@@ -85,7 +90,9 @@ def config_from_openclip(model_cfg: dict[str, Any], preprocess_cfg: dict[str, An
     t = dict(model_cfg.get("text_cfg", {}))
     if model_cfg.get("custom_text") and t.get("hf_model_name"):
         raise ConfigError("open_clip models with a Hugging Face text tower (hf_model_name) are not supported")
-    _refuse_unsupported(v, _UNSUPPORTED_VISION, "vision_cfg")
+    convnext = openclip_convnext.is_openclip_convnext(model_cfg)
+    _refuse_unsupported(v, {**_UNSUPPORTED_VISION, "timm_model_name": v.get("timm_model_name") if convnext else None},
+                        "vision_cfg")
     _refuse_unsupported(t, _UNSUPPORTED_TEXT, "text_cfg")
     act = "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"
     image_size = v.get("image_size", 224)
@@ -100,7 +107,7 @@ def config_from_openclip(model_cfg: dict[str, Any], preprocess_cfg: dict[str, An
     is_resnet = isinstance(layers, (list, tuple))
     if is_resnet:
         patch_size = None
-    vision = VisionConfig(
+    vision = openclip_convnext.vision_from_openclip(v) if convnext else VisionConfig(
         image_size=image_size,
         layers=tuple(layers) if is_resnet else layers,
         width=width,
@@ -176,7 +183,7 @@ def _check_preprocess_size(size: Any, image_size: int) -> None:
 def config_to_openclip(config: CLIPConfig) -> dict[str, Any]:
     """`open_clip_config.json` content (model_cfg + preprocess_cfg) for a clipforge config."""
     v, t = config.vision, config.text
-    if v.act != t.act:
+    if v.act != t.act and not v.convnext:  # a timm ConvNeXt trunk uses GELU whatever quick_gelu says
         raise ConfigError("open_clip has one quick_gelu flag for both towers; this model mixes activations")
     vision_cfg: dict[str, Any] = {"image_size": v.image_size, "width": v.width, "mlp_ratio": v.mlp_ratio}
     if v.is_resnet:
@@ -196,6 +203,8 @@ def config_to_openclip(config: CLIPConfig) -> dict[str, Any]:
         vision_cfg.update(attn_pooler_queries=v.attn_pooler_queries, attn_pooler_heads=v.attn_pooler_heads)
     if v.layer_norm_eps != 1e-5:
         vision_cfg["norm_kwargs"] = {"eps": v.layer_norm_eps}
+    if v.convnext:  # a timm tower: open_clip names the timm model instead of the shape fields
+        vision_cfg = openclip_convnext.vision_to_openclip(v)
     text_cfg: dict[str, Any] = {
         "context_length": t.context_length,
         "vocab_size": t.vocab_size,
@@ -218,7 +227,7 @@ def config_to_openclip(config: CLIPConfig) -> dict[str, Any]:
     if t.layer_norm_eps != 1e-5:
         text_cfg["norm_kwargs"] = {"eps": t.layer_norm_eps}
     model_cfg: dict[str, Any] = {"embed_dim": config.embed_dim, "vision_cfg": vision_cfg, "text_cfg": text_cfg}
-    if v.act == "quick_gelu":
+    if t.act == "quick_gelu":
         model_cfg["quick_gelu"] = True
     if config.init_logit_bias is not None:
         model_cfg["init_logit_bias"] = config.init_logit_bias

@@ -83,6 +83,49 @@ def _entries() -> list[PretrainedWeights]:
         PretrainedWeights("ViT-B-32", "laion2b_s34b_b79k", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"),
         PretrainedWeights("ViT-B-32", "datacomp_xl_s13b_b90k", "laion/CLIP-ViT-B-32-DataComp.XL-s13B-b90K"),
         PretrainedWeights("ViT-B-32-256", "datacomp_s34b_b86k", "laion/CLIP-ViT-B-32-256x256-DataComp-s34B-b86K"),
+        # ConvNeXt image towers (LAION; OpenAI normalisation, bicubic, shortest side)
+        PretrainedWeights("convnext_base", "laion400m_s13b_b51k", "laion/CLIP-convnext_base-laion400M-s13B-b51K"),
+        PretrainedWeights("convnext_base_w", "laion2b_s13b_b82k", "laion/CLIP-convnext_base_w-laion2B-s13B-b82K"),
+        PretrainedWeights(
+            "convnext_base_w", "laion2b_s13b_b82k_augreg", "laion/CLIP-convnext_base_w-laion2B-s13B-b82K-augreg"
+        ),
+        PretrainedWeights(
+            "convnext_base_w", "laion_aesthetic_s13b_b82k", "laion/CLIP-convnext_base_w-laion_aesthetic-s13B-b82K"
+        ),
+        PretrainedWeights(
+            "convnext_base_w_320",
+            "laion_aesthetic_s13b_b82k",
+            "laion/CLIP-convnext_base_w_320-laion_aesthetic-s13B-b82K",
+        ),
+        PretrainedWeights(
+            "convnext_base_w_320",
+            "laion_aesthetic_s13b_b82k_augreg",
+            "laion/CLIP-convnext_base_w_320-laion_aesthetic-s13B-b82K-augreg",
+        ),
+        PretrainedWeights(
+            "convnext_large_d", "laion2b_s26b_b102k_augreg", "laion/CLIP-convnext_large_d.laion2B-s26B-b102K-augreg"
+        ),
+        PretrainedWeights(
+            "convnext_large_d_320", "laion2b_s29b_b131k_ft", "laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft"
+        ),
+        PretrainedWeights(
+            "convnext_large_d_320",
+            "laion2b_s29b_b131k_ft_soup",
+            "laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft-soup",
+        ),
+        PretrainedWeights(
+            "convnext_xxlarge", "laion2b_s34b_b82k_augreg", "laion/CLIP-convnext_xxlarge-laion2B-s34B-b82K-augreg"
+        ),
+        PretrainedWeights(
+            "convnext_xxlarge",
+            "laion2b_s34b_b82k_augreg_rewind",
+            "laion/CLIP-convnext_xxlarge-laion2B-s34B-b82K-augreg-rewind",
+        ),
+        PretrainedWeights(
+            "convnext_xxlarge",
+            "laion2b_s34b_b82k_augreg_soup",
+            "laion/CLIP-convnext_xxlarge-laion2B-s34B-b82K-augreg-soup",
+        ),
         PretrainedWeights("ViT-B-16", "laion2b_s34b_b88k", "laion/CLIP-ViT-B-16-laion2B-s34B-b88K"),
         PretrainedWeights("ViT-B-16", "datacomp_xl_s13b_b90k", "laion/CLIP-ViT-B-16-DataComp.XL-s13B-b90K"),
         PretrainedWeights(
