@@ -17,8 +17,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Activation = Literal["gelu", "quick_gelu"]
-VisionPool = Literal["tok", "avg", "none"]
+Activation = Literal["gelu", "quick_gelu", "gelu_tanh"]
+VisionPool = Literal["tok", "avg", "none", "map"]
 TextPool = Literal["argmax", "eos", "first", "last", "none"]
 ResizeMode = Literal["shortest", "longest", "squash"]
 HF_POOLERS = ("mean_pooler", "cls_pooler", "cls_last_hidden_state_pooler")
@@ -53,9 +53,11 @@ class VisionConfig:
         head_width: width per head used when heads is None (64 as in CLIP).
         patch_size: ViT patch size; None selects the ModifiedResNet tower.
         mlp_ratio: MLP hidden width / width.
-        act: "gelu" or "quick_gelu" (OpenAI's sigmoid approximation used by its checkpoints).
+        act: "gelu", "quick_gelu" (OpenAI's sigmoid approximation used by its checkpoints) or "gelu_tanh"
+            (the tanh approximation SigLIP was trained with).
         ls_init_value: LayerScale init; None disables LayerScale.
-        pool_type: "tok" (class token), "avg" (mean of patch tokens) or "none".
+        pool_type: "tok" (class token), "avg" (mean of patch tokens), "none", or "map" (SigLIP's multihead
+            attention pooling head: a learned probe attends to the tokens after ln_post; models/map_head.py).
         final_ln_after_pool: apply ln_post after pooling instead of before.
         no_ln_pre: drop the LayerNorm before the transformer.
         attentional_pool: replace token pooling by a learned-query attention pooler (CoCa style).
@@ -67,6 +69,9 @@ class VisionConfig:
         head_proj: a ConvNeXt's projection head: one Linear ("linear") or open_clip's GELU MLP ("mlp").
         head_proj_bias: a bias on the ConvNeXt head's last Linear (open_clip's timm_proj_bias).
         drop_path: a ConvNeXt's stochastic depth rate for its last block (linear from 0 over blocks, as timm).
+        class_token: prepend a learned class token (CLIP); False gives SigLIP's patch-tokens-only sequence.
+        patch_bias: the patch embedding convolution has a bias (SigLIP); CLIP's has none.
+        no_proj: no projection after pooling (SigLIP: the pooled feature is the embedding, so embed_dim == width).
     """
 
     image_size: int = 224
@@ -90,13 +95,25 @@ class VisionConfig:
     head_proj: Literal["linear", "mlp"] = "linear"
     head_proj_bias: bool = False
     drop_path: float = 0.0
+    class_token: bool = True
+    patch_bias: bool = False
+    no_proj: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, list):
             object.__setattr__(self, "layers", tuple(self.layers))
         _check_types(self, "vision")
-        _check_choice("vision.act", self.act, ("gelu", "quick_gelu"))
-        _check_choice("vision.pool_type", self.pool_type, ("tok", "avg", "none"))
+        _check_choice("vision.act", self.act, ("gelu", "quick_gelu", "gelu_tanh"))
+        _check_choice("vision.pool_type", self.pool_type, ("tok", "avg", "none", "map"))
+        _check(
+            self.class_token or self.pool_type != "tok",
+            "vision.pool_type='tok' needs a class token (class_token=True); use 'map' or 'avg' without one",
+        )
+        _check(
+            not (self.pool_type == "map" and (self.attentional_pool or self.final_ln_after_pool)),
+            "vision.pool_type='map' (SigLIP's attention-pooling head) cannot be combined with attentional_pool or "
+            "final_ln_after_pool",
+        )
         _check(self.image_size > 0, f"vision.image_size must be positive, got {self.image_size}")
         _check(self.width > 0, f"vision.width must be positive, got {self.width}")
         _check(0.0 <= self.patch_dropout < 1.0, f"vision.patch_dropout must be in [0, 1), got {self.patch_dropout}")
@@ -169,7 +186,7 @@ class TextConfig:
         context_length: number of token positions (77 in CLIP).
         vocab_size: token embedding rows (49408 for CLIP's BPE).
         width / heads / layers / mlp_ratio: transformer shape; heads None means width // 64.
-        act: "gelu" or "quick_gelu".
+        act: "gelu", "quick_gelu" or "gelu_tanh".
         ls_init_value: LayerScale init; None disables it.
         causal_mask: causal attention (CLIP); False gives bidirectional attention (SigLIP-style).
         pad_mask: with causal_mask False, also mask padding keys (pad_id).
@@ -216,7 +233,7 @@ class TextConfig:
             self.hf_config is None or isinstance(self.hf_config.get("model_type"), str),
             "text.hf_config needs a \"model_type\" (e.g. \"xlm-roberta\"), as in the model's config.json",
         )
-        _check_choice("text.act", self.act, ("gelu", "quick_gelu"))
+        _check_choice("text.act", self.act, ("gelu", "quick_gelu", "gelu_tanh"))
         _check_choice("text.pool_type", self.pool_type, ("argmax", "eos", "first", "last", "none"))
         _check(self.context_length > 0, f"text.context_length must be positive, got {self.context_length}")
         _check(self.vocab_size > 0, f"text.vocab_size must be positive, got {self.vocab_size}")
@@ -292,6 +309,11 @@ class CLIPConfig:
     def __post_init__(self) -> None:
         _check_types(self, "model")
         _check(self.embed_dim > 0, f"embed_dim must be positive, got {self.embed_dim}")
+        _check(
+            not self.vision.no_proj or self.vision.is_resnet or self.embed_dim == self.vision.width,
+            f"vision.no_proj needs embed_dim == vision.width (the pooled feature is the embedding); got embed_dim="
+            f"{self.embed_dim}, width={self.vision.width}",
+        )
         if self.preprocess is None:
             object.__setattr__(self, "preprocess", PreprocessConfig(size=self.vision.image_size))
         _check(

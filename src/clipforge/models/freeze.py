@@ -68,7 +68,7 @@ def image_tower_groups(visual: nn.Module) -> list[Group]:
     if isinstance(visual, VisionTransformer):
         blocks = list(visual.transformer.resblocks)
         stem = [visual.conv1, visual.class_embedding, visual.positional_embedding, visual.ln_pre]
-        head = [blocks[-1], visual.attn_pool, visual.ln_post]
+        head = [blocks[-1], visual.attn_pool, visual.ln_post, visual.map_head]
         return [stem, *([b] for b in blocks[:-1]), head, [visual.proj]]
     if hasattr(visual, "parameter_groups"):  # towers that state their own groups (ConvNeXt)
         return visual.parameter_groups()

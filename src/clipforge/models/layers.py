@@ -28,12 +28,14 @@ class QuickGELU(nn.Module):
 
 
 def make_activation(name: str) -> nn.Module:
-    """The activation module for a config name: 'gelu' or 'quick_gelu'."""
+    """The activation module for a config name: 'gelu', 'quick_gelu' or 'gelu_tanh'."""
     if name == "quick_gelu":
         return QuickGELU()
     if name == "gelu":
         return nn.GELU()
-    raise ValueError(f"unknown activation {name!r}; expected 'gelu' or 'quick_gelu'")
+    if name == "gelu_tanh":  # SigLIP's (and GPT-2's) tanh approximation, HF's "gelu_pytorch_tanh"
+        return nn.GELU(approximate="tanh")
+    raise ValueError(f"unknown activation {name!r}; expected 'gelu', 'quick_gelu' or 'gelu_tanh'")
 
 
 class LayerScale(nn.Module):

@@ -17,6 +17,7 @@ from torch import nn
 from .config import VisionConfig
 from .inputs import check_image_size
 from .layers import AttentionalPooler, PatchDropout, Transformer
+from .map_head import MAPHead
 
 
 class VisionTransformer(nn.Module):
@@ -30,10 +31,16 @@ class VisionTransformer(nn.Module):
         scale = width**-0.5
         norm = partial(nn.LayerNorm, eps=cfg.layer_norm_eps)
 
-        self.conv1 = nn.Conv2d(3, width, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
-        self.class_embedding = nn.Parameter(scale * torch.randn(width))
-        self.positional_embedding = nn.Parameter(scale * torch.randn(cfg.grid_size**2 + 1, width))
-        self.patch_dropout = PatchDropout(cfg.patch_dropout) if cfg.patch_dropout > 0 else nn.Identity()
+        self.conv1 = nn.Conv2d(3, width, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=cfg.patch_bias)
+        # SigLIP has no class token (class_token=False): the sequence is the patch tokens alone.
+        self.class_embedding = nn.Parameter(scale * torch.randn(width)) if cfg.class_token else None
+        self.num_prefix = 1 if cfg.class_token else 0
+        self.positional_embedding = nn.Parameter(scale * torch.randn(cfg.grid_size**2 + self.num_prefix, width))
+        self.patch_dropout = (
+            PatchDropout(cfg.patch_dropout, exclude_first_token=cfg.class_token)
+            if cfg.patch_dropout > 0
+            else nn.Identity()
+        )
         self.ln_pre = nn.Identity() if cfg.no_ln_pre else norm(width)
         self.transformer = Transformer(
             width, cfg.layers, cfg.num_heads, cfg.mlp_ratio, cfg.act, cfg.ls_init_value, cfg.layer_norm_eps
@@ -45,7 +52,12 @@ class VisionTransformer(nn.Module):
             self.attn_pool = None
             pool_dim = width
         self.ln_post = norm(pool_dim)
-        self.proj = nn.Parameter(scale * torch.randn(pool_dim, output_dim))
+        # SigLIP's pooling head (pool_type "map") runs after ln_post on all tokens.
+        self.map_head = None
+        if cfg.pool_type == "map":
+            self.map_head = MAPHead(width, cfg.num_heads, cfg.mlp_ratio, cfg.act, cfg.layer_norm_eps)
+        # no_proj (SigLIP): the pooled feature is the embedding itself (config checks output_dim == width).
+        self.proj = None if cfg.no_proj else nn.Parameter(scale * torch.randn(pool_dim, output_dim))
         # Inputs of another size than cfg.image_size are refused unless this is set (set_position_interpolation).
         self.interpolate_positions = False
 
@@ -64,8 +76,10 @@ class VisionTransformer(nn.Module):
         check_image_size(images, self.cfg, self.interpolate_positions)
         x = self.conv1(images)  # (B, width, g, g)
         x = x.flatten(2).transpose(1, 2)  # (B, N, width)
-        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + self._positions(images.shape[-2:]).to(x.dtype)  # (B, 1 + N, width)
+        if self.class_embedding is not None:
+            cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+            x = torch.cat([cls, x], dim=1)  # (B, 1 + N, width)
+        x = x + self._positions(images.shape[-2:]).to(x.dtype)  # (B, prefix + N, width)
         x = self.patch_dropout(x)
         return self.ln_pre(x)
 
@@ -76,15 +90,17 @@ class VisionTransformer(nn.Module):
         n = self.cfg.grid_size
         if grid == (n, n):
             return self.positional_embedding
-        cls_pos, patch_pos = self.positional_embedding[:1], self.positional_embedding[1:]
+        prefix = self.num_prefix
+        cls_pos, patch_pos = self.positional_embedding[:prefix], self.positional_embedding[prefix:]
         patch_pos = patch_pos.reshape(1, n, n, -1).permute(0, 3, 1, 2)  # (1, width, n, n)
         patch_pos = F.interpolate(patch_pos.float(), size=grid, mode="bicubic", align_corners=False, antialias=True)
         patch_pos = patch_pos.to(self.positional_embedding.dtype).permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
-        return torch.cat([cls_pos, patch_pos])  # (1 + g_h * g_w, width)
+        return torch.cat([cls_pos, patch_pos])  # (prefix + g_h * g_w, width)
 
     def _global_pool(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cfg.pool_type == "avg":
-            return x[:, 1:].mean(dim=1), x[:, 1:]
+            patches = x[:, self.num_prefix :] if self.attn_pool is None else x[:, 1:]
+            return patches.mean(dim=1), patches
         if self.cfg.pool_type == "tok":
             return x[:, 0], x[:, 1:]
         return x, x
@@ -94,6 +110,9 @@ class VisionTransformer(nn.Module):
         if self.attn_pool is not None:
             x = self.ln_post(self.attn_pool(x))  # (B, queries, D)
             return self._global_pool(x)
+        if self.map_head is not None:
+            x = self.ln_post(x)  # (B, N, width)
+            return self.map_head(x), x
         if self.cfg.final_ln_after_pool:
             pooled, tokens = self._global_pool(x)
             return self.ln_post(pooled), tokens
@@ -103,11 +122,16 @@ class VisionTransformer(nn.Module):
     def projection(self) -> nn.Parameter:
         """The final linear map into the joint space, a bias-free (pool_dim, D) matrix: `forward` is
         `forward(images, project=False) @ projection`. ProLIP (Fahes et al. 2024) fine-tunes exactly this map."""
+        if self.proj is None:
+            raise ValueError(
+                "this image tower has no projection (vision.no_proj, as in SigLIP): its pooled feature is the "
+                "embedding, so there is no final linear map to adapt"
+            )
         return self.proj
 
     def project(self, pooled: torch.Tensor) -> torch.Tensor:
         """Pre-projection features (B, pool_dim) -> embeddings (B, D): the tower's last step on its own."""
-        return pooled @ self.proj
+        return pooled if self.proj is None else pooled @ self.proj
 
     def forward_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Projected pooled embedding (B, D) and the un-projected patch tokens (B, N, width)."""

@@ -420,6 +420,10 @@ def read_hf_dir(path: str | os.PathLike) -> tuple[CLIPConfig, dict[str, torch.Te
     if not config_path.is_file():
         raise CheckpointError(f"no {CONFIG_NAME} in {folder}: a transformers CLIPModel directory needs one")
     cfg = read_hf_config(config_path)
+    from . import hf_siglip  # SiglipModel folders share this layout (hf_siglip imports this module)
+
+    if hf_siglip.is_siglip(cfg):
+        return hf_siglip.read_hf_siglip_dir(folder)
     # The image processor config beside it (if any) says how images are prepared; without one, the defaults.
     with reading_config(folder / "preprocessor_config.json"):
         cfg = cfg.replace(preprocess=read_preprocessor_config(folder, cfg.vision.image_size))
@@ -432,6 +436,10 @@ def read_hf_config(config_path: Path) -> CLIPConfig:
         hf_config = json.loads(config_path.read_text(encoding="utf-8"))
         if not isinstance(hf_config, dict):
             raise ConfigError(f"expected a JSON object, got a {type(hf_config).__name__}")
+        if hf_config.get("model_type") in ("siglip", "siglip2"):
+            from . import hf_siglip
+
+            return hf_siglip.config_from_hf_siglip(hf_config)
         return config_from_hf(hf_config)
 
 
@@ -442,6 +450,10 @@ def write_hf_dir(model: CLIP | tuple[CLIPConfig, Mapping[str, torch.Tensor]], pa
     directory and is renamed into place, weights first, so an interrupted write leaves no partial file.
     """
     cfg, sd = (model.config, model.state_dict()) if isinstance(model, CLIP) else model
+    from . import hf_siglip
+
+    if hf_siglip.is_siglip(cfg):  # SigLIP-shaped models are written as a transformers SiglipModel
+        return hf_siglip.write_hf_siglip_dir((cfg, sd), path)
     hf_config = config_to_hf(cfg)
     tensors = clipforge_to_hf(sd, cfg)
     dtypes = {t.dtype for t in tensors.values()}

@@ -32,6 +32,7 @@ from .formats import (
     read_tensors,
     reading_config,
 )
+from .hf_siglip import is_siglip
 from .hub import HUB_PREFIX, download_first, download_optional, offline_note
 from .openai import config_from_openai_state_dict, openai_to_clipforge
 from .pretrained import PretrainedWeights, find_pretrained, tags_for
@@ -529,6 +530,8 @@ def save_model(model: CLIP, path: str | Path, format: SaveFormat = "clipforge") 
         return folder
     if format == "hf":
         hf.write_hf_dir((model.config, state_dict), folder)
+        if is_siglip(model.config):
+            return folder  # a SiglipModel: its tokenizer is the checkpoint's SentencePiece model, not CLIP's BPE
         # CLIPProcessor / pipeline("zero-shot-image-classification") also need the image processor and tokenizer.
         hf_processor.write_processor_files(model.config, folder)
         return folder
