@@ -117,8 +117,9 @@ def _openclip_model(cf_name: str):
     base = OPENAI_NAMES.get(cf_name, cf_name).removesuffix("-quickgelu")
     cfg = dict(open_clip.get_model_config(base))
     cfg["quick_gelu"] = quick_gelu
+    cls = open_clip.CustomTextCLIP if cfg.pop("custom_text", False) else open_clip.model.CLIP  # EVA02-*: text.*
     with torch.device("meta"):
-        return open_clip.model.CLIP(**cfg)
+        return cls(**cfg)
 
 
 @pytest.mark.parametrize("name", FULL)

@@ -64,14 +64,21 @@ class VisionConfig:
         attn_pooler_queries / attn_pooler_heads: its query count and heads.
         patch_dropout: fraction of patch tokens dropped in training (FLIP); 0 disables.
         layer_norm_eps: LayerNorm epsilon.
+        class_token: prepend a learned class token (CLIP); False gives SigLIP's patch-tokens-only sequence.
+        patch_bias: the patch embedding convolution has a bias (SigLIP); CLIP's has none.
+        no_proj: no projection after pooling (SigLIP: the pooled feature is the embedding, so embed_dim == width).
         convnext: a ConvNeXt tower (models/convnext.py): layers = four stage depths, width = first stage width
             (doubled per stage), patch_size = stem stride (4), pool_type "avg"; ls_init_value is its LayerScale.
         head_proj: a ConvNeXt's projection head: one Linear ("linear") or open_clip's GELU MLP ("mlp").
         head_proj_bias: a bias on the ConvNeXt head's last Linear (open_clip's timm_proj_bias).
         drop_path: a ConvNeXt's stochastic depth rate for its last block (linear from 0 over blocks, as timm).
-        class_token: prepend a learned class token (CLIP); False gives SigLIP's patch-tokens-only sequence.
-        patch_bias: the patch embedding convolution has a bias (SigLIP); CLIP's has none.
-        no_proj: no projection after pooling (SigLIP: the pooled feature is the embedding, so embed_dim == width).
+        rope: 2-D rotary position embeddings on the patch tokens' queries and keys (EVA02; models/rope.py).
+        rope_ref_grid: grid side the rotary coordinates are scaled onto (EVA02-B/16: 16); None uses the actual grid.
+        rope_theta: rotary frequency base (10000).
+        mlp_type: "mlp" (CLIP's) or "swiglu" (EVA02's gated SiLU MLP; models/eva.py).
+        scale_mlp: LayerNorm on the MLP's hidden activations before its output projection (EVA's sub-LN).
+        scale_attn_inner: LayerNorm on the attention output before its projection (EVA-CLIP's sub-LN).
+        proj_bias: the final projection has a bias (EVA-CLIP's timm head is a Linear with bias).
     """
 
     image_size: int = 224
@@ -91,18 +98,26 @@ class VisionConfig:
     attn_pooler_heads: int = 8
     patch_dropout: float = 0.0
     layer_norm_eps: float = 1e-5
+    class_token: bool = True
+    patch_bias: bool = False
+    no_proj: bool = False
     convnext: bool = False
     head_proj: Literal["linear", "mlp"] = "linear"
     head_proj_bias: bool = False
     drop_path: float = 0.0
-    class_token: bool = True
-    patch_bias: bool = False
-    no_proj: bool = False
+    rope: bool = False
+    rope_ref_grid: int | None = None
+    rope_theta: float = 10000.0
+    mlp_type: Literal["mlp", "swiglu"] = "mlp"
+    scale_mlp: bool = False
+    scale_attn_inner: bool = False
+    proj_bias: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, list):
             object.__setattr__(self, "layers", tuple(self.layers))
         _check_types(self, "vision")
+        _check_eva_options(self)
         _check_choice("vision.act", self.act, ("gelu", "quick_gelu", "gelu_tanh"))
         _check_choice("vision.pool_type", self.pool_type, ("tok", "avg", "none", "map"))
         _check(
@@ -146,6 +161,11 @@ class VisionConfig:
             )
 
     @property
+    def uses_eva_blocks(self) -> bool:
+        """Whether the ViT's blocks are EVA blocks (models/eva.py: rope, SwiGLU or sub-LayerNorms)."""
+        return self.rope or self.mlp_type != "mlp" or self.scale_mlp or self.scale_attn_inner
+
+    @property
     def is_resnet(self) -> bool:
         """Whether this is a ModifiedResNet tower (no patch size) rather than a ViT."""
         return self.patch_size is None and not self.convnext
@@ -161,6 +181,31 @@ class VisionConfig:
         return self.image_size // self.patch_size if self.patch_size and not self.convnext else self.image_size // 32
 
 
+def _check_eva_options(cfg: VisionConfig) -> None:
+    """EVA's block options (models/eva.py) exist for ViT towers only, and rotary embeddings need whole channel
+    quadrants per head and the un-dropped patch grid (patch dropout would need the kept tokens' positions)."""
+    _check_choice("vision.mlp_type", cfg.mlp_type, ("mlp", "swiglu"))
+    if not cfg.uses_eva_blocks and not cfg.proj_bias:
+        return
+    _check(
+        cfg.patch_size is not None and not cfg.convnext,
+        "vision.rope / mlp_type / scale_mlp / scale_attn_inner / proj_bias are ViT options (EVA); this config is "
+        "not a ViT tower",
+    )
+    if cfg.rope:
+        _check(
+            (cfg.width // cfg.num_heads) % 4 == 0,
+            f"vision.rope needs a head width divisible by 4, got {cfg.width} / {cfg.num_heads} heads",
+        )
+        _check(cfg.patch_dropout == 0.0, "vision.rope cannot be combined with vision.patch_dropout (not supported)")
+        _check(cfg.rope_theta > 0, f"vision.rope_theta must be positive, got {cfg.rope_theta}")
+        _check(
+            cfg.rope_ref_grid is None or cfg.rope_ref_grid > 0,
+            f"vision.rope_ref_grid must be positive or None, got {cfg.rope_ref_grid}",
+        )
+        _check(cfg.pool_type != "map" or cfg.class_token, "vision.rope with pool_type 'map' is not supported")
+
+
 def _check_convnext(cfg: VisionConfig) -> None:
     """A ConvNeXt tower's shape: four stage depths, a stem stride, an image size its 32x downsampling divides;
     the ViT-only options (token pooling, attentional pooler, patch dropout) are refused rather than ignored."""
@@ -172,9 +217,9 @@ def _check_convnext(cfg: VisionConfig) -> None:
     _check(cfg.image_size % 32 == 0, f"a ConvNeXt needs image_size divisible by 32, got {cfg.image_size}")
     _check(cfg.pool_type == "avg", f"a ConvNeXt pools by average: set vision.pool_type 'avg', got {cfg.pool_type!r}")
     _check(
-        not (cfg.attentional_pool or cfg.patch_dropout or cfg.final_ln_after_pool or cfg.no_ln_pre),
-        "vision.attentional_pool / patch_dropout / final_ln_after_pool / no_ln_pre are ViT options; a ConvNeXt "
-        "takes none of them",
+        not (cfg.attentional_pool or cfg.patch_dropout or cfg.final_ln_after_pool or cfg.no_ln_pre or cfg.no_proj),
+        "vision.attentional_pool / patch_dropout / final_ln_after_pool / no_ln_pre / no_proj are ViT options; a "
+        "ConvNeXt takes none of them",
     )
 
 

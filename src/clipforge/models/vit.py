@@ -15,9 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import VisionConfig
+from .eva import EvaTransformer
 from .inputs import check_image_size
 from .layers import AttentionalPooler, PatchDropout, Transformer
 from .map_head import MAPHead
+from .rope import rope_tables
 
 
 class VisionTransformer(nn.Module):
@@ -42,9 +44,16 @@ class VisionTransformer(nn.Module):
             else nn.Identity()
         )
         self.ln_pre = nn.Identity() if cfg.no_ln_pre else norm(width)
-        self.transformer = Transformer(
-            width, cfg.layers, cfg.num_heads, cfg.mlp_ratio, cfg.act, cfg.ls_init_value, cfg.layer_norm_eps
-        )
+        if cfg.uses_eva_blocks:  # EVA02: rotary embeddings, SwiGLU, sub-LayerNorms (models/eva.py)
+            self.transformer = EvaTransformer(
+                width, cfg.layers, cfg.num_heads, cfg.mlp_ratio, cfg.act, cfg.ls_init_value, cfg.layer_norm_eps,
+                mlp_type=cfg.mlp_type, scale_mlp=cfg.scale_mlp, scale_attn_inner=cfg.scale_attn_inner,
+                num_prefix=self.num_prefix,
+            )
+        else:
+            self.transformer = Transformer(
+                width, cfg.layers, cfg.num_heads, cfg.mlp_ratio, cfg.act, cfg.ls_init_value, cfg.layer_norm_eps
+            )
         if cfg.attentional_pool:
             self.attn_pool = AttentionalPooler(output_dim, width, cfg.attn_pooler_heads, cfg.attn_pooler_queries, norm)
             pool_dim = output_dim
@@ -58,6 +67,8 @@ class VisionTransformer(nn.Module):
             self.map_head = MAPHead(width, cfg.num_heads, cfg.mlp_ratio, cfg.act, cfg.layer_norm_eps)
         # no_proj (SigLIP): the pooled feature is the embedding itself (config checks output_dim == width).
         self.proj = None if cfg.no_proj else nn.Parameter(scale * torch.randn(pool_dim, output_dim))
+        # EVA-CLIP's head is a Linear with bias: embeddings are pooled @ proj + proj_bias.
+        self.proj_bias = nn.Parameter(torch.zeros(output_dim)) if cfg.proj_bias else None
         # Inputs of another size than cfg.image_size are refused unless this is set (set_position_interpolation).
         self.interpolate_positions = False
 
@@ -131,11 +142,27 @@ class VisionTransformer(nn.Module):
 
     def project(self, pooled: torch.Tensor) -> torch.Tensor:
         """Pre-projection features (B, pool_dim) -> embeddings (B, D): the tower's last step on its own."""
-        return pooled if self.proj is None else pooled @ self.proj
+        if self.proj is None:
+            return pooled
+        out = pooled @ self.proj  # (B, D)
+        return out if self.proj_bias is None else out + self.proj_bias
+
+    def _run_blocks(self, images: torch.Tensor, last_block_queries: int | None = None) -> torch.Tensor:
+        """Embed and run the transformer: (B, 3, H, W) -> (B, L, width), with rotary tables for the input's patch
+        grid when the tower uses them (EVA02)."""
+        x = self.embed(images)
+        if not self.cfg.rope:
+            return self.transformer(x, last_block_queries=last_block_queries)
+        grid = (images.shape[-2] // self.cfg.patch_size, images.shape[-1] // self.cfg.patch_size)
+        sin, cos = rope_tables(
+            grid, self.cfg.width // self.cfg.num_heads, ref_grid=self.cfg.rope_ref_grid, theta=self.cfg.rope_theta,
+            device=x.device,
+        )  # (N, head_dim) each
+        return self.transformer(x, last_block_queries=last_block_queries, rope=(sin, cos))
 
     def forward_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Projected pooled embedding (B, D) and the un-projected patch tokens (B, N, width)."""
-        x = self.transformer(self.embed(images))
+        x = self._run_blocks(images)
         pooled, tokens = self.pool(x)
         return self.project(pooled), tokens
 
@@ -147,8 +174,8 @@ class VisionTransformer(nn.Module):
         for the class token's query alone (see Transformer.forward); outputs are unchanged.
         """
         if self.cfg.pool_type == "tok" and self.attn_pool is None:
-            x = self.transformer(self.embed(images), last_block_queries=1)[:, 0]  # (B, width)
+            x = self._run_blocks(images, last_block_queries=1)[:, 0]  # (B, width)
             pooled = self.ln_post(x)  # LayerNorm is per token: before or after pooling is the same
         else:
-            pooled = self.pool(self.transformer(self.embed(images)))[0]  # (B, pool_dim)
+            pooled = self.pool(self._run_blocks(images))[0]  # (B, pool_dim)
         return self.project(pooled) if project else pooled

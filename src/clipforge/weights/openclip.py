@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..models.config import CLIPConfig, ConfigError, PreprocessConfig, TextConfig, VisionConfig
-from . import openclip_convnext
+from . import openclip_convnext, openclip_timm
 
 CONFIG_NAME = "open_clip_config.json"
 SAFE_WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -50,6 +50,8 @@ def openclip_to_clipforge_keys(state_dict: dict[str, torch.Tensor]) -> dict[str,
     """Rename an open_clip (or OpenAI) state dict to clipforge's names; tensors are not copied."""
     if openclip_convnext.TRUNK_STEM_KEY in state_dict:  # a timm ConvNeXt image tower (convnext_* models)
         state_dict = openclip_convnext.convnext_to_clipforge_keys(state_dict)
+    if openclip_timm.is_eva_state_dict(state_dict):  # a timm EVA image tower (EVA02-* models)
+        state_dict = openclip_timm.eva_to_clipforge_keys(state_dict)
     out = {}
     for key, value in state_dict.items():
         if key.startswith(_TEXT_TOP_LEVEL):
@@ -91,7 +93,9 @@ def config_from_openclip(model_cfg: dict[str, Any], preprocess_cfg: dict[str, An
     if model_cfg.get("custom_text") and t.get("hf_model_name"):
         raise ConfigError("open_clip models with a Hugging Face text tower (hf_model_name) are not supported")
     convnext = openclip_convnext.is_openclip_convnext(model_cfg)
-    _refuse_unsupported(v, {**_UNSUPPORTED_VISION, "timm_model_name": v.get("timm_model_name") if convnext else None},
+    eva = openclip_timm.is_openclip_eva(model_cfg)
+    timm_ok = convnext or eva
+    _refuse_unsupported(v, {**_UNSUPPORTED_VISION, "timm_model_name": v.get("timm_model_name") if timm_ok else None},
                         "vision_cfg")
     _refuse_unsupported(t, _UNSUPPORTED_TEXT, "text_cfg")
     act = "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"
@@ -125,6 +129,8 @@ def config_from_openclip(model_cfg: dict[str, Any], preprocess_cfg: dict[str, An
         patch_dropout=v.get("patch_dropout", 0.0),
         layer_norm_eps=_norm_eps(v.get("norm_kwargs"), "vision_cfg"),
     )
+    if eva:  # a timm EVA tower: its shape comes from the timm model name
+        vision = openclip_timm.vision_from_openclip(v)
     if isinstance(v.get("attentional_pool"), str):
         raise ConfigError(f"open_clip attentional_pool={v['attentional_pool']!r} (parallel/cascade) is not supported")
     no_causal = t.get("no_causal_mask", False)

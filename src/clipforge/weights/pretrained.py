@@ -77,6 +77,10 @@ def _entries() -> list[PretrainedWeights]:
         ("ViT-H-14-quickgelu", "metaclip_fullcc", "vit_huge_patch14_clip_224", "metaclip_2pt5b"),
         ("ViT-H-14", "metaclip_altogether", "vit_huge_patch14_clip_224", "metaclip_altogether"),
         ("ViT-bigG-14-quickgelu", "metaclip_fullcc", "vit_gigantic_patch14_clip_224", "metaclip_2pt5b"),
+        # EVA02-CLIP (Sun et al. 2023), hosted by timm; OpenAI normalisation, bicubic, shortest side.
+        ("EVA02-B-16", "merged2b_s8b_b131k", "eva02_base_patch16_clip_224", "merged2b_s8b_b131k"),
+        ("EVA02-L-14", "merged2b_s4b_b131k", "eva02_large_patch14_clip_224", "merged2b_s4b_b131k"),
+        ("EVA02-L-14-336", "merged2b_s6b_b61k", "eva02_large_patch14_clip_336", "merged2b_s6b_b61k"),
     ]
     out += [PretrainedWeights(arch, tag, f"timm/{model}.{timm_tag}") for arch, tag, model, timm_tag in timm_hosted]
     out += [
