@@ -91,7 +91,9 @@ EOF
 
 # Run from the repository root: tests/ is on the path, src/ is not, so the installed wheel is what is tested.
 # Left out: full-size architectures (same torch, no dependency floor involved; the main suite runs them) and
-# tests/weights/test_reference_env.py (it checks the dev venv's torchvision shim that setup.sh installs).
+# tests/weights/test_reference_env.py (it checks the dev venv's torchvision shim that setup.sh installs), and the
+# search CLIs' tests (their faiss/pyarrow/FastAPI come from the optional `search` extra, not the core floors).
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider -m "not slow" -k "not full_size" \
   --ignore=tests/weights/test_reference_env.py \
+  --ignore=tests/cli/test_index_cli.py --ignore=tests/cli/test_search_cli.py \
   tests/test_api.py tests/models tests/weights tests/text tests/image tests/cli tests/examples "$@"

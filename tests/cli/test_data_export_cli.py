@@ -24,6 +24,15 @@ def clipart(tmp_path):
     return root
 
 
+def test_missing_renderer_says_what_to_install(clipart, tmp_path, capsys, monkeypatch):
+    """Without cairosvg the export stops with the pip command instead of counting every drawing as broken."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cairosvg", None)  # `import cairosvg` now raises ImportError
+    code = main(["export-collection", "openclipart", "--source", str(clipart), "--out", str(tmp_path / "o"), "-q"])
+    assert code != 0 and "pip install 'clipforge[collections]'" in capsys.readouterr().err
+
+
 def test_help_explains(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["export-collection", "--help"])
@@ -34,6 +43,7 @@ def test_help_explains(capsys):
 
 
 def test_export_prints_summary_and_lists_skipped(clipart, tmp_path, capsys):
+    pytest.importorskip("cairosvg")  # the optional `collections` extra renders the drawings
     out = tmp_path / "out"
     argv = ["export-collection", "openclipart", "--source", str(clipart), "--out", str(out), "--size", "24",
             "--cache-dir", str(tmp_path / "cache"), "--no-progress"]

@@ -18,6 +18,8 @@ from clipforge.text.hf_tokenizer import HFTokenizer
 from support.hf_text import make_hf_text_folder
 from support.tolerance import assert_close_rel
 
+pytest.importorskip("transformers")  # the HF text tower builds a transformers encoder
+
 TEXTS = ["a photo of a cat", "一只猫坐在红色的桌子上", "صورة قطة تجلس 🙂", "लाल मेज पर बैठी एक बिल्ली", ""]
 VISION = {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16}
 

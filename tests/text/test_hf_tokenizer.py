@@ -12,6 +12,8 @@ import torch
 from clipforge.text.hf_tokenizer import HFTokenizer, clean_whitespace
 from support.hf_text import make_hf_text_folder
 
+pytest.importorskip("transformers")  # the HF text tower builds a transformers encoder
+
 TEXTS = [
     "a photo of a cat",
     "  Une   photo\td'un chat\n",

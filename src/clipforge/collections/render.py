@@ -95,7 +95,13 @@ def _fit_on_white(image: Image.Image, size: int, margin: float = 0.0) -> Image.I
 
 def render_svg(path: str, size: int) -> Image.Image:
     """An SVG file as a size x size RGB image (aspect kept, centred on white); RenderError when it cannot be."""
-    import cairosvg
+    try:
+        import cairosvg
+    except ImportError as exc:  # an install problem, not a bad drawing: stop with what to do, never count it
+        raise ImportError(
+            "rendering SVG drawings needs cairosvg: pip install 'clipforge[collections]' "
+            "(and the system's Cairo library, e.g. apt-get install libcairo2)"
+        ) from exc
 
     try:
         data = read_regular_file(path, MAX_SVG_BYTES, what="SVG file")
