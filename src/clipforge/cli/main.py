@@ -20,12 +20,12 @@ COMMANDS = {
     "convert": "convert a checkpoint between clipforge, OpenCLIP and Hugging Face formats",
     "train": "train or fine-tune a CLIP model from a shipped recipe (clipforge train --list) or a .py file",
     "eval": "zero-shot, retrieval, linear-probe and few-shot evaluation with a report",
-    "data": "data tools: write WebDataset shards from a folder or CSV",
+    "data": "data tools: WebDataset shards from a folder or CSV (make-shards), export-collection (clip-art, emoji)",
     "inspect": "few-shot visual inspection: fit an inspector from example folders, run it on images",
-    "index": "embed an image collection into a searchable index (build), or bring one up to date (update)",
+    "index": "embed a collection into a searchable index (build), bring it up to date (update), copy to Qdrant",
     "search": "search an index by text, image, row or embedding (rclip query syntax: 2:cat + ./img.jpg - fruit)",
     "dedup": "near-duplicate groups and a keep-list for a collection; --against finds eval images in it",
-    "serve": "serve indices over HTTP: JSON search API, clip-retrieval's clip-back API, metrics (127.0.0.1)",
+    "serve": "serve indices over HTTP: a search page, JSON API, clip-retrieval's clip-back API (127.0.0.1)",
 }
 
 USAGE = (
