@@ -28,7 +28,7 @@ import torch
 
 from ..models.config import ConfigError
 
-CheckpointFormat = Literal["safetensors", "torchscript", "pickle"]
+CheckpointFormat = Literal["safetensors", "torchscript", "pickle", "npz"]
 
 # Dicts that training code wraps a state dict in: {"state_dict": ...} (Lightning, many trainers),
 # {"model": ...} (DeiT/timm-style checkpoints), {"module": ...} (DeepSpeed).
@@ -205,7 +205,7 @@ def _safetensors_problem(path: Path, head: bytes, size: int) -> str | None:
 
 
 def detect_checkpoint_format(path: str | os.PathLike) -> CheckpointFormat:
-    """The format of a checkpoint file, "safetensors", "torchscript" or "pickle", read from its content.
+    """The format of a checkpoint file from its content: "safetensors", "torchscript", "pickle" or "npz" (big_vision).
 
     Raises `CheckpointError` for a missing path, a directory (listing the directory layouts the
     loaders accept), and empty, truncated or unrecognisable files.
@@ -232,6 +232,10 @@ def detect_checkpoint_format(path: str | os.PathLike) -> CheckpointFormat:
             return "torchscript"
         if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
             return "pickle"
+        from .bigvision import is_big_vision_names
+
+        if is_big_vision_names(names):  # a big_vision (JAX) SigLIP checkpoint: numpy arrays, no pickle
+            return "npz"
         raise CheckpointError(f"{path}: a zip archive, but not a PyTorch checkpoint (it has no data.pkl record)")
     if len(head) == 9 and head[8:9] == b"{":
         problem = _safetensors_problem(path, head, size)
@@ -340,6 +344,10 @@ def read_tensors(path: str | os.PathLike, *, allow_unsafe_pickle: bool = False) 
         from .torchscript import read_torchscript
 
         return read_torchscript(path)
+    if fmt == "npz":  # big_vision arrays under their own names (bigvision.py maps them to clipforge's)
+        from .bigvision import read_npz_arrays
+
+        return {k: torch.from_numpy(v) for k, v in read_npz_arrays(path).items()}
     return _unwrap_state_dict(_load_pickle(path, allow_unsafe_pickle), path)
 
 

@@ -417,6 +417,10 @@ def _require(weights: Path | None, folder: Path, names: list[str]) -> None:
 
 def _read_file(path: Path, arch: str | None, allow_unsafe_pickle: bool):
     fmt = detect_checkpoint_format(path)
+    if fmt == "npz":  # a big_vision SigLIP checkpoint: its architecture is read from the arrays' shapes
+        from .bigvision import read_big_vision_npz
+
+        return (*read_big_vision_npz(path), str(path))
     if fmt == "safetensors":
         embedded = native.embedded_config(path)
         if embedded is not None:
