@@ -127,11 +127,18 @@ class TextTransformer(nn.Module):
         return self.project(self._pool(x, positions)), x
 
     def _trim_length(self, positions: torch.Tensor | None, length: int) -> int:
-        """How many leading positions determine every pooled feature (see `forward`); `length` when all do."""
+        """How many leading positions determine every pooled feature (see `forward`); `length` when all do.
+
+        Only causal towers trim: a position sees none after it, so dropping later positions changes no earlier
+        output, padding mask or not (the mask only hides keys a causal row already ignores). Bidirectional towers
+        (SigLIP) and "last" pooling need every position; "first" needs position 0 alone."""
         cfg = self.cfg
-        trimmable = cfg.causal_mask and not cfg.pad_mask and cfg.pool_type in ("argmax", "eos")
         # Under torch.compile a data-dependent length would break the graph; the full length is used there.
-        if not trimmable or positions is None or positions.numel() == 0 or torch.compiler.is_compiling():
+        if not cfg.causal_mask or torch.compiler.is_compiling():
+            return length
+        if cfg.pool_type == "first":
+            return min(1, length)
+        if cfg.pool_type not in ("argmax", "eos") or positions is None or positions.numel() == 0:
             return length
         return int(positions.max()) + 1
 

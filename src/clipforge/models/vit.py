@@ -166,6 +166,13 @@ class VisionTransformer(nn.Module):
         pooled, tokens = self.pool(x)
         return self.project(pooled), tokens
 
+    @property
+    def class_token_shortcut(self) -> bool:
+        """Whether `forward` runs the last block for the class token's query alone: exact only when the pooled
+        feature is the class token itself ("tok" pooling, no attentional pooler). Average pooling, SigLIP's MAP
+        head and an attentional pooler read every patch token of the last block, so they run it in full."""
+        return self.cfg.pool_type == "tok" and self.cfg.class_token and self.attn_pool is None
+
     def forward(self, images: torch.Tensor, project: bool = True) -> torch.Tensor:
         """Projected pooled embedding (B, D); with `project=False` the input of the projection instead:
         the pooled token after `ln_post` (B, pool_dim; pool_dim = width, or D after an attentional pooler).
@@ -173,7 +180,7 @@ class VisionTransformer(nn.Module):
         With class-token pooling only the class token leaves the last block, so that block is run
         for the class token's query alone (see Transformer.forward); outputs are unchanged.
         """
-        if self.cfg.pool_type == "tok" and self.attn_pool is None:
+        if self.class_token_shortcut:
             x = self._run_blocks(images, last_block_queries=1)[:, 0]  # (B, width)
             pooled = self.ln_post(x)  # LayerNorm is per token: before or after pooling is the same
         else:
