@@ -23,7 +23,7 @@ import torch
 from ..models.clip import CLIP
 from ..models.config import CLIPConfig, ConfigError, PreprocessConfig
 from ..models.registry import get_model_config, with_quick_gelu
-from . import hf, hf_processor, native, openclip
+from . import families, hf, hf_processor, native, openclip
 from .formats import (
     CheckpointConfigError,
     CheckpointError,
@@ -341,6 +341,7 @@ def _read_dir(folder: Path, arch: str | None, allow_unsafe_pickle: bool):
         _require(weights, folder, candidates)
         return _read_file(weights, arch, allow_unsafe_pickle)
     if (folder / "config.json").exists():
+        families.refuse_hf_config_file(folder / "config.json")  # BLIP, ALIGN, SigLIP 2, ...: named, not mis-read
         config, state_dict = hf.read_hf_dir(folder)
         return config, state_dict, str(folder)
     raise CheckpointError(
@@ -355,6 +356,7 @@ def _openclip_json_config(path: Path) -> CLIPConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"expected a JSON object, got a {type(data).__name__}")
         model_cfg, preprocess_cfg = data.get("model_cfg", data), data.get("preprocess_cfg")
+        families.refuse_openclip_config(model_cfg, str(path))  # CoCa, MobileCLIP
         for name, section in (("model_cfg", model_cfg), ("model_cfg.vision_cfg", model_cfg.get("vision_cfg", {}))):
             if not isinstance(section, dict):
                 raise ConfigError(f"{name} must be a JSON object, got a {type(section).__name__}")
@@ -426,6 +428,7 @@ def _read_file(path: Path, arch: str | None, allow_unsafe_pickle: bool):
         if embedded is not None:
             return embedded, read_tensors(path), str(path)
     tensors = read_tensors(path, allow_unsafe_pickle=allow_unsafe_pickle)
+    families.refuse_state_dict(tensors, str(path))  # CoCa, MobileCLIP, BLIP, ALIGN, ...: named, not mis-read
     if any(k.startswith(("vision_model.", "text_model.")) for k in tensors):
         if (path.parent / "config.json").exists():
             config, state_dict = hf.read_hf_dir(path.parent)
@@ -521,6 +524,7 @@ def _read_hub_repo(repo: str, arch, allow_unsafe_pickle, cache_dir, revision):
 
 def save_model(model: CLIP, path: str | Path, format: SaveFormat = "clipforge") -> Path:
     """Write `model` to folder `path` as clipforge (default), OpenCLIP hub layout, or HF `CLIPModel`."""
+    families.check_writable(model.config, format)  # refuse before writing a folder that would not load
     folder = Path(path)
     state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if format == "clipforge":

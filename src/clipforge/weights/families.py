@@ -1,0 +1,168 @@
+"""Recognise checkpoint families clipforge does not run, and refuse them by name.
+
+A CoCa, MobileCLIP, BLIP or ALIGN checkpoint looks enough like a CLIP (a `visual.` tower, a text tower) that
+the generic readers would fail deep inside a key map with a list of "unexpected keys", which tells the user
+nothing. Here each such family is recognised from what it alone has (CoCa's `text_decoder.`, MobileCLIP's
+reparameterisable FastViT blocks, a transformers `model_type`, open_clip's `multimodal_cfg`, ...) and refused
+with an `UnsupportedFamilyError` naming the family and the closest family clipforge does read. The same module
+says which output formats cannot hold a model (`check_writable`), so `convert` refuses before writing a file
+that would not load.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..models.config import CLIPConfig
+from ..safeio import read_text_file
+from .formats import CheckpointError
+
+
+@dataclass(frozen=True)
+class Family:
+    """An unsupported checkpoint family: its name, why it is not a CLIP clipforge runs, and the closest one it does."""
+
+    name: str
+    why: str
+    closest: str
+
+
+class UnsupportedFamilyError(CheckpointError):
+    """A checkpoint of a recognised family clipforge does not run; `.family` says which."""
+
+    def __init__(self, source: str, family: Family) -> None:
+        super().__init__(
+            f"{source}: this is a {family.name} checkpoint ({family.why}); clipforge does not support {family.name}. "
+            f"The closest supported family is {family.closest}"
+        )
+        self.family = family
+
+
+COCA = Family(
+    "CoCa", "a captioning text decoder (text_decoder.*) on top of a CLIP", "an open_clip ViT CLIP (e.g. ViT-B-32)"
+)
+MOBILECLIP = Family(
+    "MobileCLIP",
+    "a MobileCLIP MCi / FastViT image tower with reparameterisable convolution blocks",
+    "an open_clip ViT CLIP (e.g. ViT-B-16) or a ConvNeXt CLIP (convnext_base)",
+)
+SIGLIP2 = Family(
+    "SigLIP 2 (NaFlex)", "variable-resolution patches through a Linear patch embedding", "SigLIP (transformers "
+    "SiglipModel folders, big_vision SigLIP .npz)"
+)
+BLIP = Family("BLIP", "a BERT text encoder and decoder with cross-attention", "a transformers CLIPModel folder")
+ALIGN = Family("ALIGN", "an EfficientNet image tower and a BERT text tower", "a transformers CLIPModel folder")
+
+# transformers model_type -> family, for config.json folders that are not CLIPModel / SiglipModel.
+_HF_MODEL_TYPES: dict[str, Family] = {
+    "siglip2": SIGLIP2,
+    "blip": BLIP,
+    "blip-2": Family("BLIP-2", "a Q-Former bridging a frozen image encoder and a language model", BLIP.closest),
+    "align": ALIGN,
+    "chinese_clip": Family("Chinese-CLIP", "a BERT text tower", "a transformers CLIPModel folder"),
+    "altclip": Family("AltCLIP", "an XLM-R text tower in transformers' AltCLIP layout",
+                      "an open_clip CLIP with a Hugging Face XLM-R text tower (xlm-roberta-base-ViT-B-32)"),
+    "owlvit": Family("OWL-ViT", "an open-vocabulary detector with box heads", "a transformers CLIPModel folder"),
+    "owlv2": Family("OWLv2", "an open-vocabulary detector with box heads", "a transformers CLIPModel folder"),
+    "clipseg": Family("CLIPSeg", "a segmentation decoder on a CLIP", "a transformers CLIPModel folder"),
+    "x_clip": Family("X-CLIP", "a video model with cross-frame attention", "a transformers CLIPModel folder"),
+    "flava": Family("FLAVA", "a multimodal encoder fusing both towers", "a transformers CLIPModel folder"),
+}
+# Markers of MobileCLIP's timm FastViT / MobileOne blocks (reparameterisable branches and token mixers).
+_MOBILECLIP_MARKERS = (".reparam_conv.", ".rbr_conv.", ".rbr_skip.", ".token_mixer.", ".conv_exp.")
+
+
+def detect_state_dict_family(keys: Iterable[str], shapes: Mapping[str, tuple[int, ...]] | None = None) -> Family | None:
+    """The unsupported family a state dict's keys (and, where needed, `shapes`) belong to; None for anything else."""
+    keys = list(keys)
+    if any(k.startswith("text_decoder.") for k in keys):
+        bert = any(k.startswith("text_decoder.bert.") for k in keys)  # BLIP's decoder is a BERT LM
+        return BLIP if bert else COCA
+    if any(k.startswith("visual.trunk.") and any(m in k for m in _MOBILECLIP_MARKERS) for k in keys):
+        return MOBILECLIP
+    if any(k.startswith("vision_model.embeddings.convolution.") or k.startswith("vision_model.encoder.blocks.")
+           for k in keys) and any(k.startswith("text_model.encoder.layer.") for k in keys):
+        return ALIGN
+    if any(k.startswith(("text_encoder.encoder.layer.", "text_encoder.embeddings.")) for k in keys):
+        return BLIP
+    patch = "vision_model.embeddings.patch_embedding.weight"
+    if shapes is not None and patch in shapes and len(shapes[patch]) == 2:
+        return SIGLIP2
+    return None
+
+
+def refuse_state_dict(tensors: Mapping[str, Any], source: str) -> None:
+    """UnsupportedFamilyError when the tensors are those of a recognised unsupported family."""
+    family = detect_state_dict_family(tensors, {k: tuple(v.shape) for k, v in tensors.items()})
+    if family is not None:
+        raise UnsupportedFamilyError(source, family)
+
+
+def refuse_hf_config(hf_config: Any, source: str) -> None:
+    """UnsupportedFamilyError for a config.json whose model_type is a recognised unsupported family."""
+    model_type = hf_config.get("model_type") if isinstance(hf_config, dict) else None
+    if isinstance(model_type, str) and model_type in _HF_MODEL_TYPES:
+        raise UnsupportedFamilyError(source, _HF_MODEL_TYPES[model_type])
+
+
+def refuse_hf_config_file(path: Path) -> None:
+    """`refuse_hf_config` on a config.json file; a file that does not parse is left to the regular reader."""
+    try:
+        hf_config = json.loads(read_text_file(path, what="config.json"))
+    except (OSError, ValueError, RecursionError):
+        return
+    refuse_hf_config(hf_config, str(path.parent))
+
+
+def refuse_openclip_config(model_cfg: Any, source: str) -> None:
+    """UnsupportedFamilyError for an open_clip model config of CoCa (multimodal_cfg) or MobileCLIP (FastViT)."""
+    if not isinstance(model_cfg, dict):
+        return
+    if "multimodal_cfg" in model_cfg:
+        raise UnsupportedFamilyError(source, COCA)
+    vision = model_cfg.get("vision_cfg")
+    name = vision.get("timm_model_name") if isinstance(vision, dict) else None
+    if isinstance(name, str) and name.startswith(("fastvit", "mci", "mobileclip")):
+        raise UnsupportedFamilyError(source, MOBILECLIP)
+
+
+def writable_refusal(cfg: CLIPConfig, fmt: str) -> str | None:
+    """Why format `fmt` cannot hold a model of `cfg` (None when it can); the hf writers check their own."""
+    v = cfg.vision
+    if fmt != "openclip" or v.is_resnet:
+        return None
+    if v.pool_type == "map":
+        return (
+            "open_clip keeps SigLIP image towers as timm models (vit_*_siglip_*), a layout clipforge does not write; "
+            "write it with --to hf (a transformers SiglipModel) or --to clipforge"
+        )
+    if v.uses_eva_blocks:
+        return (
+            "open_clip keeps EVA02 image towers as timm eva02_* models, a layout clipforge reads but does not write; "
+            "write it with --to clipforge"
+        )
+    return None
+
+
+def check_writable(cfg: CLIPConfig, fmt: str) -> None:
+    """CheckpointError when `fmt` cannot express the model (so no half-right folder is written)."""
+    why = writable_refusal(cfg, fmt)
+    if why is not None:
+        raise CheckpointError(f"cannot write this model as {fmt}: {why}")
+
+
+__all__ = [
+    "Family",
+    "UnsupportedFamilyError",
+    "check_writable",
+    "detect_state_dict_family",
+    "refuse_hf_config",
+    "refuse_hf_config_file",
+    "refuse_openclip_config",
+    "refuse_state_dict",
+    "writable_refusal",
+]
