@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..models.config import CLIPConfig, ConfigError, PreprocessConfig, TextConfig, VisionConfig
-from . import openclip_convnext, openclip_timm
+from . import openclip_convnext, openclip_siglip, openclip_timm
 
 CONFIG_NAME = "open_clip_config.json"
 SAFE_WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -50,7 +50,9 @@ def openclip_to_clipforge_keys(state_dict: dict[str, torch.Tensor]) -> dict[str,
     """Rename an open_clip (or OpenAI) state dict to clipforge's names; tensors are not copied."""
     if openclip_convnext.TRUNK_STEM_KEY in state_dict:  # a timm ConvNeXt image tower (convnext_* models)
         state_dict = openclip_convnext.convnext_to_clipforge_keys(state_dict)
-    if openclip_timm.is_eva_state_dict(state_dict):  # a timm EVA image tower (EVA02-* models)
+    if openclip_siglip.is_siglip_state_dict(state_dict):  # a timm SigLIP ViT (attention pool): *-SigLIP models
+        state_dict = openclip_siglip.siglip_to_clipforge_keys(state_dict)
+    elif openclip_timm.is_eva_state_dict(state_dict):  # a timm EVA image tower (EVA02-* models)
         state_dict = openclip_timm.eva_to_clipforge_keys(state_dict)
     out = {}
     for key, value in state_dict.items():
@@ -66,6 +68,8 @@ def clipforge_to_openclip_keys(state_dict: dict[str, torch.Tensor]) -> dict[str,
     """Rename clipforge's state dict to open_clip's `CLIP` layout (text tower at top level)."""
     if openclip_convnext.NATIVE_STEM_KEY in state_dict:  # a ConvNeXt image tower: open_clip's TimmModel names
         state_dict = openclip_convnext.clipforge_to_convnext_keys(state_dict)
+    if openclip_siglip.NATIVE_PROBE_KEY in state_dict:  # a SigLIP image tower: open_clip's timm ViT names
+        state_dict = openclip_siglip.clipforge_to_siglip_keys(state_dict)
     return {(key[len("text.") :] if key.startswith("text.") else key): value for key, value in state_dict.items()}
 
 
@@ -94,7 +98,8 @@ def config_from_openclip(model_cfg: dict[str, Any], preprocess_cfg: dict[str, An
         raise ConfigError("open_clip models with a Hugging Face text tower (hf_model_name) are not supported")
     convnext = openclip_convnext.is_openclip_convnext(model_cfg)
     eva = openclip_timm.is_openclip_eva(model_cfg)
-    timm_ok = convnext or eva
+    siglip = openclip_siglip.is_openclip_siglip(model_cfg)
+    timm_ok = convnext or eva or siglip
     _refuse_unsupported(v, {**_UNSUPPORTED_VISION, "timm_model_name": v.get("timm_model_name") if timm_ok else None},
                         "vision_cfg")
     _refuse_unsupported(t, _UNSUPPORTED_TEXT, "text_cfg")
@@ -111,6 +116,8 @@ def config_from_openclip(model_cfg: dict[str, Any], preprocess_cfg: dict[str, An
     is_resnet = isinstance(layers, (list, tuple))
     if is_resnet:
         patch_size = None
+    if siglip:  # a timm SigLIP ViT: checked first (clear refusals), its patch size is the timm tower's
+        patch_size = openclip_siglip.vision_from_openclip(v).patch_size
     vision = openclip_convnext.vision_from_openclip(v) if convnext else VisionConfig(
         image_size=image_size,
         layers=tuple(layers) if is_resnet else layers,
@@ -131,6 +138,8 @@ def config_from_openclip(model_cfg: dict[str, Any], preprocess_cfg: dict[str, An
     )
     if eva:  # a timm EVA tower: its shape comes from the timm model name
         vision = openclip_timm.vision_from_openclip(v)
+    if siglip:  # a timm SigLIP ViT: its shape comes from the timm model name
+        vision = openclip_siglip.vision_from_openclip(v)
     if isinstance(v.get("attentional_pool"), str):
         raise ConfigError(f"open_clip attentional_pool={v['attentional_pool']!r} (parallel/cascade) is not supported")
     no_causal = t.get("no_causal_mask", False)
@@ -146,6 +155,7 @@ def config_from_openclip(model_cfg: dict[str, Any], preprocess_cfg: dict[str, An
         causal_mask=not no_causal,
         pad_mask=bool(t.get("use_pad_mask", False)) and no_causal,
         pool_type=t.get("pool_type", "argmax"),
+        hf_tokenizer_name=t.get("hf_tokenizer_name"),  # SigLIP: the SentencePiece vocabulary (text/sentencepiece.py)
         pad_id=t.get("pad_id", 0),
         eos_id=t.get("eos_id", 2),
         proj_bias=t.get("proj_bias", False),
