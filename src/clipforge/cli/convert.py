@@ -13,8 +13,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = CliParser(
         prog="clipforge convert",
         description="Read any checkpoint clipforge loads (OpenAI .pt/TorchScript, OpenCLIP .pt/.bin/.safetensors "
-        "or hub folder, HF CLIPModel folder, clipforge folder) and write it as a folder in another format.",
-        epilog="example: clipforge convert ViT-B-32.pt vitb32-hf --to hf",
+        "or hub folder, HF CLIPModel / SiglipModel folder, big_vision SigLIP .npz, clipforge folder) and write it "
+        "as a folder in another format. A format that cannot hold the model is refused before anything is written "
+        "(SigLIP and EVA02 as openclip, EVA02 / ConvNeXt as hf); unsupported families (CoCa, MobileCLIP, BLIP, "
+        "ALIGN, SigLIP 2) are named with the closest supported one.",
+        epilog="examples: clipforge convert ViT-B-32.pt vitb32-hf --to hf; "
+        "clipforge convert webli_en_b16_224_63724782.npz siglip-b16-hf --to hf",
     )
     parser.add_argument("source", help="checkpoint file, folder, ARCH:TAG or hub id")
     parser.add_argument("destination", help="output folder (created)")
