@@ -9,6 +9,17 @@ throughput on 10,000 captions comes from benchmarks/tokenizer.py.
 
     .venv/bin/python benchmarks/inference.py                 # full run, writes a Markdown table
     .venv/bin/python benchmarks/inference.py --batch 8 --iters 1   # quick check
+
+Issue 11 families (same batch and modes; `--model` picks them):
+
+    .venv/bin/python benchmarks/inference.py --model SigLIP-B-16 --iters 1   # clipforge vs open_clip vs SiglipModel
+    .venv/bin/python benchmarks/inference.py --model EVA02-B-16 --iters 1    # clipforge vs open_clip (timm EVA)
+
+SigLIP B/16 is transformers' default SiglipConfig (siglip-base-patch16-224) with clipforge's weights exported to
+SiglipModel; open_clip's ViT-B-16-SigLIP gets the same weights when its state dict maps onto clipforge's (else its
+own random weights, and its cosine column reads nan: throughput does not depend on the values). Its text rows are
+random ids at the full 64 positions (SigLIP pads every caption to 64 and attends to the padding: no trimming).
+EVA02-B/16 is open_clip's EVA02-B-16 (timm eva02_base_patch16_clip_224) with random weights, loaded into clipforge.
 """
 
 from __future__ import annotations
@@ -33,6 +44,8 @@ except RuntimeError:
     pass
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+FAMILIES = ("SigLIP-B-16", "EVA02-B-16")  # issue 11 rows (run_family); other names go through `run`
 
 CAPTIONS = [
     "a photo of a dog running on the beach",
@@ -73,6 +86,115 @@ def build_models(name: str):
     missing, unexpected = theirs_hf.load_state_dict(clipforge_to_hf(sd, ours.config), strict=False)
     assert not unexpected and all("position_ids" in k for k in missing), (missing, unexpected)
     return ours, theirs_oc, theirs_hf
+
+
+def build_siglip():
+    """clipforge, open_clip and transformers SigLIP B/16 models; the first two share weights where they map."""
+    import open_clip
+    import transformers
+
+    import clipforge
+    from clipforge.weights.hf_siglip import clipforge_to_hf_siglip, config_from_hf_siglip
+    from clipforge.weights.openclip import openclip_to_clipforge_keys
+
+    hf_cfg = transformers.SiglipConfig()  # siglip-base-patch16-224: ViT-B/16 224 px, text width 768, 64 positions
+    torch.manual_seed(0)
+    ours = clipforge.CLIP(config_from_hf_siglip(hf_cfg.to_dict())).eval()
+    oc = open_clip.create_model("ViT-B-16-SigLIP").eval()
+    try:  # the same random weights in both when open_clip's SigLIP keys map onto clipforge's
+        ours.load_state_dict(openclip_to_clipforge_keys(oc.state_dict()), strict=True)
+        shared = True
+    except (RuntimeError, KeyError, ValueError):
+        shared = False
+    hf = transformers.SiglipModel(hf_cfg).eval()
+    missing, unexpected = hf.load_state_dict(clipforge_to_hf_siglip(ours.state_dict(), ours.config), strict=False)
+    assert not unexpected and all("position_ids" in k for k in missing), (missing, unexpected)
+    return ours, oc, hf, shared
+
+
+def build_eva02(name: str = "EVA02-B-16"):
+    """open_clip's EVA02-B-16 (timm EVA tower) with random weights, and clipforge's model loaded from it."""
+    import open_clip
+
+    import clipforge
+    from clipforge.weights.openclip import openclip_to_clipforge_keys
+
+    torch.manual_seed(0)
+    oc = open_clip.create_model(name).eval()
+    with torch.no_grad():  # timm zero-inits biases: move every parameter so the agreement check means something
+        for p in oc.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    ours = clipforge.create_model(name).eval()
+    ours.load_state_dict(openclip_to_clipforge_keys(oc.state_dict()), strict=True)
+    return ours, oc
+
+
+def run_family(name: str, batch: int = 32, iters: int = 3, threads: int | None = None,
+               modes: tuple[str, ...] = ("fp32", "bf16")) -> list[dict]:
+    """Rows as `run` for the issue-11 families: "SigLIP-B-16" (3 libraries) or "EVA02-B-16" (clipforge, open_clip)."""
+    import open_clip
+
+    import clipforge
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(1)
+    if name == "SigLIP-B-16":
+        ours, oc, hf, shared = build_siglip()
+        tokens = torch.randint(2, ours.config.text.vocab_size, (batch, ours.context_length))  # (B, 64)
+        libs = {
+            "clipforge": (ours.encode_image, lambda: ours.encode_text(tokens)),
+            "open_clip": (oc.encode_image, lambda: oc.encode_text(tokens)),
+            "transformers": (
+                lambda x: _features(hf.get_image_features(pixel_values=x)),
+                lambda: _features(hf.get_text_features(input_ids=tokens)),
+            ),
+        }
+        agreeing = {"clipforge", "transformers"} | ({"open_clip"} if shared else set())
+        models = (ours, oc, hf)
+    elif name == "EVA02-B-16":
+        ours, oc = build_eva02(name)
+        texts = [CAPTIONS[i % len(CAPTIONS)] for i in range(batch)]
+        tokens_cf, tokens_oc = clipforge.get_tokenizer(ours)(texts), open_clip.tokenize(texts)
+        assert torch.equal(tokens_cf, tokens_oc)
+        libs = {
+            "clipforge": (ours.encode_image, lambda: ours.encode_text(tokens_cf)),
+            "open_clip": (oc.encode_image, lambda: oc.encode_text(tokens_oc)),
+        }
+        agreeing = set(libs)
+        models = (ours, oc)
+    else:
+        raise ValueError(f"unknown family {name!r}; expected SigLIP-B-16 or EVA02-B-16")
+    images = torch.randn(batch, 3, ours.image_size, ours.image_size)
+    rows, reference = [], {}
+    for mode in modes:
+        if mode == "bf16":
+            for model in models:
+                model.to(torch.bfloat16)
+        x = images.to(torch.bfloat16) if mode == "bf16" else images
+        for lib, (enc_img, enc_txt) in libs.items():
+            t_img, f_img = timed(lambda enc_img=enc_img, x=x: enc_img(x), iters)
+            t_txt, f_txt = timed(enc_txt, iters)
+            f_img, f_txt = F.normalize(f_img.float(), dim=-1), F.normalize(f_txt.float(), dim=-1)
+            if lib == "clipforge" and mode == "fp32":
+                reference = {"image": f_img, "text": f_txt}
+            nan = float("nan")
+            rows.append(
+                {
+                    "library": lib,
+                    "mode": mode,
+                    "images_per_s": batch / t_img,
+                    "texts_per_s": batch / t_txt,
+                    "image_cos_to_fp32": float((f_img * reference["image"]).sum(-1).mean()) if lib in agreeing else nan,
+                    "text_cos_to_fp32": float((f_txt * reference["text"]).sum(-1).mean()) if lib in agreeing else nan,
+                }
+            )
+    return rows
+
+
+def _features(out) -> torch.Tensor:
+    """transformers 5 returns a model output from get_*_features; 4.x a tensor."""
+    return out if torch.is_tensor(out) else out.pooler_output
 
 
 def encoders(ours, oc, hf, tokens_cf, tokens_oc):
@@ -156,11 +278,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--captions", type=int, default=10000, help="tokenizer benchmark size")
+    parser.add_argument("--modes", default="fp32,bf16", help="SigLIP-B-16 / EVA02-B-16 only: comma-separated modes")
     args = parser.parse_args(argv)
     print(
         f"# {args.model}, batch {args.batch}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"{platform.processor() or platform.machine()}"
     )
+    if args.model in FAMILIES:
+        modes = tuple(m for m in args.modes.split(",") if m)
+        print(format_table(run_family(args.model, args.batch, args.iters, args.threads, modes)))
+        return 0
     print(format_table(run(args.model, args.batch, args.iters, args.threads)))
     import tokenizer as tokenizer_bench
 
