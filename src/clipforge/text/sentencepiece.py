@@ -1,0 +1,158 @@
+"""SigLIP's SentencePiece tokenizer, as open_clip's `HFTokenizer(..., clean="canonicalize")` over transformers'
+`SiglipTokenizer` (Zhai et al. 2023; big_vision's text preprocessing).
+
+Every text is canonicalised the way big_vision / open_clip do it (`canonicalize_text`): "_" becomes a space,
+ASCII punctuation (`string.punctuation`) is removed, the text is lowercased and runs of whitespace collapse to
+one space. The SentencePiece model then encodes it (no start token), the end token `</s>` is appended, rows
+longer than `context_length` are cut keeping the end token last, and shorter rows are right-padded with the pad
+id -- SiglipTokenizer's pad token is `</s>` itself, so SigLIP rows end in a run of end ids (the text tower pools
+the last position, which is why the padding must be exactly this).
+
+Source: the checkpoint's own `spiece.model` (a folder holding it, or the file), read under clipforge.safeio's
+size cap (never unpickled: a SentencePiece model is a protobuf). `tokenizer_config.json` beside it may rename
+the pad / end tokens, as transformers reads it. transformers' SiglipTokenizer on raw text differs from this
+only in "_" (it deletes underscores where open_clip's cleaning turns them into spaces): the SigLIP models here
+are open_clip's, so open_clip's cleaning is the one used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..safeio import read_regular_file, read_text_file
+
+SPIECE_NAME = "spiece.model"
+MAX_SPIECE_BYTES = 64 * 2**20  # SigLIP i18n's 250k-piece model is ~4 MB
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def canonicalize_text(text: str) -> str:
+    """open_clip's / big_vision's canonical form: "_" -> " ", punctuation removed, lowercase, whitespace collapsed."""
+    text = text.replace("_", " ").translate(_PUNCTUATION).lower()
+    return " ".join(text.split())
+
+
+def _check_context_length(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"context_length must be an int >= 1 (room for the end token), got {value!r}")
+    return int(value)
+
+
+def _texts(texts: Any) -> list[str]:
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Iterable):
+        raise TypeError(f"texts must be a str or a sequence of str, got {type(texts).__name__}")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str: {t!r:.80}")
+    return texts
+
+
+def _special_tokens(folder: Path) -> dict[str, str]:
+    """pad_token / eos_token named by tokenizer_config.json beside the model (SiglipTokenizer's defaults else)."""
+    tokens = {"pad_token": "</s>", "eos_token": "</s>"}
+    path = folder / "tokenizer_config.json"
+    if not path.is_file():
+        return tokens
+    try:
+        data = json.loads(read_text_file(path, what="tokenizer_config.json"))
+    except ValueError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); fix or delete the file") from exc
+    for name in tokens:
+        value = data.get(name) if isinstance(data, dict) else None
+        if isinstance(value, dict):  # AddedToken serialisation
+            value = value.get("content")
+        if isinstance(value, str):
+            tokens[name] = value
+    return tokens
+
+
+def find_spiece_model(source: str | os.PathLike) -> Path | None:
+    """The `spiece.model` of a folder (or the file itself), None when there is none."""
+    path = Path(source)
+    if path.is_file() and path.name.endswith(".model"):
+        return path
+    candidate = path / SPIECE_NAME
+    return candidate if candidate.is_file() else None
+
+
+class SentencePieceTokenizer:
+    """Texts -> (N, context_length) int64 ids for a SigLIP text tower (open_clip's SigLIP tokenization).
+
+    Args:
+        source: a folder holding `spiece.model` (and optionally `tokenizer_config.json`), or the model file.
+        context_length: ids per row, the end token included (SigLIP: 64; ViT-SO400M-14-SigLIP: 16).
+
+    Attributes:
+        pad_token_id / eos_token_id: the padding and end ids (both `</s>` for SigLIP's vocabularies).
+        vocab_size: number of pieces.
+    """
+
+    def __init__(self, source: str | os.PathLike, context_length: int = 64) -> None:
+        import sentencepiece
+
+        self.source = os.fspath(source)
+        self.context_length = _check_context_length(context_length)
+        model_path = find_spiece_model(source)
+        if model_path is None:
+            raise FileNotFoundError(
+                f"{self.source}: no {SPIECE_NAME} there; pass the checkpoint folder holding SigLIP's SentencePiece "
+                "model (open_clip / timm hub repositories ship it as spiece.model)"
+            )
+        proto = read_regular_file(model_path, MAX_SPIECE_BYTES, SPIECE_NAME)
+        processor = sentencepiece.SentencePieceProcessor()
+        try:
+            processor.LoadFromSerializedProto(proto)
+        except (RuntimeError, OSError) as exc:
+            raise ValueError(f"{model_path}: not a readable SentencePiece model ({exc})") from exc
+        self._sp = processor
+        self.vocab_size = int(processor.get_piece_size())
+        folder = model_path.parent
+        tokens = _special_tokens(folder)
+        self.eos_token_id = self._piece_id(tokens["eos_token"], model_path, "eos_token")
+        self.pad_token_id = self._piece_id(tokens["pad_token"], model_path, "pad_token")
+
+    def _piece_id(self, piece: str, model_path: Path, what: str) -> int:
+        index = int(self._sp.piece_to_id(piece))
+        if self._sp.id_to_piece(index) != piece:  # unknown pieces map to the unk id
+            raise ValueError(
+                f"{model_path}: the {what} {piece!r} is not a piece of this SentencePiece model; set \"{what}\" in "
+                "tokenizer_config.json beside it to the model's own end / pad piece"
+            )
+        return index
+
+    def __repr__(self) -> str:
+        return f"SentencePieceTokenizer({self.source!r}, context_length={self.context_length})"
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of one text, canonicalised, with the end token and without padding or truncation."""
+        return [int(i) for i in self._sp.encode(canonicalize_text(text))] + [self.eos_token_id]
+
+    def __call__(self, texts: str | Iterable[str], context_length: int | None = None) -> torch.LongTensor:
+        """Ids of `texts` as a (N, context_length) int64 tensor (N = 1 for a single str)."""
+        texts = _texts(texts)
+        length = self.context_length if context_length is None else _check_context_length(context_length)
+        out = np.full((len(texts), length), self.pad_token_id, dtype=np.int64)  # (N, L)
+        for row, ids in enumerate(self._sp.encode([canonicalize_text(t) for t in texts])):
+            ids = list(ids)[: length - 1] + [self.eos_token_id]  # truncation keeps the end token
+            out[row, : len(ids)] = ids
+        return torch.from_numpy(out)
+
+    def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
+        """Text of one id row, padding and end tokens dropped (canonicalisation is not undone)."""
+        if isinstance(ids, torch.Tensor):
+            if ids.ndim != 1:
+                raise ValueError(f"decode takes one 1-D id sequence, got shape {tuple(ids.shape)}")
+            ids = ids.tolist()
+        drop = {self.pad_token_id, self.eos_token_id}
+        return self._sp.decode([int(i) for i in ids if int(i) not in drop])
