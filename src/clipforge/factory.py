@@ -39,12 +39,34 @@ def get_tokenizer(
     config = _config(name_or_model, cache_dir)
     if config.text.is_hf:  # a Hugging Face text tower takes its own vocabulary (text/hf_tokenizer.py)
         return _hf_tokenizer(config, context_length, cache_dir)
+    if config.text.hf_tokenizer_name:  # SigLIP: a SentencePiece vocabulary (text/sentencepiece.py)
+        return _sentencepiece_tokenizer(name_or_model, config, context_length)
     if config.text.vocab_size != 49408:
         raise ValueError(
             f"this model's text tower has vocab_size {config.text.vocab_size}; only CLIP's BPE (49408) ships "
             "with clipforge"
         )
     return CLIPTokenizer(context_length=context_length or config.text.context_length)
+
+
+def _sentencepiece_tokenizer(name_or_model: ModelLike, config: CLIPConfig, context_length: int | None):
+    """SigLIP's tokenizer from the checkpoint folder's spiece.model (`local-dir:` names) or from
+    `text.hf_tokenizer_name` when that is a folder; a hub name is refused with what to pass instead."""
+    from .text.sentencepiece import SentencePieceTokenizer, find_spiece_model
+
+    length = context_length or config.text.context_length
+    if isinstance(name_or_model, str) and name_or_model.startswith(LOCAL_DIR_PREFIX):
+        folder = name_or_model[len(LOCAL_DIR_PREFIX) :]
+        if find_spiece_model(folder) is not None:
+            return SentencePieceTokenizer(folder, length)
+    source = config.text.hf_tokenizer_name
+    if find_spiece_model(source) is None:
+        raise ValueError(
+            f"this model's SentencePiece tokenizer is {source!r}, which is not a local folder holding spiece.model; "
+            "download that repository's spiece.model and pass the folder: "
+            "clipforge.text.sentencepiece.SentencePieceTokenizer(folder, context_length)"
+        )
+    return SentencePieceTokenizer(source, length)
 
 
 def _hf_tokenizer(config: CLIPConfig, context_length: int | None, cache_dir: str | None):

@@ -2,6 +2,8 @@
 canonicalising HFTokenizer, on a tiny SentencePiece model trained here on a multilingual corpus (CJK, Arabic,
 Devanagari, Cyrillic, Greek, emoji)."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -90,3 +92,19 @@ def test_bad_sources_are_refused_clearly(tmp_path, spiece_dir):
         SentencePieceTokenizer(bad)
     with pytest.raises(TypeError, match="texts"):
         SentencePieceTokenizer(spiece_dir)(b"bytes")
+
+
+def test_get_tokenizer_for_siglip_configs(spiece_dir):
+    """A SigLIP config records its vocabulary in text.hf_tokenizer_name: a folder gives the SentencePiece
+    tokenizer at the model's context length; a hub name (the named configs') is refused saying what to pass."""
+    import clipforge
+    from clipforge.models import get_model_config
+
+    base = get_model_config("ViT-B-16-SigLIP")
+    assert base.text.hf_tokenizer_name == "timm/ViT-B-16-SigLIP"
+    with pytest.raises(ValueError, match="spiece.model"):
+        clipforge.get_tokenizer(base)
+    local = base.replace(text=dataclasses.replace(base.text, hf_tokenizer_name=str(spiece_dir)))
+    tok = clipforge.get_tokenizer(local)
+    assert isinstance(tok, SentencePieceTokenizer) and tok("a cat").shape == (1, 64)
+    assert clipforge.get_tokenizer(local, context_length=16)("a cat").shape == (1, 16)
