@@ -110,33 +110,45 @@ def test_patch_dropout_only_in_training():
     assert embedded.shape[1] == 17 and dropped.shape[1] == 1 + 8
 
 
-def _openclip_model(cf_name: str):
-    """open_clip's own model for a clipforge architecture name, built from open_clip's config files."""
+def _openclip_model(cf_name: str, tmp_path):
+    """open_clip's own model for a clipforge architecture name, built from open_clip's config files.
+
+    A Hugging Face text tower is named by hub id in open_clip's config (it would download that config.json):
+    the encoder's config clipforge stores is saved to a local folder in `tmp_path` and named instead.
+    """
     open_clip = pytest.importorskip("open_clip")
-    quick_gelu = cf_name.endswith("-quickgelu") or "/" in cf_name
     base = OPENAI_NAMES.get(cf_name, cf_name).removesuffix("-quickgelu")
     cfg = dict(open_clip.get_model_config(base))
-    cfg["quick_gelu"] = quick_gelu
-    cls = open_clip.CustomTextCLIP if cfg.pop("custom_text", False) else open_clip.model.CLIP  # EVA02-*: text.*
+    cfg["quick_gelu"] = cf_name.endswith("-quickgelu") or "/" in cf_name or cfg.get("quick_gelu", False)
+    hf_config = get_model_config(cf_name).text.hf_config
+    if hf_config is not None:
+        transformers = pytest.importorskip("transformers")
+        fields = {k: v for k, v in hf_config.items() if k != "model_type"}
+        transformers.AutoConfig.for_model(hf_config["model_type"], **fields).save_pretrained(tmp_path / "encoder")
+        cfg["text_cfg"] = {**cfg["text_cfg"], "hf_model_name": str(tmp_path / "encoder"), "hf_model_pretrained": False}
+    custom = cfg.pop("custom_text", False) or hf_config is not None  # open_clip's rule for hf_model_name too
+    cls = open_clip.CustomTextCLIP if custom else open_clip.model.CLIP  # EVA02-*: text.*
     with torch.device("meta"):
         return cls(**cfg)
 
 
 @pytest.mark.parametrize("name", FULL)
-def test_full_size_layout_matches_open_clip(name):
+def test_full_size_layout_matches_open_clip(name, tmp_path):
     """Built on the meta device: same parameter names (modulo the text prefix) and shapes as open_clip."""
     from clipforge.weights.openclip import openclip_to_clipforge_keys
 
     with torch.device("meta"):
         ours = CLIP(get_model_config(name))
-    theirs = _openclip_model(name)
+    theirs = _openclip_model(name, tmp_path)
     their_shapes = {k: tuple(v.shape) for k, v in openclip_to_clipforge_keys(theirs.state_dict()).items()}
     our_shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
     assert our_shapes == their_shapes
     acts = {type(m).__name__ for m in theirs.modules()}
-    want_quick = name.endswith("-quickgelu") or "/" in name
+    want_quick = name.endswith("-quickgelu") or "/" in name or name.startswith("roberta-")  # open_clip's roberta
     assert ("QuickGELU" in acts) == want_quick
-    assert ours.config.vision.act == ours.config.text.act == ("quick_gelu" if want_quick else "gelu")
+    assert ours.config.vision.act == ("quick_gelu" if want_quick else "gelu")
+    if not ours.config.text.is_hf:  # an HF encoder's activation is its own (hf_config.hidden_act)
+        assert ours.config.text.act == ours.config.vision.act
 
 
 def test_unknown_model_name_is_a_clear_error():
@@ -206,8 +218,14 @@ def test_full_size_forward_backward_on_meta_device(name):
         images = torch.randn(2, 3, size, size)
         tokens = torch.randint(0, 49408, (3, model.context_length))
         image_features = model.visual(images)  # (2, D)
-        text_features = model.text.forward_tokens(tokens)[0]  # (3, D); meta ids cannot drive the trimmed path
+        if model.config.text.is_hf:  # no padding mask: transformers inspects a mask's values, which meta lacks
+            pooled = model.text.transformer(input_ids=tokens).last_hidden_state.mean(dim=1)  # (3, width)
+            text_features = model.text.proj(pooled)  # (3, D)
+        else:
+            text_features = model.text.forward_tokens(tokens)[0]  # (3, D); meta ids cannot drive the trimmed path
         logits = model.logit_scale.exp() * image_features @ text_features.T
+        if model.logit_bias is not None:  # SigLIP's learned bias (the named SigLIP configs)
+            logits = logits + model.logit_bias
         logits.sum().backward()
     assert image_features.shape == (2, model.embed_dim) and text_features.shape == (3, model.embed_dim)
     missing = [n for n, p in model.named_parameters() if p.grad is None]

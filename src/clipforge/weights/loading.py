@@ -22,8 +22,9 @@ import torch
 
 from ..models.clip import CLIP
 from ..models.config import CLIPConfig, ConfigError, PreprocessConfig
+from ..models.long_context import merge_longclip_positions
 from ..models.registry import get_model_config, with_quick_gelu
-from . import families, hf, hf_processor, native, openclip
+from . import families, hf, hf_processor, native, openclip, openclip_hftext
 from .formats import (
     CheckpointConfigError,
     CheckpointError,
@@ -364,7 +365,13 @@ def _openclip_json_config(path: Path) -> CLIPConfig:
             section = model_cfg.get("text_cfg", {}) if name == "model_cfg.text_cfg" else preprocess_cfg
             if section is not None and not isinstance(section, dict):
                 raise ConfigError(f"{name} must be a JSON object, got a {type(section).__name__}")
-        return openclip.config_from_openclip(model_cfg, preprocess_cfg)
+        hf_text = None
+        if isinstance(model_cfg.get("text_cfg"), dict) and model_cfg["text_cfg"].get("hf_model_name"):
+            hf_text, _ = openclip_hftext.find_hf_text_config(data, path.parent)
+        config = openclip.config_from_openclip(model_cfg, preprocess_cfg, hf_text)
+        if config.text.is_hf and openclip_hftext.has_tokenizer(path.parent):  # open_clip's hub folders carry it
+            config = config.replace(text=dataclasses.replace(config.text, hf_tokenizer_name=str(path.parent)))
+        return config
 
 
 def _config_in_dir(folder: Path) -> CLIPConfig | None:
@@ -438,6 +445,8 @@ def _read_file(path: Path, arch: str | None, allow_unsafe_pickle: bool):
         )
     from_openai = fmt == "torchscript" or "input_resolution" in tensors
     state_dict = openai_to_clipforge(tensors) if from_openai else _to_clipforge_names(tensors)
+    # Long-CLIP's files keep a second, fine-tuned table for positions >= 20: fold it into one (248 positions).
+    state_dict = merge_longclip_positions(state_dict, prefix="text.")
     sidecar = path.parent / openclip.CONFIG_NAME
     if arch is not None:
         config = get_model_config(arch)
@@ -450,7 +459,7 @@ def _read_file(path: Path, arch: str | None, allow_unsafe_pickle: bool):
 
 def _to_clipforge_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     tensors = {k: v for k, v in tensors.items() if k not in OPENAI_EXTRA_KEYS}
-    return openclip.openclip_to_clipforge_keys(tensors)
+    return openclip_hftext.clean_hf_text_state_dict(openclip.openclip_to_clipforge_keys(tensors))
 
 
 def _infer_config(state_dict: dict[str, torch.Tensor], from_openai: bool, path: Path) -> CLIPConfig:
@@ -532,7 +541,9 @@ def save_model(model: CLIP, path: str | Path, format: SaveFormat = "clipforge") 
     if format == "openclip":
         cfg = openclip.config_to_openclip(model.config)
         native.atomic_save_safetensors(
-            openclip.clipforge_to_openclip_keys(state_dict), folder / openclip.SAFE_WEIGHTS_NAME, None
+            openclip.clipforge_to_openclip_keys(state_dict, custom_text=model.config.text.is_hf),
+            folder / openclip.SAFE_WEIGHTS_NAME,
+            None,
         )
         native.atomic_write_bytes(folder / openclip.CONFIG_NAME, (json.dumps(cfg, indent=2) + "\n").encode())
         return folder

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..models.config import CLIPConfig, ConfigError, PreprocessConfig, TextConfig, VisionConfig
-from . import openclip_convnext, openclip_siglip, openclip_timm
+from . import openclip_convnext, openclip_hftext, openclip_siglip, openclip_timm
 
 CONFIG_NAME = "open_clip_config.json"
 SAFE_WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -64,12 +64,20 @@ def openclip_to_clipforge_keys(state_dict: dict[str, torch.Tensor]) -> dict[str,
     return out
 
 
-def clipforge_to_openclip_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename clipforge's state dict to open_clip's `CLIP` layout (text tower at top level)."""
+def clipforge_to_openclip_keys(
+    state_dict: dict[str, torch.Tensor], custom_text: bool = False
+) -> dict[str, torch.Tensor]:
+    """Rename clipforge's state dict to open_clip's `CLIP` layout (text tower at top level).
+
+    `custom_text=True` keeps the `text.` prefix, `CustomTextCLIP`'s layout: open_clip moves a CLIP text tower
+    there itself when loading, but not a Hugging Face one (its keys must already be `text.transformer.*`).
+    """
     if openclip_convnext.NATIVE_STEM_KEY in state_dict:  # a ConvNeXt image tower: open_clip's TimmModel names
         state_dict = openclip_convnext.clipforge_to_convnext_keys(state_dict)
     if openclip_siglip.NATIVE_PROBE_KEY in state_dict:  # a SigLIP image tower: open_clip's timm ViT names
         state_dict = openclip_siglip.clipforge_to_siglip_keys(state_dict)
+    if custom_text:
+        return dict(state_dict)
     return {(key[len("text.") :] if key.startswith("text.") else key): value for key, value in state_dict.items()}
 
 
@@ -90,19 +98,32 @@ def _refuse_unsupported(cfg: dict[str, Any], unsupported: dict[str, Any], where:
             )
 
 
-def config_from_openclip(model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any] | None = None) -> CLIPConfig:
-    """Translate open_clip's `model_cfg` (a model_configs/*.json or `open_clip_config.json`'s entry)."""
+def config_from_openclip(
+    model_cfg: dict[str, Any],
+    preprocess_cfg: dict[str, Any] | None = None,
+    hf_text_config: dict[str, Any] | None = None,
+) -> CLIPConfig:
+    """Translate open_clip's `model_cfg` (a model_configs/*.json or `open_clip_config.json`'s entry).
+
+    A Hugging Face text tower (`text_cfg.hf_model_name`) also needs `hf_text_config`, the fields of that
+    encoder's config.json: open_clip fetches them by name, clipforge stores them in the config (the caller
+    finds them: weights/loading.py looks in the checkpoint folder, a stored copy, then the hub).
+    """
     v = dict(model_cfg.get("vision_cfg", {}))
     t = dict(model_cfg.get("text_cfg", {}))
-    if model_cfg.get("custom_text") and t.get("hf_model_name"):
-        raise ConfigError("open_clip models with a Hugging Face text tower (hf_model_name) are not supported")
+    hf_text = bool(t.get("hf_model_name"))
+    if hf_text and hf_text_config is None:
+        raise ConfigError(
+            f"open_clip text_cfg.hf_model_name={t['hf_model_name']!r} is a Hugging Face text encoder whose "
+            "config.json fields are needed to build it; pass them as hf_text_config (load_model finds them)"
+        )
     convnext = openclip_convnext.is_openclip_convnext(model_cfg)
     eva = openclip_timm.is_openclip_eva(model_cfg)
     siglip = openclip_siglip.is_openclip_siglip(model_cfg)
     timm_ok = convnext or eva or siglip
     _refuse_unsupported(v, {**_UNSUPPORTED_VISION, "timm_model_name": v.get("timm_model_name") if timm_ok else None},
                         "vision_cfg")
-    _refuse_unsupported(t, _UNSUPPORTED_TEXT, "text_cfg")
+    _refuse_unsupported(t, {**_UNSUPPORTED_TEXT, "hf_model_name": t.get("hf_model_name")}, "text_cfg")
     act = "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"
     image_size = v.get("image_size", 224)
     if isinstance(image_size, (list, tuple)):
@@ -161,6 +182,8 @@ def config_from_openclip(model_cfg: dict[str, Any], preprocess_cfg: dict[str, An
         proj_bias=t.get("proj_bias", False),
         layer_norm_eps=_norm_eps(t.get("norm_kwargs"), "text_cfg"),
     )
+    if hf_text:
+        text = openclip_hftext.text_config_from_openclip(t, hf_text_config)
     pre = dict(preprocess_cfg or {})
     _check_preprocess_size(pre.get("size", image_size), image_size)
     preprocess = PreprocessConfig(
@@ -199,7 +222,7 @@ def _check_preprocess_size(size: Any, image_size: int) -> None:
 def config_to_openclip(config: CLIPConfig) -> dict[str, Any]:
     """`open_clip_config.json` content (model_cfg + preprocess_cfg) for a clipforge config."""
     v, t = config.vision, config.text
-    if v.act != t.act and not v.convnext:  # a timm ConvNeXt trunk uses GELU whatever quick_gelu says
+    if v.act != t.act and not v.convnext and not t.is_hf:  # a timm ConvNeXt trunk uses GELU whatever quick_gelu says
         raise ConfigError("open_clip has one quick_gelu flag for both towers; this model mixes activations")
     vision_cfg: dict[str, Any] = {"image_size": v.image_size, "width": v.width, "mlp_ratio": v.mlp_ratio}
     if v.is_resnet:
@@ -251,6 +274,10 @@ def config_to_openclip(config: CLIPConfig) -> dict[str, Any]:
         model_cfg["init_logit_scale"] = config.init_logit_scale
     if t.proj_bias or not t.causal_mask:
         model_cfg["custom_text"] = True  # open_clip builds these text options only in CustomTextCLIP
+    if t.is_hf:  # an HF encoder: open_clip's CustomTextCLIP + HFTextEncoder, its fields stored beside model_cfg
+        if v.act == "quick_gelu":
+            model_cfg["quick_gelu"] = True
+        model_cfg.update(text_cfg=openclip_hftext.text_cfg_to_openclip(t), custom_text=True)
     p = config.preprocess
     preprocess_cfg = {  # open_clip's PreprocessCfg fields, as its hub configs write them
         "size": v.image_size,
@@ -260,7 +287,10 @@ def config_to_openclip(config: CLIPConfig) -> dict[str, Any]:
         "resize_mode": p.resize_mode,
         "fill_color": p.fill_color,
     }
-    return {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
+    out: dict[str, Any] = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
+    if t.is_hf:
+        out[openclip_hftext.HF_TEXT_CONFIG_KEY] = dict(t.hf_config)
+    return out
 
 
 def uses_custom_text(model_cfg: dict[str, Any]) -> bool:

@@ -87,6 +87,18 @@ def _entries() -> list[PretrainedWeights]:
         PretrainedWeights("ViT-B-32", "laion2b_s34b_b79k", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"),
         PretrainedWeights("ViT-B-32", "datacomp_xl_s13b_b90k", "laion/CLIP-ViT-B-32-DataComp.XL-s13B-b90K"),
         PretrainedWeights("ViT-B-32-256", "datacomp_s34b_b86k", "laion/CLIP-ViT-B-32-256x256-DataComp-s34B-b86K"),
+        # Hugging Face text towers (LAION's multilingual / RoBERTa runs; OpenAI normalisation)
+        PretrainedWeights(
+            "roberta-ViT-B-32", "laion2b_s12b_b32k", "laion/CLIP-ViT-B-32-roberta-base-laion2B-s12B-b32k"
+        ),
+        PretrainedWeights(
+            "xlm-roberta-base-ViT-B-32", "laion5b_s13b_b90k", "laion/CLIP-ViT-B-32-xlm-roberta-base-laion5B-s13B-b90k"
+        ),
+        PretrainedWeights(
+            "xlm-roberta-large-ViT-H-14",
+            "frozen_laion5b_s13b_b90k",
+            "laion/CLIP-ViT-H-14-frozen-xlm-roberta-large-laion5B-s13B-b90k",
+        ),
         # ConvNeXt image towers (LAION; OpenAI normalisation, bicubic, shortest side)
         PretrainedWeights("convnext_base", "laion400m_s13b_b51k", "laion/CLIP-convnext_base-laion400M-s13B-b51K"),
         PretrainedWeights("convnext_base_w", "laion2b_s13b_b82k", "laion/CLIP-convnext_base_w-laion2B-s13B-b82K"),
