@@ -161,6 +161,17 @@ def _entries() -> list[PretrainedWeights]:
         PretrainedWeights("ViT-L-14", "dfn2b_s39b", "apple/DFN2B-CLIP-ViT-L-14-39B"),
         PretrainedWeights("ViT-H-14-quickgelu", "dfn5b", "apple/DFN5B-CLIP-ViT-H-14", resize_mode="squash"),
     ]
+    # SigLIP (Zhai et al. 2023), WebLI, hosted by timm in open_clip's format; the 378 px model takes the 384 weights
+    # (same 27 x 27 patch grid). Inception normalisation, bicubic, squash.
+    siglip = {name: f"timm/{name}" for name in (
+        "ViT-B-16-SigLIP", "ViT-B-16-SigLIP-256", "ViT-B-16-SigLIP-i18n-256", "ViT-B-16-SigLIP-384",
+        "ViT-B-16-SigLIP-512", "ViT-L-16-SigLIP-256", "ViT-L-16-SigLIP-384", "ViT-SO400M-14-SigLIP",
+    )}  # fmt: skip
+    siglip["ViT-SO400M-14-SigLIP-378"] = "timm/ViT-SO400M-14-SigLIP-384"
+    out += [
+        PretrainedWeights(arch, "webli", hub, INCEPTION_MEAN, INCEPTION_STD, "bicubic", "squash")
+        for arch, hub in siglip.items()
+    ]
     return out
 
 
