@@ -104,8 +104,13 @@ def lock_text(text: TextTransformer, unlocked_layers: int = 0, freeze_layer_norm
     """Freeze `text` except its last `unlocked_layers` groups.
 
     `freeze_layer_norm=False` is refused as open_clip refuses it: LayerNorms are locked with their group.
+    A Hugging Face text tower locks as open_clip's HFTextEncoder does ([embeddings], layer 0, ..., layer n-1;
+    the projection always trainable; `freeze_layer_norm=False` keeps frozen groups' LayerNorms trainable).
     """
     _check_count(unlocked_layers, "unlocked_layers")
+    if hasattr(text, "lock"):  # a Hugging Face encoder (HFTextTower): open_clip's HFTextEncoder.lock groups
+        text.lock(unlocked_layers, freeze_layer_norm)
+        return
     if not freeze_layer_norm:
         raise ValueError(
             "freeze_layer_norm=False is not supported (as in open_clip): LayerNorms are locked and unlocked "

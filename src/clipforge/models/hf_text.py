@@ -131,6 +131,7 @@ class HFTextTower(nn.Module):
         encoder = getattr(self.transformer, "encoder", self.transformer)
         groups = [self.transformer.embeddings, *encoder.layer]
         frozen = groups[: len(groups) - unlocked_layers] if unlocked_layers else [self.transformer]
+        self.requires_grad_(True)  # the whole state is set here, so locking twice does not depend on the first
         for module in frozen:
             for name, param in module.named_parameters():
                 param.requires_grad = (not freeze_layer_norm) and "LayerNorm" in name.split(".")

@@ -141,6 +141,19 @@ class HFTokenizer:
         encodings = self._fixed_length(length).encode_batch(texts)
         return torch.tensor(np.asarray([e.ids for e in encodings], dtype=np.int64))
 
+    @property
+    def eot_token_id(self) -> int:
+        """The id that ends every sequence (XLM-R/RoBERTa `</s>`, BERT `[SEP]`), as CLIPTokenizer's end token.
+
+        Read from the tokenizer's own template (the last non-padding id of an empty text), so no special
+        token name is assumed; the trainer keeps it on rows a CLIPA phase truncates.
+        """
+        row = self([""], 8)[0]  # (8,)
+        real = row[row != self.pad_token_id]
+        if real.numel() == 0:
+            raise ValueError(f"{self.source}: this tokenizer adds no end token to a text (no special tokens)")
+        return int(real[-1])
+
     def _fixed_length(self, length: int):
         """A `tokenizers.Tokenizer` that truncates (keeping the special tokens) and pads to `length`.
 

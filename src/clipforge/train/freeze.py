@@ -23,5 +23,10 @@ def lock_image_tower(model: CLIP, unlocked_groups: int = 0) -> None:
 
 
 def lock_text_tower(model: CLIP, unlocked_layers: int = 0) -> None:
-    """Freeze the text tower except its last `unlocked_layers` blocks, final LayerNorm and projection."""
-    model.lock_text_tower(_groups(unlocked_layers, "lock_text_unlocked_layers"))
+    """Freeze the text tower except its last `unlocked_layers` blocks, final LayerNorm and projection.
+
+    A Hugging Face encoder's groups are its layers alone (its projection always stays trainable, as in
+    open_clip's HFTextEncoder.lock), so there N blocks are N groups.
+    """
+    groups = _groups(unlocked_layers, "lock_text_unlocked_layers")
+    model.lock_text_tower(unlocked_layers if model.config.text.is_hf else groups)

@@ -29,7 +29,10 @@ def _sharded_units(model: CLIP) -> list[nn.Module]:
     units: list[nn.Module] = []
     if not isinstance(model.visual, ModifiedResNet):
         units += list(model.visual.transformer.resblocks)
-    units += list(model.text.transformer.resblocks)
+    if model.config.text.is_hf:  # a Hugging Face encoder: one unit per encoder layer (BertLayer/XLMRobertaLayer)
+        units += list(getattr(model.text.transformer, "encoder", model.text.transformer).layer)
+    else:
+        units += list(model.text.transformer.resblocks)
     return units + [model.visual, model.text]
 
 
