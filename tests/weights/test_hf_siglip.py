@@ -138,11 +138,10 @@ def test_missing_head_key_is_named(hf_dir):
         hf_siglip.hf_siglip_to_clipforge(sd, cfg)
 
 
-def test_siglip2_is_refused_naming_siglip(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "siglip2", "text_config": {}, "vision_config": {}}))
-    (tmp_path / "model.safetensors").write_bytes(b"")
-    with pytest.raises(Exception, match="SigLIP 2.*closest supported family is SigLIP"):
-        clipforge.load_model(str(tmp_path))
+def test_siglip2_config_is_refused_by_the_siglip_reader_naming_siglip():
+    # Siglip2Model folders go through weights/hf_siglip2.py (tests/weights/test_hf_siglip2.py), not this reader.
+    with pytest.raises(ConfigError, match="SigLIP 2.*hf_siglip2.*closest supported family is SigLIP"):
+        hf_siglip.config_from_hf_siglip({"model_type": "siglip2", "text_config": {}, "vision_config": {}})
 
 
 def test_inexpressible_configs_are_refused():

@@ -52,14 +52,14 @@ MOBILECLIP = Family(
 )
 SIGLIP2 = Family(
     "SigLIP 2 (NaFlex)", "variable-resolution patches through a Linear patch embedding", "SigLIP (transformers "
-    "SiglipModel folders, big_vision SigLIP .npz)"
+    "SiglipModel folders, big_vision SigLIP .npz) or a fixed-resolution transformers Siglip2Model folder (config.json "
+    "beside the weights)"
 )
 BLIP = Family("BLIP", "a BERT text encoder and decoder with cross-attention", "a transformers CLIPModel folder")
 ALIGN = Family("ALIGN", "an EfficientNet image tower and a BERT text tower", "a transformers CLIPModel folder")
 
 # transformers model_type -> family, for config.json folders that are not CLIPModel / SiglipModel.
 _HF_MODEL_TYPES: dict[str, Family] = {
-    "siglip2": SIGLIP2,
     "blip": BLIP,
     "blip-2": Family("BLIP-2", "a Q-Former bridging a frozen image encoder and a language model", BLIP.closest),
     "align": ALIGN,

@@ -419,6 +419,10 @@ def read_hf_dir(path: str | os.PathLike) -> tuple[CLIPConfig, dict[str, torch.Te
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
         raise CheckpointError(f"no {CONFIG_NAME} in {folder}: a transformers CLIPModel directory needs one")
+    from . import hf_siglip2  # fixed-resolution Siglip2Model folders (hf_siglip2 imports this module)
+
+    if hf_siglip2.is_siglip2_folder(folder):
+        return hf_siglip2.read_hf_siglip2_dir(folder)
     cfg = read_hf_config(config_path)
     from . import hf_siglip  # SiglipModel folders share this layout (hf_siglip imports this module)
 
@@ -436,7 +440,11 @@ def read_hf_config(config_path: Path) -> CLIPConfig:
         hf_config = json.loads(config_path.read_text(encoding="utf-8"))
         if not isinstance(hf_config, dict):
             raise ConfigError(f"expected a JSON object, got a {type(hf_config).__name__}")
-        if hf_config.get("model_type") in ("siglip", "siglip2"):
+        if hf_config.get("model_type") == "siglip2":
+            from . import hf_siglip2
+
+            return hf_siglip2.config_from_hf_siglip2(hf_config)
+        if hf_config.get("model_type") == "siglip":
             from . import hf_siglip
 
             return hf_siglip.config_from_hf_siglip(hf_config)

@@ -12,8 +12,8 @@ A folder holds `config.json` (model_type "siglip", with `text_config` and `visio
 `models/siglip/modeling_siglip.py` and `configuration_siglip.py`.
 
 SigLIP 2 (`Siglip2Model`, model_type "siglip2") feeds NaFlex variable-resolution patch sequences with
-resized position grids and a patch Linear instead of a convolution; it is refused with an error that names
-SigLIP as the supported family (see `check_model_type`).
+resized position grids and a patch Linear instead of a convolution; its fixed-resolution use is read by
+hf_siglip2.py (into this module's config and key map), not by this reader (see `check_model_type`).
 """
 
 from __future__ import annotations
@@ -91,8 +91,9 @@ def check_model_type(model_type: Any, where: str = "config.json") -> None:
         return
     if model_type == "siglip2":
         raise ConfigError(
-            f"{where} has model_type='siglip2' (SigLIP 2, NaFlex variable-resolution patches): clipforge does not "
-            "read SigLIP 2 checkpoints; the closest supported family is SigLIP (model_type 'siglip', SiglipModel)"
+            f"{where} has model_type='siglip2' (SigLIP 2, NaFlex variable-resolution patches): this SiglipModel "
+            "reader does not take it; read the folder with clipforge.load_model (clipforge.weights.hf_siglip2 reads "
+            "Siglip2Model folders at their fixed square resolution); the closest supported family is SigLIP"
         )
     raise ConfigError(f"{where} has model_type={model_type!r}; this reader takes transformers SiglipModel ('siglip')")
 

@@ -1,0 +1,175 @@
+"""Hugging Face transformers `Siglip2Model` folders (model_type "siglip2") at a FIXED square resolution.
+
+SigLIP 2 (Tschannen et al. 2025) keeps SigLIP's towers (attention-pooled ViT without class token, bidirectional
+text transformer pooled at the last position, logit scale and bias) but transformers' Siglip2Model feeds the
+image tower NaFlex inputs: each image is cut into flattened patches (`pixel_values` of shape
+(B, max_num_patches, P*P*C)), embedded by a Linear, and a learned (g, g) position grid is bilinearly resized to
+each image's patch grid (`spatial_shapes`), with `pixel_attention_mask` hiding padding patches.
+
+For a square image at the size the grid was trained for (side = g * P, so spatial_shapes = (g, g) and no padding)
+that is exactly SigLIP: the resize is the identity and the Linear over patches flattened as (row, col, channel)
+is a convolution with the kernel reshaped to (D, C, P, P). Those are the fixed-resolution checkpoints this module
+reads into clipforge's SigLIP config; folders whose image processor asks for another number of patches than the
+square grid (`max_num_patches` != `num_patches`: genuinely variable-resolution NaFlex use) are refused, since
+clipforge's ViT has one fixed input size. A NaFlex checkpoint whose processor keeps max_num_patches equal to the
+grid (google/siglip2-*-naflex ship 256 patches and a 16x16 grid) is read at that square size; on square images
+of that size its features are transformers' (tests/weights/test_hf_siglip2.py).
+
+Reference: transformers `models/siglip2/modeling_siglip2.py` (Siglip2VisionEmbeddings) and
+`image_processing_siglip2.py` (convert_image_to_patches: (C, H, W) -> (g*g, P*P*C), patch order row-major).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..models.config import CLIPConfig, ConfigError, PreprocessConfig
+from ..safeio import read_text_file
+from .formats import CheckpointError, reading_config
+from .hf import CONFIG_NAME, _number, _sub_config, read_hf_state_dict
+from .hf_processor import PREPROCESSOR_NAME
+from .hf_siglip import SIGLIP_PREPROCESS, config_from_hf_siglip, hf_siglip_to_clipforge
+
+MODEL_TYPE = "siglip2"
+PATCH_KEY = "vision_model.embeddings.patch_embedding.weight"
+# transformers' Siglip2VisionConfig defaults (5.x) that differ from SigLIP's.
+VISION_DEFAULTS: dict[str, Any] = {"num_patches": 256, "patch_size": 16, "num_channels": 3}
+# Siglip2ImageProcessor defaults: 256 patches of 16 pixels, bilinear, mean = std = 0.5.
+PROCESSOR_DEFAULTS: dict[str, Any] = {"max_num_patches": 256, "patch_size": 16}
+
+
+def _grid(vc: Mapping[str, Any]) -> tuple[int, int]:
+    """(patch_size, grid side g) of a Siglip2 vision_config; ConfigError unless num_patches is a square."""
+    patch = _number(vc, "patch_size", VISION_DEFAULTS, "vision_config")
+    num_patches = _number(vc, "num_patches", VISION_DEFAULTS, "vision_config")
+    side = math.isqrt(num_patches) if num_patches > 0 else 0
+    if patch <= 0 or side * side != num_patches:
+        raise ConfigError(
+            f"vision_config.num_patches={num_patches} is not a positive square: SigLIP 2's position grid is "
+            "g x g, so this is not a Siglip2Model config transformers can build"
+        )
+    return patch, side
+
+
+def config_from_hf_siglip2(hf_config: Mapping[str, Any]) -> CLIPConfig:
+    """Translate a transformers `Siglip2Model` config.json (as a dict) into a fixed-resolution SigLIP `CLIPConfig`.
+
+    The image side is grid * patch_size (e.g. 16 x 16 patches of 16 pixels: 256); the text tower is SigLIP's.
+    """
+    if hf_config.get("model_type") != MODEL_TYPE:
+        raise ConfigError(f"config.json has model_type={hf_config.get('model_type')!r}; this reader takes 'siglip2'")
+    vc = _sub_config(hf_config, "vision_config")
+    patch, side = _grid(vc)
+    vision = {k: v for k, v in vc.items() if k != "num_patches"}
+    vision.update(image_size=side * patch, patch_size=patch)
+    siglip = {**hf_config, "model_type": "siglip", "vision_config": vision, "text_config": _sub_config(hf_config,
+                                                                                                      "text_config")}
+    siglip.pop("vision_config_dict", None)
+    siglip.pop("text_config_dict", None)
+    return config_from_hf_siglip(siglip)
+
+
+def _preprocess(folder: Path, cfg: CLIPConfig) -> PreprocessConfig:
+    """The folder's Siglip2ImageProcessor settings as a fixed-size `PreprocessConfig`; NaFlex use is refused."""
+    path = folder / PREPROCESSOR_NAME
+    base = PreprocessConfig(size=cfg.vision.image_size, **SIGLIP_PREPROCESS)
+    if not path.is_file():
+        return base
+    with reading_config(path):
+        data = json.loads(read_text_file(path, what=PREPROCESSOR_NAME))
+        if not isinstance(data, dict):
+            raise ConfigError(f"expected a JSON object, got a {type(data).__name__}")
+        grid = cfg.vision.image_size // cfg.vision.patch_size
+        max_patches = _number(data, "max_num_patches", PROCESSOR_DEFAULTS, PREPROCESSOR_NAME)
+        patch = _number(data, "patch_size", PROCESSOR_DEFAULTS, PREPROCESSOR_NAME)
+        if patch != cfg.vision.patch_size:
+            raise ConfigError(
+                f"patch_size={patch} differs from the model's vision_config.patch_size={cfg.vision.patch_size}"
+            )
+        if max_patches != grid * grid:
+            raise ConfigError(
+                f"max_num_patches={max_patches} is not the model's square grid {grid}x{grid}={grid * grid}: this "
+                "SigLIP 2 checkpoint is used with NaFlex variable-resolution inputs (position grid resized per "
+                f"image), which clipforge's fixed-size ViT does not run; set max_num_patches to {grid * grid} to "
+                f"use it on square {cfg.vision.image_size}px images"
+            )
+        stats = {}
+        for key, field in (("image_mean", "mean"), ("image_std", "std")):
+            value = data.get(key, list(getattr(base, field)))
+            if not (isinstance(value, list) and len(value) == 3 and all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)):
+                raise ConfigError(f"{key}={value!r} must be a list of three numbers (RGB)")
+            stats[field] = tuple(float(x) for x in value)
+        return base.__class__(**{**{f: getattr(base, f) for f in ("size", "interpolation", "resize_mode")},
+                                 **stats})
+
+
+def linear_patch_to_conv(weight: torch.Tensor, patch_size: int, channels: int = 3) -> torch.Tensor:
+    """Siglip2's patch Linear weight (D, P*P*C), inputs flattened (row, col, channel), -> conv kernel (D, C, P, P)."""
+    width, fan_in = weight.shape
+    if fan_in != patch_size * patch_size * channels:
+        raise CheckpointError(
+            f"{PATCH_KEY} has shape {tuple(weight.shape)}; expected (width, {patch_size}*{patch_size}*{channels})"
+        )
+    return weight.reshape(width, patch_size, patch_size, channels).permute(0, 3, 1, 2).contiguous()
+
+
+def hf_siglip2_to_clipforge(sd: Mapping[str, torch.Tensor], cfg: CLIPConfig) -> dict[str, torch.Tensor]:
+    """transformers `Siglip2Model` state dict -> clipforge `CLIP` state dict for a fixed-resolution `cfg`."""
+    if PATCH_KEY not in sd:
+        raise CheckpointError(f"HF SigLIP 2 state dict has no {PATCH_KEY}")
+    if sd[PATCH_KEY].ndim != 2:
+        raise CheckpointError(
+            f"{PATCH_KEY} has shape {tuple(sd[PATCH_KEY].shape)}: a Siglip2Model's patch embedding is a Linear "
+            "(2-D); a 4-D convolution is a SiglipModel (model_type 'siglip')"
+        )
+    converted = dict(sd)
+    converted[PATCH_KEY] = linear_patch_to_conv(sd[PATCH_KEY], cfg.vision.patch_size)
+    return hf_siglip_to_clipforge(converted, cfg)
+
+
+def is_siglip2_folder(folder: str | os.PathLike) -> bool:
+    """Whether `folder`'s config.json names model_type 'siglip2' (a file that does not parse: False)."""
+    path = Path(folder) / CONFIG_NAME
+    try:
+        data = json.loads(read_text_file(path, what=CONFIG_NAME))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and data.get("model_type") == MODEL_TYPE
+
+
+def read_hf_siglip2_config(config_path: Path) -> CLIPConfig:
+    """The clipforge config of a Siglip2Model config.json; a CheckpointConfigError names the file and field."""
+    with reading_config(config_path):
+        hf_config = json.loads(read_text_file(config_path, what=CONFIG_NAME))
+        if not isinstance(hf_config, dict):
+            raise ConfigError(f"expected a JSON object, got a {type(hf_config).__name__}")
+        return config_from_hf_siglip2(hf_config)
+
+
+def read_hf_siglip2_dir(path: str | os.PathLike) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
+    """Read a fixed-resolution transformers `Siglip2Model` folder -> (config, clipforge state dict)."""
+    folder = Path(path)
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file():
+        raise CheckpointError(f"no {CONFIG_NAME} in {folder}: a transformers Siglip2Model folder needs one")
+    cfg = read_hf_siglip2_config(config_path)
+    cfg = cfg.replace(preprocess=_preprocess(folder, cfg))
+    return cfg, hf_siglip2_to_clipforge(read_hf_state_dict(folder), cfg)
+
+
+__all__ = [
+    "config_from_hf_siglip2",
+    "hf_siglip2_to_clipforge",
+    "is_siglip2_folder",
+    "linear_patch_to_conv",
+    "read_hf_siglip2_config",
+    "read_hf_siglip2_dir",
+]
