@@ -156,3 +156,141 @@ class SentencePieceTokenizer:
             ids = ids.tolist()
         drop = {self.pad_token_id, self.eos_token_id}
         return self._sp.decode([int(i) for i in ids if int(i) not in drop])
+
+
+# ---------------------------------------------------------------------------------------------- tokenizer.json
+
+TOKENIZER_JSON_NAME = "tokenizer.json"
+MAX_TOKENIZER_JSON_BYTES = 256 * 2**20  # Gemma's 256k-piece tokenizer.json (SigLIP 2) is ~33 MB
+
+
+def find_tokenizer_json(source: str | os.PathLike) -> Path | None:
+    """The `tokenizer.json` of a folder (or the file itself), None when there is none."""
+    path = Path(source)
+    if path.is_file() and path.name.endswith(".json"):
+        return path
+    candidate = path / TOKENIZER_JSON_NAME
+    return candidate if candidate.is_file() else None
+
+
+def _json_special_tokens(folder: Path) -> dict[str, str]:
+    """pad_token / eos_token named by tokenizer_config.json beside tokenizer.json (Gemma's `<pad>` / `<eos>` else)."""
+    tokens = {"pad_token": "<pad>", "eos_token": "<eos>"}
+    path = folder / "tokenizer_config.json"
+    if not path.is_file():
+        return tokens
+    try:
+        data = json.loads(read_text_file(path, what="tokenizer_config.json"))
+    except ValueError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); fix or delete the file") from exc
+    for name in tokens:
+        value = data.get(name) if isinstance(data, dict) else None
+        if isinstance(value, dict):  # AddedToken serialisation
+            value = value.get("content")
+        if isinstance(value, str):
+            tokens[name] = value
+    return tokens
+
+
+class TokenizerJsonTokenizer:
+    """Texts -> (N, context_length) int64 ids for SigLIP 2's text tower, from a `tokenizer.json` (no spiece.model).
+
+    SigLIP 2 (Tschannen et al. 2025) tokenizes with Gemma's 256k-piece SentencePiece vocabulary, which its
+    checkpoints ship only as a Hugging Face `tokenizers` file. Its conventions (big_vision's SigLIP 2
+    preprocessing; transformers' Siglip2Tokenizer for the first two):
+      - the text is lowercased (the model was trained on lowercased captions; no punctuation stripping, unlike
+        SigLIP 1's canonicalisation) by tokenizers' Lowercase as Siglip2Tokenizer does, then encoded by the
+        file's normaliser / pre-tokenizer / model;
+      - no start token: the file's post-processor (Gemma's template prepends `<bos>`) is not applied;
+      - the end token (`<eos>`) is appended and kept when a row is cut to `context_length` ("sticky" end);
+      - rows are right-padded to `context_length` (64 for SigLIP 2) with the pad token (`<pad>`): the text tower
+        pools the last position, so the padding must be exactly this.
+    `tokenizer_config.json` beside the file may rename the pad / end tokens, as transformers reads it.
+
+    Args:
+        source: a folder holding `tokenizer.json` (and optionally `tokenizer_config.json`), or the file itself.
+        context_length: ids per row, the end token included.
+
+    Attributes:
+        pad_token_id / eos_token_id: the padding and end ids; vocab_size: pieces plus added tokens.
+    """
+
+    def __init__(self, source: str | os.PathLike, context_length: int = 64, lowercase: bool = True) -> None:
+        from tokenizers import Tokenizer, normalizers
+
+        self.source = os.fspath(source)
+        self.context_length = _check_context_length(context_length)
+        self.lowercase = bool(lowercase)
+        # tokenizers' Lowercase (Rust char-wise lowercasing) as transformers' Siglip2Tokenizer applies it: unlike
+        # Python's str.lower it keeps a word-final capital sigma as "σ" rather than "ς".
+        self._lower = normalizers.Lowercase()
+        path = find_tokenizer_json(source)
+        if path is None:
+            raise FileNotFoundError(
+                f"{self.source}: no {TOKENIZER_JSON_NAME} there; pass the checkpoint folder holding SigLIP 2's "
+                "tokenizer.json (Gemma's vocabulary) or a folder with spiece.model for SentencePieceTokenizer"
+            )
+        text = read_text_file(path, MAX_TOKENIZER_JSON_BYTES, TOKENIZER_JSON_NAME)
+        try:
+            self._tok = Tokenizer.from_str(text)
+        except Exception as exc:  # tokenizers raises a bare Exception for malformed files
+            raise ValueError(f"{path}: not a readable Hugging Face tokenizers file ({exc})") from exc
+        self._tok.no_padding()
+        self._tok.no_truncation()
+        self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
+        tokens = _json_special_tokens(path.parent)
+        self.eos_token_id = self._token_id(tokens["eos_token"], path, "eos_token")
+        self.pad_token_id = self._token_id(tokens["pad_token"], path, "pad_token")
+
+    def _token_id(self, token: str, path: Path, what: str) -> int:
+        index = self._tok.token_to_id(token)
+        if index is None:
+            raise ValueError(
+                f"{path}: the {what} {token!r} is not in this tokenizer's vocabulary; set \"{what}\" in "
+                "tokenizer_config.json beside it to the vocabulary's own end / pad token"
+            )
+        return int(index)
+
+    def __repr__(self) -> str:
+        return f"TokenizerJsonTokenizer({self.source!r}, context_length={self.context_length})"
+
+    def _prepare(self, text: str) -> str:
+        return self._lower.normalize_str(text) if self.lowercase else text
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of one text (lowercased), with the end token and without padding or truncation."""
+        return list(self._tok.encode(self._prepare(text), add_special_tokens=False).ids) + [self.eos_token_id]
+
+    def __call__(self, texts: str | Iterable[str], context_length: int | None = None) -> torch.LongTensor:
+        """Ids of `texts` as a (N, context_length) int64 tensor (N = 1 for a single str)."""
+        texts = _texts(texts)
+        length = self.context_length if context_length is None else _check_context_length(context_length)
+        out = np.full((len(texts), length), self.pad_token_id, dtype=np.int64)  # (N, L)
+        encodings = self._tok.encode_batch([self._prepare(t) for t in texts], add_special_tokens=False)
+        for row, enc in enumerate(encodings):
+            ids = list(enc.ids)[: length - 1] + [self.eos_token_id]  # truncation keeps the end token
+            out[row, : len(ids)] = ids
+        return torch.from_numpy(out)
+
+    def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
+        """Text of one id row, padding and end tokens dropped (lowercasing is not undone)."""
+        if isinstance(ids, torch.Tensor):
+            if ids.ndim != 1:
+                raise ValueError(f"decode takes one 1-D id sequence, got shape {tuple(ids.shape)}")
+            ids = ids.tolist()
+        drop = {self.pad_token_id, self.eos_token_id}
+        return self._tok.decode([int(i) for i in ids if int(i) not in drop], skip_special_tokens=False)
+
+
+def load_siglip_tokenizer(
+    source: str | os.PathLike, context_length: int = 64
+) -> SentencePieceTokenizer | TokenizerJsonTokenizer:
+    """The SigLIP-family tokenizer of a checkpoint folder: `spiece.model` (SigLIP) else `tokenizer.json` (SigLIP 2)."""
+    if find_spiece_model(source) is not None:
+        return SentencePieceTokenizer(source, context_length)
+    if find_tokenizer_json(source) is not None:
+        return TokenizerJsonTokenizer(source, context_length)
+    raise FileNotFoundError(
+        f"{os.fspath(source)}: neither {SPIECE_NAME} (SigLIP) nor {TOKENIZER_JSON_NAME} (SigLIP 2) is there; pass "
+        "the checkpoint folder that holds its tokenizer"
+    )
