@@ -39,6 +39,13 @@ def get_tokenizer(
     config = _config(name_or_model, cache_dir)
     if config.text.is_hf:  # a Hugging Face text tower takes its own vocabulary (text/hf_tokenizer.py)
         return _hf_tokenizer(config, context_length, cache_dir)
+    local = isinstance(name_or_model, str) and name_or_model.startswith(LOCAL_DIR_PREFIX)
+    if local and config.vision.pool_type == "map":
+        from .text.sentencepiece import find_spiece_model, find_tokenizer_json, load_siglip_tokenizer
+
+        folder = name_or_model[len(LOCAL_DIR_PREFIX) :]  # a SigLIP / SigLIP 2 folder with its own tokenizer
+        if find_spiece_model(folder) is not None or find_tokenizer_json(folder) is not None:
+            return load_siglip_tokenizer(folder, context_length or config.text.context_length)
     if config.text.hf_tokenizer_name:  # SigLIP: a SentencePiece vocabulary (text/sentencepiece.py)
         return _sentencepiece_tokenizer(name_or_model, config, context_length)
     if config.text.vocab_size != 49408:

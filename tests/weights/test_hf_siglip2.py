@@ -155,3 +155,20 @@ def test_conv_patch_weight_is_refused(hf_dir):
     sd[hf_siglip2.PATCH_KEY] = torch.zeros(64, 3, PATCH, PATCH)
     with pytest.raises(CheckpointError, match="Linear.*SiglipModel"):
         hf_siglip2.hf_siglip2_to_clipforge(sd, cfg)
+
+
+def test_get_tokenizer_reads_the_folders_tokenizer_json(hf_dir, tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    folder, _ = hf_dir
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / name).write_bytes((folder / name).read_bytes())
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, **{c: 4 + i for i, c in enumerate("abcdefghij▁")}}
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.normalizer = tokenizers.normalizers.Replace(" ", "▁")
+    tok.save(str(tmp_path / "tokenizer.json"))
+    tokenizer = clipforge.get_tokenizer(f"local-dir:{tmp_path}")
+    ids = tokenizer(["A CAB"])  # (1, CONTEXT): lowercased, end token, <pad>
+    assert ids.tolist() == [[4, 14, 6, 4, 5, 1] + [0] * (CONTEXT - 6)]
+    model = clipforge.load_model(str(tmp_path)).eval()
+    with torch.no_grad():
+        assert model.encode_text(ids).shape == (1, 64)
