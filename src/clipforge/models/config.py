@@ -246,7 +246,8 @@ class TextConfig:
         hf_tokenizer_name: a hub name or local folder of the tokenizer when it differs from hf_model_name.
         hf_pooler_type: "mean_pooler" (mean over non-padding tokens), "cls_pooler" (the encoder's pooler output)
             or "cls_last_hidden_state_pooler" (the first token's last hidden state).
-        hf_proj_type: "mlp" (Linear, GELU, Linear; open_clip's default), "linear" or "none".
+        hf_proj_type: "mlp" (Linear, GELU, Linear; open_clip's default), "linear", "none", or "altclip" (AltCLIP's
+            LayerNorm, Linear with bias to hf_config["project_dim"], bias-free Linear; models/hf_text.py).
     """
 
     context_length: int = 77
@@ -273,7 +274,7 @@ class TextConfig:
     def __post_init__(self) -> None:
         _check_types(self, "text")
         _check_choice("text.hf_pooler_type", self.hf_pooler_type, HF_POOLERS)
-        _check_choice("text.hf_proj_type", self.hf_proj_type, ("mlp", "linear", "none"))
+        _check_choice("text.hf_proj_type", self.hf_proj_type, ("mlp", "linear", "none", "altclip"))
         _check(
             self.hf_config is None or isinstance(self.hf_config.get("model_type"), str),
             "text.hf_config needs a \"model_type\" (e.g. \"xlm-roberta\"), as in the model's config.json",

@@ -64,7 +64,8 @@ class HFTextTower(nn.Module):
     "cls_last_hidden_state_pooler" takes position 0; "cls_pooler" takes the encoder's own pooler output
     (dense + tanh over position 0, BERT's), so that encoder is built with its pooling layer.
     Projection (`hf_proj_type`): "mlp" is Linear(d, (d + D) // 2) -> GELU -> Linear(.., D), both without bias;
-    "linear" a bias-free Linear(d, D); "none" no projection (the encoder width must equal D).
+    "linear" a bias-free Linear(d, D); "none" no projection (the encoder width must equal D); "altclip" is
+    LayerNorm(d) -> Linear(d, P) with bias -> bias-free Linear(P, D), P = hf_config["project_dim"] (AltCLIP).
     """
 
     def __init__(self, cfg: TextConfig, output_dim: int) -> None:
@@ -85,6 +86,15 @@ class HFTextTower(nn.Module):
             )
         elif cfg.hf_proj_type == "linear":
             self.proj = nn.Linear(width, output_dim, bias=False)
+        elif cfg.hf_proj_type == "altclip":
+            # AltCLIPTextModel's pre_LN and `transformation` (Linear with bias to project_dim), then AltCLIPModel's
+            # bias-free text_projection; the LayerNorm acts per token, so applying it after pooling is the same.
+            project_dim = int(getattr(self.hf_config, "project_dim", width))
+            self.proj = nn.Sequential(
+                nn.LayerNorm(width, eps=float(self.hf_config.layer_norm_eps)),
+                nn.Linear(width, project_dim),
+                nn.Linear(project_dim, output_dim, bias=False),
+            )
         else:
             if width != output_dim:
                 raise ConfigError(

@@ -428,6 +428,10 @@ def read_hf_dir(path: str | os.PathLike) -> tuple[CLIPConfig, dict[str, torch.Te
 
     if hf_siglip.is_siglip(cfg):
         return hf_siglip.read_hf_siglip_dir(folder)
+    if cfg.text.is_hf:  # AltCLIPModel / ChineseCLIPModel: CLIP's ViT with a transformers text encoder
+        from .hf_chinese_clip import read_hf_text_tower_dir
+
+        return read_hf_text_tower_dir(folder, cfg)
     # The image processor config beside it (if any) says how images are prepared; without one, the defaults.
     with reading_config(folder / "preprocessor_config.json"):
         cfg = cfg.replace(preprocess=read_preprocessor_config(folder, cfg.vision.image_size))
@@ -448,6 +452,14 @@ def read_hf_config(config_path: Path) -> CLIPConfig:
             from . import hf_siglip
 
             return hf_siglip.config_from_hf_siglip(hf_config)
+        if hf_config.get("model_type") == "altclip":
+            from .hf_altclip import config_from_hf_altclip
+
+            return config_from_hf_altclip(hf_config)
+        if hf_config.get("model_type") == "chinese_clip":
+            from .hf_chinese_clip import config_from_hf_chinese_clip
+
+            return config_from_hf_chinese_clip(hf_config)
         return config_from_hf(hf_config)
 
 
@@ -462,6 +474,12 @@ def write_hf_dir(model: CLIP | tuple[CLIPConfig, Mapping[str, torch.Tensor]], pa
 
     if hf_siglip.is_siglip(cfg):  # SigLIP-shaped models are written as a transformers SiglipModel
         return hf_siglip.write_hf_siglip_dir((cfg, sd), path)
+    if cfg.text.is_hf:
+        raise ConfigError(
+            "this model's text tower is a Hugging Face encoder (AltCLIP, Chinese-CLIP, XLM-R CLIPs), which "
+            "transformers' CLIPModel cannot hold and clipforge does not write as AltCLIPModel / ChineseCLIPModel; "
+            "save it with clipforge.save_model (clipforge folder) or as an open_clip checkpoint instead"
+        )
     hf_config = config_to_hf(cfg)
     tensors = clipforge_to_hf(sd, cfg)
     dtypes = {t.dtype for t in tensors.values()}
