@@ -111,6 +111,29 @@ def test_writing_back_is_refused_with_the_reason(loaded, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_clipforge_format_round_trip_and_openclip_refusal(loaded, tmp_path):
+    """The AltCLIP projection survives save_model / load_model; open_clip (no such projection) is refused."""
+    clipforge.save_model(loaded, tmp_path / "cf")
+    again = clipforge.load_model(str(tmp_path / "cf")).eval()
+    assert again.config.text.hf_proj_type == "altclip"
+    tokens = clipforge.get_tokenizer(loaded)(TEXTS)
+    with torch.no_grad():
+        assert_close_rel(again.encode_text(tokens), loaded.encode_text(tokens), 1e-6, "round-tripped text features")
+    with pytest.raises(CheckpointError, match="AltCLIP text projection"):
+        clipforge.save_model(loaded, tmp_path / "oc", format="openclip")
+    assert not (tmp_path / "oc").exists()
+
+
+def test_live_state_dict_spelling_is_accepted(alt_dir, loaded):
+    """transformers 5 names the layers `encoder.layers.N` in memory, `encoder.layer.N` in files: both load."""
+    folder, ref = alt_dir
+    live = ref.state_dict()
+    assert any(".encoder.layers." in k for k in live if k.startswith("text_model.roberta."))
+    converted = hf_altclip.hf_altclip_to_clipforge(live, hf.read_hf_config(folder / "config.json"))
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(converted[key], value), key
+
+
 def test_bad_config_field_is_named(tmp_path, alt_dir):
     data = json.loads((alt_dir[0] / "config.json").read_text())
     data["text_config"]["project_dim"] = "wide"

@@ -130,6 +130,11 @@ def refuse_openclip_config(model_cfg: Any, source: str) -> None:
 def writable_refusal(cfg: CLIPConfig, fmt: str) -> str | None:
     """Why format `fmt` cannot hold a model of `cfg` (None when it can); the hf writers check their own."""
     v = cfg.vision
+    if fmt == "openclip" and cfg.text.is_hf and cfg.text.hf_proj_type == "altclip":
+        return (
+            "open_clip's HFTextEncoder has no AltCLIP text projection (LayerNorm, Linear with bias, Linear); "
+            "write it with --to clipforge"
+        )
     if fmt != "openclip" or v.is_resnet:
         return None
     if v.pool_type == "map":

@@ -478,7 +478,8 @@ def write_hf_dir(model: CLIP | tuple[CLIPConfig, Mapping[str, torch.Tensor]], pa
         raise ConfigError(
             "this model's text tower is a Hugging Face encoder (AltCLIP, Chinese-CLIP, XLM-R CLIPs), which "
             "transformers' CLIPModel cannot hold and clipforge does not write as AltCLIPModel / ChineseCLIPModel; "
-            "save it with clipforge.save_model (clipforge folder) or as an open_clip checkpoint instead"
+            "save it in the clipforge format (save_model(model, path), --to clipforge); open_clip's XLM-R CLIPs can "
+            "also be written with format='openclip'"
         )
     hf_config = config_to_hf(cfg)
     tensors = clipforge_to_hf(sd, cfg)
