@@ -113,15 +113,40 @@ class TextTransformer(nn.Module):
         positions = self.pool_positions(tokens) if self.cfg.pool_type in ("argmax", "eos") else None
         return self._encode(self.token_embedding(tokens), tokens, positions)
 
+    def _single_pooled_position(self) -> int | None:
+        """The one position (0 or -1) a bidirectional, unmasked tower pools at, else None (see `_encode`)."""
+        cfg = self.cfg
+        if cfg.causal_mask or cfg.pad_mask:
+            return None
+        return {"first": 0, "last": -1}.get(cfg.pool_type)
+
     def _encode(
-        self, embeddings: torch.Tensor, tokens: torch.Tensor | None, positions: torch.Tensor | None
+        self,
+        embeddings: torch.Tensor,
+        tokens: torch.Tensor | None,
+        positions: torch.Tensor | None,
+        pooled_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings (B, L, width) -> (projected pooled (B, D), normalised token features (B, L, width)).
 
         The one code path behind token ids and embeddings, so both give bit-identical features. `tokens`
-        is read only for the padding mask, `positions` (B,) only by end-token pooling."""
+        is read only for the padding mask, `positions` (B,) only by end-token pooling.
+
+        With `pooled_only` (the caller keeps only the pooled embedding), a bidirectional tower without a
+        padding mask pooled at its first or last position (SigLIP) runs its last block for that one position:
+        ~1/depth less work. Unmasked bidirectional attention is permutation-equivariant (positions live in
+        the embeddings), so the last position is rotated to the front, where `last_block_queries=1` computes
+        it alone; the features then equal the full run's up to float summation order, and the token features
+        returned are (B, 1, width).
+        """
         dtype = self.positional_embedding.dtype
         x = embeddings.to(dtype) + self.positional_embedding[: embeddings.shape[1]]  # (B, L, width)
+        pooled_at = self._single_pooled_position() if pooled_only and x.shape[1] > 1 else None
+        if pooled_at is not None:
+            if pooled_at == -1:
+                x = x.roll(1, dims=1)  # (B, L, width), the last position first
+            x = self.ln_final(self.transformer(x, last_block_queries=1))  # (B, 1, width); no mask, not causal
+            return self.project(x[:, 0]), x
         mask, is_causal = self._attention_mask(tokens)  # tokens is only read when cfg.pad_mask
         x = self.ln_final(self.transformer(x, attn_mask=mask, is_causal=is_causal))
         return self.project(self._pool(x, positions)), x
@@ -148,13 +173,14 @@ class TextTransformer(nn.Module):
         With causal attention and end-token pooling, positions after the last end token of the batch
         cannot influence any pooled feature, so they are not computed: captions are short (~15 of 77
         tokens), which makes this several times faster than running the padded length, with the
-        same result. (Rows without an eos pool at position 0, so they need nothing extra.)
+        same result. (Rows without an eos pool at position 0, so they need nothing extra.) A bidirectional
+        tower pooled at its last position (SigLIP) instead runs its last block for that position alone.
         """
         self._check_length(tokens)
         positions = self.pool_positions(tokens) if self.cfg.pool_type in ("argmax", "eos") else None
         keep = self._trim_length(positions, tokens.shape[1])
         tokens = tokens[:, :keep]
-        return self._encode(self.token_embedding(tokens), tokens, positions)[0]
+        return self._encode(self.token_embedding(tokens), tokens, positions, pooled_only=True)[0]
 
     def forward_embeddings(
         self,
@@ -216,4 +242,5 @@ class TextTransformer(nn.Module):
         if cfg.pad_mask and tokens is None:
             raise ValueError("this text tower masks padding (pad_mask): pass tokens (B, L) so padding can be found")
         keep = self._trim_length(positions, length)
-        return self._encode(embeddings[:, :keep], tokens[:, :keep] if tokens is not None else None, positions)[0]
+        kept_tokens = tokens[:, :keep] if tokens is not None else None
+        return self._encode(embeddings[:, :keep], kept_tokens, positions, pooled_only=True)[0]
