@@ -47,8 +47,12 @@ def test_top_level_usage_and_unknown_command(capsys):
 
 def test_models_lists_architectures_and_tags(capsys):
     assert cli(["models", "--json"]) == 0
-    names = {row["model"] for row in json.loads(capsys.readouterr().out)}
-    assert {"ViT-B-32", "RN50", "ViT-L/14@336px", "ViT-bigG-14"} <= names
+    rows = {row["model"]: row for row in json.loads(capsys.readouterr().out)}
+    assert {"ViT-B-32", "RN50", "ViT-L/14@336px", "ViT-bigG-14"} <= set(rows)
+    towers = {name: rows[name]["image"] for name in ("ViT-B-32", "RN50", "convnext_base", "EVA02-B-16")}
+    assert towers == {"ViT-B-32": "ViT/32", "RN50": "ModifiedResNet", "convnext_base": "ConvNeXt",
+                      "EVA02-B-16": "EVA-ViT/16"}  # fmt: skip
+    assert rows["xlm-roberta-base-ViT-B-32"]["image"] == "ViT/32+HF text"
     assert cli(["models", "--pretrained", "--json"]) == 0
     tags = json.loads(capsys.readouterr().out)
     assert sum(row["tag"] == "openai" for row in tags) == 9

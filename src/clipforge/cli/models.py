@@ -20,6 +20,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tower_name(cfg) -> str:
+    """The image tower in a few characters: ConvNeXt, ModifiedResNet or ViT/patch (EVA for EVA blocks)."""
+    if cfg.vision.convnext:
+        return "ConvNeXt"
+    if cfg.vision.is_resnet:
+        return "ModifiedResNet"
+    kind = "EVA-ViT" if cfg.vision.rope else "ViT"
+    return f"{kind}/{cfg.vision.patch_size}" + ("+HF text" if cfg.text.is_hf else "")
+
+
 @command("clipforge models")
 def main(argv: list[str] | None = None) -> int:
     """`clipforge models`: list architectures, or (architecture, tag) pairs with --pretrained; returns the exit code."""
@@ -38,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in list_models():
         cfg = get_model_config(name)
-        tower = "ModifiedResNet" if cfg.vision.is_resnet else f"ViT/{cfg.vision.patch_size}"
+        tower = _tower_name(cfg)
         rows.append({"model": name, "image": tower, "image_size": cfg.vision.image_size, "embed_dim": cfg.embed_dim})
     if args.json:
         print_json(rows, None)
     else:
         for row in rows:
-            print(f"{row['model']:<24} {row['image']:<16} {row['image_size']:>4}px  dim {row['embed_dim']}")
+            print(f"{row['model']:<26} {row['image']:<16} {row['image_size']:>4}px  dim {row['embed_dim']}")
     return 0
