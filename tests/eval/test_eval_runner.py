@@ -219,3 +219,20 @@ def test_results_json_stays_strict_json_when_a_metric_is_not_finite(tmp_path):
     parsed = json.loads(json_path.read_text(), parse_constant=lambda word: pytest.fail(f"non-strict JSON: {word}"))
     assert [r["value"] for r in parsed] == [None, 1.0]
     assert "top1" in md_path.read_text()
+
+
+def test_weights_hash_ignores_config_fields_left_at_their_defaults():
+    """A later clipforge that adds a defaulted config field must not change existing models' identity (feature
+    caches, search indexes): only fields that differ from their defaults enter the hash."""
+    import dataclasses
+
+    from clipforge.eval.features import _set_fields
+
+    model = clipforge.create_model("tiny-vit")
+    fields = _set_fields(model.config)
+    assert "rope" not in fields["vision"] and "hf_config" not in fields["text"]  # defaults: left out
+    assert fields["vision"]["image_size"] == model.config.vision.image_size  # tiny-vit's own value: kept
+    before = weights_hash(model)
+    patch_dropout = dataclasses.replace(model.config.vision, patch_dropout=0.5)  # a set field changes the hash
+    model.config = dataclasses.replace(model.config, vision=patch_dropout)
+    assert weights_hash(model) != before

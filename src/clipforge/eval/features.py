@@ -11,6 +11,7 @@ absent from the result, and the kept indices are returned so labels and captions
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import warnings
@@ -29,10 +30,34 @@ from .items import content_signature
 from .zeroshot import encoding_context
 
 
+def _set_fields(config: Any) -> Any:
+    """A config as plain data holding only the fields that differ from their defaults (recursively).
+
+    Hashing this instead of the whole config keeps a model's identity stable when a later clipforge adds config
+    fields with defaults: caches and search indexes made before an upgrade keep matching the same weights.
+    """
+    if not dataclasses.is_dataclass(config):
+        return list(config) if isinstance(config, tuple) else config
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        if dataclasses.is_dataclass(value):
+            out[f.name] = _set_fields(value)
+        elif default is dataclasses.MISSING or value != default:
+            out[f.name] = _set_fields(value)
+    return out
+
+
 def weights_hash(model: CLIP) -> str:
-    """A content hash of the model's config and every parameter/buffer (16 hex digits)."""
+    """A content hash of the model's config (its non-default fields) and every parameter/buffer (16 hex digits)."""
     digest = hashlib.blake2b(digest_size=8)
-    digest.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    digest.update(json.dumps(_set_fields(model.config), sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
