@@ -79,6 +79,8 @@ class VisionConfig:
         scale_mlp: LayerNorm on the MLP's hidden activations before its output projection (EVA's sub-LN).
         scale_attn_inner: LayerNorm on the attention output before its projection (EVA-CLIP's sub-LN).
         proj_bias: the final projection has a bias (EVA-CLIP's timm head is a Linear with bias).
+        conv_stem: MobileCLIP's MCi stem (models/mci_stem.py: 3 strided convs with BatchNorm) replaces the patch conv.
+        no_embed_class: the positional embedding covers the patch tokens only (timm's no_embed_class; MobileCLIP).
     """
 
     image_size: int = 224
@@ -112,12 +114,15 @@ class VisionConfig:
     scale_mlp: bool = False
     scale_attn_inner: bool = False
     proj_bias: bool = False
+    conv_stem: bool = False
+    no_embed_class: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, list):
             object.__setattr__(self, "layers", tuple(self.layers))
         _check_types(self, "vision")
         _check_eva_options(self)
+        _check_mci_options(self)
         _check_choice("vision.act", self.act, ("gelu", "quick_gelu", "gelu_tanh"))
         _check_choice("vision.pool_type", self.pool_type, ("tok", "avg", "none", "map"))
         _check(
@@ -204,6 +209,20 @@ def _check_eva_options(cfg: VisionConfig) -> None:
             f"vision.rope_ref_grid must be positive or None, got {cfg.rope_ref_grid}",
         )
         _check(cfg.pool_type != "map" or cfg.class_token, "vision.rope with pool_type 'map' is not supported")
+
+
+def _check_mci_options(cfg: VisionConfig) -> None:
+    """MobileCLIP's ViT options: the MCi stem has a fixed total stride of 16 and width/4 inner channels."""
+    if not (cfg.conv_stem or cfg.no_embed_class):
+        return
+    _check(
+        cfg.patch_size is not None and not cfg.convnext,
+        "vision.conv_stem / no_embed_class are ViT options (MobileCLIP); this config is not a ViT tower",
+    )
+    if cfg.conv_stem:
+        _check(cfg.patch_size == 16, f"vision.conv_stem strides 16: set patch_size 16, not {cfg.patch_size}")
+        _check(cfg.width % 4 == 0, f"vision.conv_stem needs a width divisible by 4, got {cfg.width}")
+        _check(not cfg.patch_bias, "vision.patch_bias does not apply with vision.conv_stem (its last conv has a bias)")
 
 
 def _check_convnext(cfg: VisionConfig) -> None:

@@ -19,6 +19,7 @@ from .eva import EvaTransformer
 from .inputs import check_image_size
 from .layers import AttentionalPooler, PatchDropout, Transformer
 from .map_head import MAPHead
+from .mci_stem import MCiStem
 from .rope import rope_tables
 
 
@@ -33,11 +34,16 @@ class VisionTransformer(nn.Module):
         scale = width**-0.5
         norm = partial(nn.LayerNorm, eps=cfg.layer_norm_eps)
 
-        self.conv1 = nn.Conv2d(3, width, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=cfg.patch_bias)
+        if cfg.conv_stem:  # MobileCLIP's MCi stem: three strided convs with BatchNorm + GELU (models/mci_stem.py)
+            self.conv1: nn.Module = MCiStem(width)
+        else:
+            self.conv1 = nn.Conv2d(3, width, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=cfg.patch_bias)
         # SigLIP has no class token (class_token=False): the sequence is the patch tokens alone.
         self.class_embedding = nn.Parameter(scale * torch.randn(width)) if cfg.class_token else None
         self.num_prefix = 1 if cfg.class_token else 0
-        self.positional_embedding = nn.Parameter(scale * torch.randn(cfg.grid_size**2 + self.num_prefix, width))
+        # no_embed_class (MobileCLIP): positions for the patch tokens only; the class token gets none.
+        self.num_pos_prefix = 0 if cfg.no_embed_class else self.num_prefix
+        self.positional_embedding = nn.Parameter(scale * torch.randn(cfg.grid_size**2 + self.num_pos_prefix, width))
         self.patch_dropout = (
             PatchDropout(cfg.patch_dropout, exclude_first_token=cfg.class_token)
             if cfg.patch_dropout > 0
@@ -87,10 +93,13 @@ class VisionTransformer(nn.Module):
         check_image_size(images, self.cfg, self.interpolate_positions)
         x = self.conv1(images)  # (B, width, g, g)
         x = x.flatten(2).transpose(1, 2)  # (B, N, width)
+        if self.cfg.no_embed_class:
+            x = x + self._positions(images.shape[-2:]).to(x.dtype)  # (B, N, width)
         if self.class_embedding is not None:
             cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
             x = torch.cat([cls, x], dim=1)  # (B, 1 + N, width)
-        x = x + self._positions(images.shape[-2:]).to(x.dtype)  # (B, prefix + N, width)
+        if not self.cfg.no_embed_class:
+            x = x + self._positions(images.shape[-2:]).to(x.dtype)  # (B, prefix + N, width)
         x = self.patch_dropout(x)
         return self.ln_pre(x)
 
@@ -101,7 +110,7 @@ class VisionTransformer(nn.Module):
         n = self.cfg.grid_size
         if grid == (n, n):
             return self.positional_embedding
-        prefix = self.num_prefix
+        prefix = self.num_pos_prefix
         cls_pos, patch_pos = self.positional_embedding[:prefix], self.positional_embedding[prefix:]
         patch_pos = patch_pos.reshape(1, n, n, -1).permute(0, 3, 1, 2)  # (1, width, n, n)
         patch_pos = F.interpolate(patch_pos.float(), size=grid, mode="bicubic", align_corners=False, antialias=True)

@@ -47,8 +47,9 @@ COCA = Family(
 )
 MOBILECLIP = Family(
     "MobileCLIP",
-    "a MobileCLIP MCi / FastViT image tower with reparameterisable convolution blocks",
-    "an open_clip ViT CLIP (e.g. ViT-B-16) or a ConvNeXt CLIP (convnext_base)",
+    "a FastViT / MCi image tower with reparameterisable convolution blocks: MobileCLIP-S*, MobileCLIP2-S*",
+    "the ViT-based MobileCLIP (MobileCLIP-B, MobileCLIP2-B, MobileCLIP2-L-14), an open_clip ViT CLIP (e.g. ViT-B-16) "
+    "or a ConvNeXt CLIP (convnext_base)",
 )
 SIGLIP2 = Family(
     "SigLIP 2 (NaFlex)", "variable-resolution patches through a Linear patch embedding", "SigLIP (transformers "
@@ -123,6 +124,7 @@ def refuse_openclip_config(model_cfg: Any, source: str) -> None:
         raise UnsupportedFamilyError(source, COCA)
     vision = model_cfg.get("vision_cfg")
     name = vision.get("timm_model_name") if isinstance(vision, dict) else None
+    # The ViT-based MobileCLIP towers (vit_base_mci_224, ...) are read (weights/openclip_mobileclip.py).
     if isinstance(name, str) and name.startswith(("fastvit", "mci", "mobileclip")):
         raise UnsupportedFamilyError(source, MOBILECLIP)
 
@@ -146,6 +148,11 @@ def writable_refusal(cfg: CLIPConfig, fmt: str) -> str | None:
         return (
             "open_clip keeps EVA02 image towers as timm eva02_* models, a layout clipforge reads but does not write; "
             "write it with --to clipforge"
+        )
+    if v.conv_stem or v.no_embed_class or v.proj_bias:
+        return (
+            "open_clip keeps MobileCLIP ViT image towers (MCi stem, patch-only positions, a projection with bias) as "
+            "timm models, a layout clipforge reads but does not write; write it with --to clipforge"
         )
     return None
 

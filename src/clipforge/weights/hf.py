@@ -200,6 +200,7 @@ def _refusals(cfg: CLIPConfig) -> list[str]:
         (v.pool_type != "tok", f"image pooling {v.pool_type!r} (HF CLIP pools the class token)"),
         (v.no_ln_pre, "no LayerNorm before the image transformer (HF CLIP always has pre_layrnorm)"),
         (v.ls_init_value is not None, "LayerScale in the image tower"),
+        (v.conv_stem or v.no_embed_class or v.proj_bias, "a MobileCLIP / EVA image tower (HF CLIP has a patch conv)"),
         (t.ls_init_value is not None, "LayerScale in the text tower"),
         (t.proj_bias, "a text projection with bias"),
         (not t.causal_mask or t.pad_mask, "a non-causal or padding-masked text tower (HF CLIP is causal only)"),

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..models.config import CLIPConfig, ConfigError, PreprocessConfig, TextConfig, VisionConfig
-from . import openclip_convnext, openclip_hftext, openclip_siglip, openclip_timm
+from . import openclip_convnext, openclip_hftext, openclip_mobileclip, openclip_siglip, openclip_timm
 
 CONFIG_NAME = "open_clip_config.json"
 SAFE_WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -52,6 +52,8 @@ def openclip_to_clipforge_keys(state_dict: dict[str, torch.Tensor]) -> dict[str,
         state_dict = openclip_convnext.convnext_to_clipforge_keys(state_dict)
     if openclip_siglip.is_siglip_state_dict(state_dict):  # a timm SigLIP ViT (attention pool): *-SigLIP models
         state_dict = openclip_siglip.siglip_to_clipforge_keys(state_dict)
+    elif openclip_mobileclip.is_mobileclip_vit_state_dict(state_dict):  # MobileCLIP-B / MobileCLIP2-B / -L-14
+        state_dict = openclip_mobileclip.mobileclip_vit_to_clipforge_keys(state_dict)
     elif openclip_timm.is_eva_state_dict(state_dict):  # a timm EVA image tower (EVA02-* models)
         state_dict = openclip_timm.eva_to_clipforge_keys(state_dict)
     out = {}
@@ -120,7 +122,8 @@ def config_from_openclip(
     convnext = openclip_convnext.is_openclip_convnext(model_cfg)
     eva = openclip_timm.is_openclip_eva(model_cfg)
     siglip = openclip_siglip.is_openclip_siglip(model_cfg)
-    timm_ok = convnext or eva or siglip
+    mobileclip = openclip_mobileclip.is_openclip_mobileclip_vit(model_cfg)
+    timm_ok = convnext or eva or siglip or mobileclip
     _refuse_unsupported(v, {**_UNSUPPORTED_VISION, "timm_model_name": v.get("timm_model_name") if timm_ok else None},
                         "vision_cfg")
     _refuse_unsupported(t, {**_UNSUPPORTED_TEXT, "hf_model_name": t.get("hf_model_name")}, "text_cfg")
@@ -161,6 +164,8 @@ def config_from_openclip(
         vision = openclip_timm.vision_from_openclip(v)
     if siglip:  # a timm SigLIP ViT: its shape comes from the timm model name
         vision = openclip_siglip.vision_from_openclip(v)
+    if mobileclip:  # a ViT-based MobileCLIP timm tower: its shape comes from the timm model name
+        vision = openclip_mobileclip.vision_from_openclip(v)
     if isinstance(v.get("attentional_pool"), str):
         raise ConfigError(f"open_clip attentional_pool={v['attentional_pool']!r} (parallel/cascade) is not supported")
     no_causal = t.get("no_causal_mask", False)

@@ -172,6 +172,15 @@ def _entries() -> list[PretrainedWeights]:
         PretrainedWeights(arch, "webli", hub, INCEPTION_MEAN, INCEPTION_STD, "bicubic", "squash")
         for arch, hub in siglip.items()
     ]
+    # ViT-based MobileCLIP (Vasu et al. 2024, 2025): MobileCLIP-B and MobileCLIP2-B take unnormalised pixels
+    # (mean 0, std 1), MobileCLIP2-L-14 OpenAI's normalisation; bilinear (L-14: bicubic), shortest side.
+    unit = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), interpolation="bilinear")
+    out += [
+        PretrainedWeights("MobileCLIP-B", "datacompdr", "apple/MobileCLIP-B-OpenCLIP", **unit),
+        PretrainedWeights("MobileCLIP-B", "datacompdr_lt", "apple/MobileCLIP-B-LT-OpenCLIP", **unit),
+        PretrainedWeights("MobileCLIP2-B", "dfndr2b", "timm/MobileCLIP2-B-OpenCLIP", **unit),
+        PretrainedWeights("MobileCLIP2-L-14", "dfndr2b", "timm/MobileCLIP2-L-14-OpenCLIP"),
+    ]
     return out
 
 
