@@ -9,6 +9,9 @@ without the weights).
 
 from __future__ import annotations
 
+import dataclasses
+import os
+
 from .image import build_transform
 from .models.clip import CLIP
 from .models.config import CLIPConfig, PreprocessConfig
@@ -46,6 +49,11 @@ def get_tokenizer(
         folder = name_or_model[len(LOCAL_DIR_PREFIX) :]  # a SigLIP / SigLIP 2 folder with its own tokenizer
         if find_spiece_model(folder) is not None or find_tokenizer_json(folder) is not None:
             return load_siglip_tokenizer(folder, context_length or config.text.context_length)
+    if config.text.hf_tokenizer_name and config.text.causal_mask:  # MetaCLIP 2: CLIP's tower, an HF vocabulary
+        folder = name_or_model[len(LOCAL_DIR_PREFIX) :] if local else None
+        if folder is not None and os.path.isfile(os.path.join(folder, "tokenizer.json")):  # the checkpoint's own
+            config = config.replace(text=dataclasses.replace(config.text, hf_tokenizer_name=folder))
+        return _hf_tokenizer(config, context_length, cache_dir)
     if config.text.hf_tokenizer_name:  # SigLIP: a SentencePiece vocabulary (text/sentencepiece.py)
         return _sentencepiece_tokenizer(name_or_model, config, context_length)
     if config.text.vocab_size != 49408:
@@ -79,6 +87,8 @@ def _sentencepiece_tokenizer(name_or_model: ModelLike, config: CLIPConfig, conte
 def _hf_tokenizer(config: CLIPConfig, context_length: int | None, cache_dir: str | None):
     from .text.hf_tokenizer import HFTokenizer
 
+    # A CLIP text transformer naming a tokenizer (MetaCLIP 2's XLM-V) reads it as open_clip does: its HFTokenizer,
+    # "whitespace" cleaning, no separator stripping. SigLIP's bidirectional towers keep their SentencePiece path.
     source = config.text.hf_tokenizer_name or config.text.hf_model_name
     if not source:
         raise ValueError(

@@ -262,6 +262,8 @@ def config_to_openclip(config: CLIPConfig) -> dict[str, Any]:
     }
     if t.ls_init_value is not None:
         text_cfg["ls_init_value"] = t.ls_init_value
+    if t.hf_tokenizer_name and not t.is_hf:  # SigLIP / MetaCLIP 2: open_clip's get_tokenizer reads it here
+        text_cfg["hf_tokenizer_name"] = t.hf_tokenizer_name
     if t.pad_mask:
         raise ConfigError("open_clip's model configs (CLIPTextCfg) cannot express a text padding mask")
     if not t.causal_mask:

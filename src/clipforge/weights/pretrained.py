@@ -81,6 +81,9 @@ def _entries() -> list[PretrainedWeights]:
         ("EVA02-B-16", "merged2b_s8b_b131k", "eva02_base_patch16_clip_224", "merged2b_s8b_b131k"),
         ("EVA02-L-14", "merged2b_s4b_b131k", "eva02_large_patch14_clip_224", "merged2b_s4b_b131k"),
         ("EVA02-L-14-336", "merged2b_s6b_b61k", "eva02_large_patch14_clip_336", "merged2b_s6b_b61k"),
+        # MetaCLIP 2 "worldwide" (Chuang et al. 2025): XLM-V vocabulary; only the 224 px ViT-H-14 uses QuickGELU.
+        ("ViT-H-14-worldwide-quickgelu", "metaclip2_worldwide", "vit_huge_patch14_clip_224", "metaclip2_worldwide"),
+        ("ViT-bigG-14-worldwide", "metaclip2_worldwide", "vit_gigantic_patch14_clip_224", "metaclip2_worldwide"),
     ]
     out += [PretrainedWeights(arch, tag, f"timm/{model}.{timm_tag}") for arch, tag, model, timm_tag in timm_hosted]
     out += [
@@ -160,6 +163,20 @@ def _entries() -> list[PretrainedWeights]:
         PretrainedWeights("ViT-L-14-quickgelu", "dfn2b", "apple/DFN2B-CLIP-ViT-L-14"),
         PretrainedWeights("ViT-L-14", "dfn2b_s39b", "apple/DFN2B-CLIP-ViT-L-14-39B"),
         PretrainedWeights("ViT-H-14-quickgelu", "dfn5b", "apple/DFN5B-CLIP-ViT-H-14", resize_mode="squash"),
+        PretrainedWeights("ViT-H-14-378-quickgelu", "dfn5b", "apple/DFN5B-CLIP-ViT-H-14-378", resize_mode="squash"),
+        # MetaCLIP 2 at 378 px: squashed, not cropped (open_clip's table), GELU.
+        PretrainedWeights(
+            "ViT-H-14-worldwide-378",
+            "metaclip2_worldwide",
+            "timm/vit_huge_patch14_clip_378.metaclip2_worldwide",
+            resize_mode="squash",
+        ),
+        PretrainedWeights(
+            "ViT-bigG-14-worldwide-378",
+            "metaclip2_worldwide",
+            "timm/vit_gigantic_patch14_clip_378.metaclip2_worldwide",
+            resize_mode="squash",
+        ),
     ]
     # SigLIP (Zhai et al. 2023), WebLI, hosted by timm in open_clip's format; the 378 px model takes the 384 weights
     # (same 27 x 27 patch grid). Inception normalisation, bicubic, squash.
