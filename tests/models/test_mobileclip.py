@@ -6,6 +6,7 @@ Parity bar: max abs diff <= 1e-4 on L2-normalised fp32 features, random weights 
 """
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -172,3 +173,25 @@ def test_writers_refuse_rather_than_drop_the_stem(name):
     assert "--to clipforge" in writable_refusal(get_model_config(name), "openclip")
     with pytest.raises(ConfigError, match="cannot express"):
         config_to_hf(get_model_config(name))
+
+
+def test_position_interpolation_with_patch_only_positions():
+    """A smaller input (CLIPA-style phases) resamples the patch-only position grid; no class position is split off."""
+    torch.manual_seed(0)
+    model = CLIP(_small_config("MobileCLIP-B")).eval()
+    model.visual.set_position_interpolation(True)
+    with torch.no_grad():
+        assert model.visual._positions(torch.Size([32, 32])).shape == (4, 64)  # 2x2 patch grid, no class row
+        assert model.visual(torch.randn(2, 3, 32, 32)).shape == (2, 32)
+
+
+def test_models_cli_names_the_mci_tower(capsys):
+    from clipforge.cli.main import main
+
+    assert main(["models", "--json"]) == 0
+    rows = {row["model"]: row["image"] for row in json.loads(capsys.readouterr().out)}
+    names = ("MobileCLIP-B", "MobileCLIP2-B", "MobileCLIP2-L-14")
+    assert [rows[n] for n in names] == ["MCi-ViT/16", "MCi-ViT/16", "ViT/14"]
+    assert main(["models", "--pretrained", "--json"]) == 0
+    tags = {(row["model"], row["tag"]) for row in json.loads(capsys.readouterr().out)}
+    assert {("MobileCLIP-B", "datacompdr"), ("MobileCLIP-B", "datacompdr_lt"), ("MobileCLIP2-L-14", "dfndr2b")} <= tags

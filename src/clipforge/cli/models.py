@@ -21,12 +21,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _tower_name(cfg) -> str:
-    """The image tower in a few characters: ConvNeXt, ModifiedResNet or ViT/patch (EVA for EVA blocks)."""
+    """The image tower in a few characters: ConvNeXt, ModifiedResNet or ViT/patch (EVA for EVA blocks, MCi for
+    MobileCLIP's convolutional stem)."""
     if cfg.vision.convnext:
         return "ConvNeXt"
     if cfg.vision.is_resnet:
         return "ModifiedResNet"
-    kind = "EVA-ViT" if cfg.vision.rope else "ViT"
+    kind = "EVA-ViT" if cfg.vision.rope else "MCi-ViT" if cfg.vision.conv_stem else "ViT"
     return f"{kind}/{cfg.vision.patch_size}" + ("+HF text" if cfg.text.is_hf else "")
 
 
