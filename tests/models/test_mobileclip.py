@@ -195,3 +195,18 @@ def test_models_cli_names_the_mci_tower(capsys):
     assert main(["models", "--pretrained", "--json"]) == 0
     tags = {(row["model"], row["tag"]) for row in json.loads(capsys.readouterr().out)}
     assert {("MobileCLIP-B", "datacompdr"), ("MobileCLIP-B", "datacompdr_lt"), ("MobileCLIP2-L-14", "dfndr2b")} <= tags
+
+
+def test_native_save_load_keeps_the_stem_and_its_batchnorm_statistics(tmp_path):
+    """clipforge's own format holds the MCi stem, including BatchNorm running statistics (buffers), exactly."""
+    from clipforge.weights.loading import load_model, save_model
+
+    torch.manual_seed(0)
+    model = CLIP(_small_config("MobileCLIP-B")).eval()
+    with torch.no_grad():
+        model.visual.conv1[0].bn.running_mean.normal_(0, 0.1)
+        model.visual.conv1[1].bn.running_var.uniform_(0.5, 1.5)
+    loaded = load_model(save_model(model, tmp_path / "mobileclip"))
+    assert loaded.config == model.config
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
