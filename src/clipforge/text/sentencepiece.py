@@ -58,9 +58,15 @@ def _texts(texts: Any) -> list[str]:
     return texts
 
 
-def _special_tokens(folder: Path) -> dict[str, str]:
-    """pad_token / eos_token named by tokenizer_config.json beside the model (SiglipTokenizer's defaults else)."""
-    tokens = {"pad_token": "</s>", "eos_token": "</s>"}
+# The pad / end tokens when tokenizer_config.json names none: SiglipTokenizer's (spiece.model) and Gemma's
+# (SigLIP 2's tokenizer.json).
+SPIECE_DEFAULTS = {"pad_token": "</s>", "eos_token": "</s>"}
+GEMMA_DEFAULTS = {"pad_token": "<pad>", "eos_token": "<eos>"}
+
+
+def _special_tokens(folder: Path, defaults: dict[str, str] = SPIECE_DEFAULTS) -> dict[str, str]:
+    """pad_token / eos_token named by tokenizer_config.json beside the model, `defaults` for those it leaves out."""
+    tokens = dict(defaults)
     path = folder / "tokenizer_config.json"
     if not path.is_file():
         return tokens
@@ -173,25 +179,6 @@ def find_tokenizer_json(source: str | os.PathLike) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def _json_special_tokens(folder: Path) -> dict[str, str]:
-    """pad_token / eos_token named by tokenizer_config.json beside tokenizer.json (Gemma's `<pad>` / `<eos>` else)."""
-    tokens = {"pad_token": "<pad>", "eos_token": "<eos>"}
-    path = folder / "tokenizer_config.json"
-    if not path.is_file():
-        return tokens
-    try:
-        data = json.loads(read_text_file(path, what="tokenizer_config.json"))
-    except ValueError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc}); fix or delete the file") from exc
-    for name in tokens:
-        value = data.get(name) if isinstance(data, dict) else None
-        if isinstance(value, dict):  # AddedToken serialisation
-            value = value.get("content")
-        if isinstance(value, str):
-            tokens[name] = value
-    return tokens
-
-
 class TokenizerJsonTokenizer:
     """Texts -> (N, context_length) int64 ids for SigLIP 2's text tower, from a `tokenizer.json` (no spiece.model).
 
@@ -238,7 +225,7 @@ class TokenizerJsonTokenizer:
         self._tok.no_padding()
         self._tok.no_truncation()
         self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
-        tokens = _json_special_tokens(path.parent)
+        tokens = _special_tokens(path.parent, GEMMA_DEFAULTS)
         self.eos_token_id = self._token_id(tokens["eos_token"], path, "eos_token")
         self.pad_token_id = self._token_id(tokens["pad_token"], path, "pad_token")
 
