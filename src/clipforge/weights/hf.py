@@ -75,7 +75,9 @@ _TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_python_tanh", "gelu_fast", 
 # Parameter buffers transformers registers (non-persistent since 4.31) but older checkpoints still carry.
 _IGNORED_HF_KEYS = ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
 
-_COPY, _TRANSPOSE, _QKV = "copy", "transpose", "qkv"
+# How one clipforge tensor maps to its transformers tensor(s): as is, transposed, the packed in_proj split into
+# q/k/v, or a 0-d scalar stored as a (1,) tensor (SiglipModel's logit_scale / logit_bias). Shared by every HF map.
+_COPY, _TRANSPOSE, _QKV, _SCALAR = "copy", "transpose", "qkv", "scalar"
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -320,7 +322,49 @@ def _hf_shape(cf_shape: torch.Size, how: str) -> tuple[int, ...]:
         return tuple(reversed(cf_shape))
     if how == _QKV:
         return (cf_shape[0] // 3, *cf_shape[1:])
+    if how == _SCALAR:
+        return (1,)
     return tuple(cf_shape)
+
+
+Plan = list[tuple[str, tuple[str, ...], str, torch.Size]]  # (clipforge key, HF keys, how, clipforge shape)
+
+
+def plan_to_clipforge(sd: Mapping[str, torch.Tensor], plan: Plan, what: str) -> dict[str, torch.Tensor]:
+    """An HF state dict -> clipforge's, following `plan` (dtypes kept); `what` names the format in the error that
+    lists every missing or unexpected key and each shape that disagrees."""
+    expected = {h: _hf_shape(shape, how) for _, hf, how, shape in plan for h in hf}
+    raise_on_mismatch(expected, sd, f"{what} state dict does not match the config", ignored=_IGNORED_HF_KEYS)
+    out: dict[str, torch.Tensor] = {}
+    for cf, hf, how, _ in plan:
+        if how == _QKV:
+            out[cf] = torch.cat([sd[h] for h in hf], dim=0)  # in_proj rows: q, then k, then v
+        elif how == _TRANSPOSE:
+            out[cf] = sd[hf[0]].T.contiguous()
+        elif how == _SCALAR:
+            out[cf] = sd[hf[0]].reshape(())
+        else:
+            out[cf] = sd[hf[0]]
+    return out
+
+
+def plan_to_hf(sd: Mapping[str, torch.Tensor], plan: Plan) -> dict[str, torch.Tensor]:
+    """A clipforge state dict -> the HF one `plan` describes (dtypes kept, no shared storage: safetensors)."""
+    raise_on_mismatch({cf: tuple(s) for cf, _, _, s in plan}, sd, "clipforge state dict does not match the config")
+    out: dict[str, torch.Tensor] = {}
+    for cf, hf, how, _ in plan:
+        tensor = sd[cf].detach()
+        if how == _QKV:
+            # clone: safetensors refuses tensors that share storage, and chunks of one in_proj would
+            for h, part in zip(hf, tensor.chunk(3, dim=0), strict=True):
+                out[h] = part.clone()
+        elif how == _TRANSPOSE:
+            out[hf[0]] = tensor.T.contiguous()
+        elif how == _SCALAR:
+            out[hf[0]] = tensor.reshape(1).clone()
+        else:
+            out[hf[0]] = tensor
+    return out
 
 
 def _plan(cfg: CLIPConfig) -> list[tuple[str, tuple[str, ...], str, torch.Size]]:
@@ -342,37 +386,12 @@ def hf_to_clipforge(sd: Mapping[str, torch.Tensor], cfg: CLIPConfig) -> dict[str
 
     Raises `CheckpointError` naming every missing or unexpected key and each shape that disagrees with `cfg`.
     """
-    plan = _plan(cfg)
-    expected = {h: _hf_shape(shape, how) for _, hf, how, shape in plan for h in hf}
-    raise_on_mismatch(expected, sd, "HF CLIP state dict does not match the config", ignored=_IGNORED_HF_KEYS)
-    out: dict[str, torch.Tensor] = {}
-    for cf, hf, how, _ in plan:
-        if how == _QKV:
-            out[cf] = torch.cat([sd[h] for h in hf], dim=0)  # in_proj rows: q, then k, then v
-        elif how == _TRANSPOSE:
-            out[cf] = sd[hf[0]].T.contiguous()
-        else:
-            out[cf] = sd[hf[0]]
-    return out
+    return plan_to_clipforge(sd, _plan(cfg), "HF CLIP")
 
 
 def clipforge_to_hf(sd: Mapping[str, torch.Tensor], cfg: CLIPConfig) -> dict[str, torch.Tensor]:
     """clipforge `CLIP` state dict -> transformers `CLIPModel` state dict (dtypes kept, no shared storage)."""
-    plan = _plan(cfg)
-    expected = {cf: tuple(shape) for cf, _, _, shape in plan}
-    raise_on_mismatch(expected, sd, "clipforge state dict does not match the config")
-    out: dict[str, torch.Tensor] = {}
-    for cf, hf, how, _ in plan:
-        tensor = sd[cf].detach()
-        if how == _QKV:
-            # clone: safetensors refuses tensors that share storage, and chunks of one in_proj would
-            for h, part in zip(hf, tensor.chunk(3, dim=0), strict=True):
-                out[h] = part.clone()
-        elif how == _TRANSPOSE:
-            out[hf[0]] = tensor.T.contiguous()
-        else:
-            out[hf[0]] = tensor
-    return out
+    return plan_to_hf(sd, _plan(cfg))
 
 
 # ---------------------------------------------------------------------------------------------- files

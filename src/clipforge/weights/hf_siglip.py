@@ -30,8 +30,21 @@ import torch
 from ..atomic import atomic_write_bytes
 from ..models.clip import CLIP
 from ..models.config import CLIPConfig, ConfigError, PreprocessConfig, TextConfig, VisionConfig
-from .formats import CheckpointError, raise_on_mismatch, reading_config
-from .hf import CONFIG_NAME, SAFE_WEIGHTS_NAME, _mlp_ratio, _number, _square, _sub_config, read_hf_state_dict
+from .formats import CheckpointError, reading_config
+from .hf import (
+    _COPY,
+    _QKV,
+    _SCALAR,
+    CONFIG_NAME,
+    SAFE_WEIGHTS_NAME,
+    _mlp_ratio,
+    _number,
+    _square,
+    _sub_config,
+    plan_to_clipforge,
+    plan_to_hf,
+    read_hf_state_dict,
+)
 from .hf_processor import PREPROCESSOR_NAME, read_preprocessor_config
 from .native import atomic_save_safetensors
 
@@ -81,8 +94,6 @@ _ACTIVATIONS = {
     "quick_gelu": "quick_gelu",
 }
 _HF_ACT = {"gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu", "quick_gelu": "quick_gelu"}
-_IGNORED_HF_KEYS = ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
-_COPY, _QKV, _SCALAR = "copy", "qkv", "scalar"
 
 
 def check_model_type(model_type: Any, where: str = "config.json") -> None:
@@ -284,48 +295,17 @@ def _plan(cfg: CLIPConfig) -> list[tuple[str, tuple[str, ...], str, torch.Size]]
     return [(cf, hf, how, shapes[cf]) for cf, hf, how in entries]
 
 
-def _hf_shape(shape: torch.Size, how: str) -> tuple[int, ...]:
-    if how == _QKV:
-        return (shape[0] // 3, *shape[1:])
-    if how == _SCALAR:
-        return (1,)  # SiglipModel keeps logit_scale / logit_bias as (1,) tensors
-    return tuple(shape)
-
-
 def hf_siglip_to_clipforge(sd: Mapping[str, torch.Tensor], cfg: CLIPConfig) -> dict[str, torch.Tensor]:
     """transformers `SiglipModel` state dict -> clipforge `CLIP` state dict for `cfg` (dtypes kept).
 
     Raises `CheckpointError` naming every missing or unexpected key and each shape that disagrees with `cfg`.
     """
-    plan = _plan(cfg)
-    expected = {h: _hf_shape(shape, how) for _, hf, how, shape in plan for h in hf}
-    raise_on_mismatch(expected, sd, "HF SigLIP state dict does not match the config", ignored=_IGNORED_HF_KEYS)
-    out: dict[str, torch.Tensor] = {}
-    for cf, hf, how, _ in plan:
-        if how == _QKV:
-            out[cf] = torch.cat([sd[h] for h in hf], dim=0)  # in_proj rows: q, then k, then v
-        elif how == _SCALAR:
-            out[cf] = sd[hf[0]].reshape(())
-        else:
-            out[cf] = sd[hf[0]]
-    return out
+    return plan_to_clipforge(sd, _plan(cfg), "HF SigLIP")
 
 
 def clipforge_to_hf_siglip(sd: Mapping[str, torch.Tensor], cfg: CLIPConfig) -> dict[str, torch.Tensor]:
     """clipforge `CLIP` state dict -> transformers `SiglipModel` state dict (no shared storage: safetensors)."""
-    plan = _plan(cfg)
-    raise_on_mismatch({cf: tuple(s) for cf, _, _, s in plan}, sd, "clipforge state dict does not match the config")
-    out: dict[str, torch.Tensor] = {}
-    for cf, hf, how, _ in plan:
-        tensor = sd[cf].detach()
-        if how == _QKV:
-            for h, part in zip(hf, tensor.chunk(3, dim=0), strict=True):
-                out[h] = part.clone()
-        elif how == _SCALAR:
-            out[hf[0]] = tensor.reshape(1).clone()
-        else:
-            out[hf[0]] = tensor
-    return out
+    return plan_to_hf(sd, _plan(cfg))
 
 
 # ---------------------------------------------------------------------------------------------- files
