@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..safeio import read_text_file
+from .tokenizer import as_text_list
 
 MAX_TOKENIZER_FILE_BYTES = 64 * 2**20  # XLM-R's tokenizer.json is 17 MB
 _PAD_CANDIDATES = ("<pad>", "[PAD]")
@@ -40,18 +41,6 @@ def _check_context_length(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
         raise ValueError(f"context_length must be an int >= 2 (room for the start and end tokens), got {value!r}")
     return int(value)
-
-
-def _texts(texts: Any) -> list[str]:
-    if isinstance(texts, str):
-        return [texts]
-    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Iterable):
-        raise TypeError(f"texts must be a str or a sequence of str, got {type(texts).__name__}")
-    texts = list(texts)
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str: {t!r:.80}")
-    return texts
 
 
 def _pad_token(folder: Path, vocab: dict[str, int]) -> tuple[str, int]:
@@ -130,7 +119,7 @@ class HFTokenizer:
 
     def __call__(self, texts: str | Iterable[str], context_length: int | None = None) -> torch.LongTensor:
         """Ids of `texts` as a (N, context_length) int64 tensor (N = 1 for a single str)."""
-        texts = [clean_whitespace(t) for t in _texts(texts)]
+        texts = [clean_whitespace(t) for t in as_text_list(texts)]
         length = self.context_length if context_length is None else _check_context_length(context_length)
         if not texts:
             return torch.zeros((0, length), dtype=torch.long)

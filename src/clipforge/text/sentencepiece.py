@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..safeio import read_regular_file, read_text_file
+from .tokenizer import as_text_list
 
 SPIECE_NAME = "spiece.model"
 MAX_SPIECE_BYTES = 64 * 2**20  # SigLIP i18n's 250k-piece model is ~4 MB
@@ -44,18 +45,6 @@ def _check_context_length(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"context_length must be an int >= 1 (room for the end token), got {value!r}")
     return int(value)
-
-
-def _texts(texts: Any) -> list[str]:
-    if isinstance(texts, str):
-        return [texts]
-    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Iterable):
-        raise TypeError(f"texts must be a str or a sequence of str, got {type(texts).__name__}")
-    texts = list(texts)
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str: {t!r:.80}")
-    return texts
 
 
 # The pad / end tokens when tokenizer_config.json names none: SiglipTokenizer's (spiece.model) and Gemma's
@@ -146,7 +135,7 @@ class SentencePieceTokenizer:
 
     def __call__(self, texts: str | Iterable[str], context_length: int | None = None) -> torch.LongTensor:
         """Ids of `texts` as a (N, context_length) int64 tensor (N = 1 for a single str)."""
-        texts = _texts(texts)
+        texts = as_text_list(texts)
         length = self.context_length if context_length is None else _check_context_length(context_length)
         out = np.full((len(texts), length), self.pad_token_id, dtype=np.int64)  # (N, L)
         for row, ids in enumerate(self._sp.encode([canonicalize_text(t) for t in texts])):
@@ -250,7 +239,7 @@ class TokenizerJsonTokenizer:
 
     def __call__(self, texts: str | Iterable[str], context_length: int | None = None) -> torch.LongTensor:
         """Ids of `texts` as a (N, context_length) int64 tensor (N = 1 for a single str)."""
-        texts = _texts(texts)
+        texts = as_text_list(texts)
         length = self.context_length if context_length is None else _check_context_length(context_length)
         out = np.full((len(texts), length), self.pad_token_id, dtype=np.int64)  # (N, L)
         encodings = self._tok.encode_batch([self._prepare(t) for t in texts], add_special_tokens=False)

@@ -46,7 +46,8 @@ def _check_context_length(context_length: Any) -> int:
     return int(context_length)
 
 
-def _as_text_list(texts: Any) -> list[str]:
+def as_text_list(texts: Any) -> list[str]:
+    """`texts` as a list of str (one str becomes a one-item list); a TypeError naming the first non-str item."""
     if isinstance(texts, str):
         return [texts]
     if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Iterable):
@@ -110,7 +111,7 @@ class CLIPTokenizer:
 
     def __call__(self, texts: str | Iterable[str], context_length: int | None = None) -> torch.LongTensor:
         """Token ids of `texts` as a (N, context_length) int64 tensor (N = 1 for a single str)."""
-        texts = _as_text_list(texts)
+        texts = as_text_list(texts)
         context = self.context_length if context_length is None else _check_context_length(context_length)
         out = np.zeros((len(texts), context), dtype=np.int64)
         for group in self._encode_groups(texts):
