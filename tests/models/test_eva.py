@@ -154,3 +154,16 @@ def test_training_backward_checkpointing_and_compile():
     compiled = torch.compile(model.visual, backend="aot_eager")
     with torch.no_grad():
         assert_close_rel(compiled(images), model.visual(images), rel=1e-5, what="compiled forward")
+
+
+def test_timm_tower_configs_refuse_what_open_clip_would_build_otherwise():
+    """open_clip builds a timm tower at timm's size and with token pooling: other settings are refused by name."""
+    from clipforge.models.config import ConfigError
+    from clipforge.weights.openclip_timm import vision_from_openclip
+
+    base = {"timm_model_name": "eva02_base_patch16_clip_224", "timm_pool": "token", "timm_proj": None}
+    assert vision_from_openclip(base).image_size == 224
+    with pytest.raises(ConfigError, match="image_size=256 differs from timm eva02_base_patch16_clip_224's 224"):
+        vision_from_openclip({**base, "image_size": 256})
+    with pytest.raises(ConfigError, match="timm_pool='avg'.*EVA-CLIP's configs"):
+        vision_from_openclip({**base, "timm_pool": "avg"})

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from ..models.config import ConfigError, VisionConfig
-from .openclip_timm import TRUNK, eva_to_clipforge_keys
+from ..models.config import VisionConfig
+from .openclip_timm import TRUNK, eva_to_clipforge_keys, token_tower_config
 
 STEM_PREFIX = TRUNK + "patch_embed.backbone."
 _NORM_PRE = TRUNK + "norm_pre."
@@ -43,25 +43,7 @@ def is_openclip_mobileclip_vit(model_cfg: dict[str, Any]) -> bool:
 
 def vision_from_openclip(vision_cfg: dict[str, Any]) -> VisionConfig:
     """The VisionConfig of an open_clip `vision_cfg` naming a ViT-based MobileCLIP timm tower."""
-    name = vision_cfg["timm_model_name"]
-    pool, proj = vision_cfg.get("timm_pool", "avg"), vision_cfg.get("timm_proj", "linear")
-    if pool != "token" or proj not in (None, "linear"):
-        raise ConfigError(
-            f"open_clip {name} with timm_pool={pool!r}, timm_proj={proj!r} is not supported (MobileCLIP's configs "
-            "use timm_pool 'token' and timm_proj null)"
-        )
-    fields = dict(TIMM_MOBILECLIP_TOWERS[name])
-    if proj == "linear":  # a separate head.proj Linear, with a bias only if timm_proj_bias
-        fields["proj_bias"] = bool(vision_cfg.get("timm_proj_bias", False))
-    image_size = vision_cfg.get("image_size", fields["image_size"])
-    if isinstance(image_size, (list, tuple)):
-        image_size = image_size[0]
-    if image_size != fields["image_size"]:
-        raise ConfigError(
-            f"open_clip vision_cfg.image_size={image_size} differs from timm {name}'s {fields['image_size']}: "
-            "open_clip builds the timm tower at its own size"
-        )
-    return VisionConfig(**fields)
+    return token_tower_config(vision_cfg, TIMM_MOBILECLIP_TOWERS[vision_cfg["timm_model_name"]], "MobileCLIP")
 
 
 def is_mobileclip_vit_state_dict(state_dict: dict[str, torch.Tensor]) -> bool:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ..models.config import ConfigError, VisionConfig
+from .openclip_timm import check_timm_image_size
 
 TRUNK = "visual.trunk."
 LATENT_KEY = TRUNK + "attn_pool.latent"
@@ -77,14 +78,7 @@ def vision_from_openclip(vision_cfg: dict[str, Any]) -> VisionConfig:
             "configs use timm_pool 'map' and timm_proj 'none')"
         )
     fields = {**TIMM_SIGLIP_TOWERS[name], **_SIGLIP}
-    image_size = vision_cfg.get("image_size", fields["image_size"])
-    if isinstance(image_size, (list, tuple)):
-        image_size = image_size[0]
-    if image_size != fields["image_size"]:
-        raise ConfigError(
-            f"open_clip vision_cfg.image_size={image_size} differs from timm {name}'s {fields['image_size']}: "
-            "open_clip builds the timm tower at its own size"
-        )
+    image_size = check_timm_image_size(vision_cfg, name, fields["image_size"])
     if image_size % fields["patch_size"]:
         raise ConfigError(
             f"open_clip {name}: image_size {image_size} is not a multiple of patch_size {fields['patch_size']} (timm "

@@ -53,23 +53,38 @@ def vision_from_openclip(vision_cfg: dict[str, Any]) -> VisionConfig:
             f"open_clip vision_cfg.timm_model_name={name!r}: this timm EVA tower is not supported; supported: "
             f"{sorted(TIMM_EVA_TOWERS)} (EVA01 towers such as EVA01-g-14 are not)"
         )
+    return token_tower_config(vision_cfg, TIMM_EVA_TOWERS[name], "EVA-CLIP")
+
+
+def check_timm_image_size(vision_cfg: dict[str, Any], name: str, expected: int) -> int:
+    """open_clip's `vision_cfg.image_size` for timm tower `name`, which must be the tower's own `expected` size:
+    open_clip builds a timm tower at the size timm defines, whatever the config says."""
+    image_size = vision_cfg.get("image_size", expected)
+    if isinstance(image_size, (list, tuple)):
+        image_size = image_size[0]
+    if image_size != expected:
+        raise ConfigError(
+            f"open_clip vision_cfg.image_size={image_size} differs from timm {name}'s {expected}: "
+            "open_clip builds the timm tower at its own size"
+        )
+    return image_size
+
+
+def token_tower_config(vision_cfg: dict[str, Any], tower_fields: dict[str, Any], family: str) -> VisionConfig:
+    """The VisionConfig of a class-token timm ViT tower (EVA02, MobileCLIP) from its table row `tower_fields`:
+    open_clip's `timm_pool` must be 'token' and `timm_proj` null or 'linear' (then a head.proj Linear, biased only
+    with `timm_proj_bias`)."""
+    name = vision_cfg["timm_model_name"]
     pool, proj = vision_cfg.get("timm_pool", "avg"), vision_cfg.get("timm_proj", "linear")
     if pool != "token" or proj not in (None, "linear"):
         raise ConfigError(
-            f"open_clip {name} with timm_pool={pool!r}, timm_proj={proj!r} is not supported (EVA-CLIP's configs use "
+            f"open_clip {name} with timm_pool={pool!r}, timm_proj={proj!r} is not supported ({family}'s configs use "
             "timm_pool 'token' and timm_proj null)"
         )
-    fields = dict(TIMM_EVA_TOWERS[name])
-    if proj == "linear":  # a separate head.proj Linear, with a bias only if timm_proj_bias
+    fields = dict(tower_fields)
+    if proj == "linear":
         fields["proj_bias"] = bool(vision_cfg.get("timm_proj_bias", False))
-    image_size = vision_cfg.get("image_size", fields["image_size"])
-    if isinstance(image_size, (list, tuple)):
-        image_size = image_size[0]
-    if image_size != fields["image_size"]:
-        raise ConfigError(
-            f"open_clip vision_cfg.image_size={image_size} differs from timm {name}'s {fields['image_size']}: "
-            "open_clip builds the timm tower at its own size"
-        )
+    check_timm_image_size(vision_cfg, name, fields["image_size"])
     return VisionConfig(**fields)
 
 
