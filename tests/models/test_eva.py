@@ -118,8 +118,6 @@ def test_rope_rotates_patch_queries_by_relative_position():
 def test_eva_options_are_validated():
     with pytest.raises(ConfigError, match="mlp_type"):
         VisionConfig(mlp_type="geglu")
-    with pytest.raises(ConfigError, match="patch_dropout"):
-        VisionConfig(rope=True, patch_dropout=0.5)
     with pytest.raises(ConfigError, match="divisible by 4"):
         VisionConfig(rope=True, width=36, heads=2)
 

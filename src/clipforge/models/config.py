@@ -188,7 +188,7 @@ class VisionConfig:
 
 def _check_eva_options(cfg: VisionConfig) -> None:
     """EVA's block options (models/eva.py) exist for ViT towers only, and rotary embeddings need whole channel
-    quadrants per head and the un-dropped patch grid (patch dropout would need the kept tokens' positions)."""
+    quadrants per head; with patch dropout the kept patches keep their own positions' rotations (models/vit.py)."""
     _check_choice("vision.mlp_type", cfg.mlp_type, ("mlp", "swiglu"))
     if not cfg.uses_eva_blocks and not cfg.proj_bias:
         return
@@ -202,7 +202,6 @@ def _check_eva_options(cfg: VisionConfig) -> None:
             (cfg.width // cfg.num_heads) % 4 == 0,
             f"vision.rope needs a head width divisible by 4, got {cfg.width} / {cfg.num_heads} heads",
         )
-        _check(cfg.patch_dropout == 0.0, "vision.rope cannot be combined with vision.patch_dropout (not supported)")
         _check(cfg.rope_theta > 0, f"vision.rope_theta must be positive, got {cfg.rope_theta}")
         _check(
             cfg.rope_ref_grid is None or cfg.rope_ref_grid > 0,

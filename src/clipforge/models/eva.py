@@ -26,7 +26,8 @@ from torch.utils.checkpoint import checkpoint
 from .layers import Attention, LayerScale, Transformer, _plain_attention, make_activation
 from .rope import apply_rope
 
-RopeTables = tuple[torch.Tensor, torch.Tensor]  # (sin, cos), each (N_patches, head_dim)
+# (sin, cos), each (N_patches, head_dim), or (B, 1, N_kept, head_dim) gathered per image after patch dropout
+RopeTables = tuple[torch.Tensor, torch.Tensor]
 
 
 class EvaAttention(Attention):
@@ -60,7 +61,7 @@ class EvaAttention(Attention):
             k = torch.cat([k[:, :, :p], apply_rope(k[:, :, p:], sin, cos)], dim=2)
             if queries > p:  # the class-token-only last block has no patch queries to rotate
                 n = queries - p
-                q = torch.cat([q[:, :, :p], apply_rope(q[:, :, p:], sin[:n], cos[:n])], dim=2)
+                q = torch.cat([q[:, :, :p], apply_rope(q[:, :, p:], sin[..., :n, :], cos[..., :n, :])], dim=2)
         if self.fused:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
         else:

@@ -224,14 +224,20 @@ class PatchDropout(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """In training, keep a random subset of patch tokens per image: (B, N, C) -> (B, keep, C)."""
+        return self.forward_with_indices(x)[0]
+
+    def forward_with_indices(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """As `forward`, also returning which patches were kept: (B, keep) indices into the patch tokens (the
+        class token excluded), or None when nothing was dropped. Rotary embeddings (EVA02) need them: a kept
+        patch must keep its own position's rotation (timm eva.py: PatchDropoutWithIndices)."""
         if not self.training or self.prob == 0.0:
-            return x
+            return x, None
         prefix, tokens = (x[:, :1], x[:, 1:]) if self.exclude_first_token else (x[:, :0], x)
         b, n, _ = tokens.shape
         keep = max(1, int(n * (1.0 - self.prob)))
         idx = torch.rand(b, n, device=x.device).topk(keep, dim=-1).indices  # (B, keep)
         tokens = tokens.gather(1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
-        return torch.cat([prefix, tokens], dim=1)
+        return torch.cat([prefix, tokens], dim=1), idx
 
 
 class AttentionalPooler(nn.Module):

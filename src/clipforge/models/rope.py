@@ -56,5 +56,6 @@ def rotate_pairs(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
-    """Rotate x (..., N, head_dim) by the tables (N, head_dim); the result has x's dtype."""
+    """Rotate x (..., N, head_dim) by the tables (N, head_dim), or by per-image tables (B, 1, N, head_dim) that
+    broadcast over x (B, heads, N, head_dim) (patch dropout gathers them by keep indices); the result has x's dtype."""
     return (x * cos + rotate_pairs(x) * sin).to(x.dtype)

@@ -90,6 +90,11 @@ class VisionTransformer(nn.Module):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Patchify and add class token and positions: (B, 3, H, W) -> (B, 1 + N, width)."""
+        return self._embed_keep(images)[0]
+
+    def _embed_keep(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`embed`, also returning the patch-dropout keep indices (B, keep) into the patch grid (None when no patch
+        was dropped): rotary embeddings gather their tables with them so kept patches keep their positions."""
         check_image_size(images, self.cfg, self.interpolate_positions)
         x = self.conv1(images)  # (B, width, g, g)
         x = x.flatten(2).transpose(1, 2)  # (B, N, width)
@@ -100,8 +105,12 @@ class VisionTransformer(nn.Module):
             x = torch.cat([cls, x], dim=1)  # (B, 1 + N, width)
         if not self.cfg.no_embed_class:
             x = x + self._positions(images.shape[-2:]).to(x.dtype)  # (B, prefix + N, width)
-        x = self.patch_dropout(x)
-        return self.ln_pre(x)
+        keep = None
+        if isinstance(self.patch_dropout, PatchDropout):
+            x, keep = self.patch_dropout.forward_with_indices(x)  # keep: (B, kept) or None
+        else:
+            x = self.patch_dropout(x)
+        return self.ln_pre(x), keep
 
     def _positions(self, hw: torch.Size) -> torch.Tensor:
         """Positional embedding for an input of size hw: the learned grid, bicubically resized when the
@@ -159,7 +168,7 @@ class VisionTransformer(nn.Module):
     def _run_blocks(self, images: torch.Tensor, last_block_queries: int | None = None) -> torch.Tensor:
         """Embed and run the transformer: (B, 3, H, W) -> (B, L, width), with rotary tables for the input's patch
         grid when the tower uses them (EVA02)."""
-        x = self.embed(images)
+        x, keep = self._embed_keep(images)
         if not self.cfg.rope:
             return self.transformer(x, last_block_queries=last_block_queries)
         grid = (images.shape[-2] // self.cfg.patch_size, images.shape[-1] // self.cfg.patch_size)
@@ -167,6 +176,8 @@ class VisionTransformer(nn.Module):
             grid, self.cfg.width // self.cfg.num_heads, ref_grid=self.cfg.rope_ref_grid, theta=self.cfg.rope_theta,
             device=x.device,
         )  # (N, head_dim) each
+        if keep is not None:  # patch dropout: each kept patch keeps its own position's rotation
+            sin, cos = sin[keep].unsqueeze(1), cos[keep].unsqueeze(1)  # (B, 1, kept, head_dim): broadcast over heads
         return self.transformer(x, last_block_queries=last_block_queries, rope=(sin, cos))
 
     def forward_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
