@@ -14,12 +14,18 @@ Issue 11 families (same batch and modes; `--model` picks them):
 
     .venv/bin/python benchmarks/inference.py --model SigLIP-B-16 --iters 1   # clipforge vs open_clip vs SiglipModel
     .venv/bin/python benchmarks/inference.py --model EVA02-B-16 --iters 1    # clipforge vs open_clip (timm EVA)
+    .venv/bin/python benchmarks/inference.py --model convnext_base --iters 1  # clipforge vs open_clip (timm ConvNeXt)
+    .venv/bin/python benchmarks/inference.py --model MobileCLIP-B --iters 1  # clipforge vs open_clip (timm MCi ViT)
+    .venv/bin/python benchmarks/inference.py --model SigLIP-B-16 --modes bf16 --batch 8 --iters 1   # bf16 only
 
 SigLIP B/16 is transformers' default SiglipConfig (siglip-base-patch16-224) with clipforge's weights exported to
 SiglipModel; open_clip's ViT-B-16-SigLIP gets the same weights when its state dict maps onto clipforge's (else its
 own random weights, and its cosine column reads nan: throughput does not depend on the values). Its text rows are
 random ids at the full 64 positions (SigLIP pads every caption to 64 and attends to the padding: no trimming).
-EVA02-B/16 is open_clip's EVA02-B-16 (timm eva02_base_patch16_clip_224) with random weights, loaded into clipforge.
+EVA02-B/16 is open_clip's EVA02-B-16 (timm eva02_base_patch16_clip_224) with random weights, loaded into clipforge;
+convnext_base and MobileCLIP-B likewise (open_clip's timm towers). bf16 (`--modes`, default "fp32,bf16") casts every
+library's weights and the images to bfloat16, the same dtype for all (no autocast), and its cosine column compares
+each library's bf16 features with clipforge's fp32 ones.
 """
 
 from __future__ import annotations
@@ -45,7 +51,10 @@ except RuntimeError:
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-FAMILIES = ("SigLIP-B-16", "EVA02-B-16")  # issue 11 rows (run_family); other names go through `run`
+# Issue 11 rows (run_family); other names go through `run`. The open_clip-built families are loaded into clipforge
+# from open_clip's random weights (build_openclip_family); SigLIP also runs transformers' SiglipModel.
+OPENCLIP_FAMILIES = ("EVA02-B-16", "convnext_base", "MobileCLIP-B")
+FAMILIES = ("SigLIP-B-16", *OPENCLIP_FAMILIES)
 
 CAPTIONS = [
     "a photo of a dog running on the beach",
@@ -112,8 +121,9 @@ def build_siglip():
     return ours, oc, hf, shared
 
 
-def build_eva02(name: str = "EVA02-B-16"):
-    """open_clip's EVA02-B-16 (timm EVA tower) with random weights, and clipforge's model loaded from it."""
+def build_openclip_family(name: str = "EVA02-B-16"):
+    """open_clip's model `name` (EVA02-B-16, convnext_base, MobileCLIP-B: timm towers) with random weights, and
+    clipforge's model loaded from it."""
     import open_clip
 
     import clipforge
@@ -131,7 +141,8 @@ def build_eva02(name: str = "EVA02-B-16"):
 
 def run_family(name: str, batch: int = 32, iters: int = 3, threads: int | None = None,
                modes: tuple[str, ...] = ("fp32", "bf16")) -> list[dict]:
-    """Rows as `run` for the issue-11 families: "SigLIP-B-16" (3 libraries) or "EVA02-B-16" (clipforge, open_clip)."""
+    """Rows as `run` for the issue-11 families: "SigLIP-B-16" (3 libraries) or one of OPENCLIP_FAMILIES (clipforge,
+    open_clip)."""
     import open_clip
 
     import clipforge
@@ -152,8 +163,8 @@ def run_family(name: str, batch: int = 32, iters: int = 3, threads: int | None =
         }
         agreeing = {"clipforge", "transformers"} | ({"open_clip"} if shared else set())
         models = (ours, oc, hf)
-    elif name == "EVA02-B-16":
-        ours, oc = build_eva02(name)
+    elif name in OPENCLIP_FAMILIES:
+        ours, oc = build_openclip_family(name)
         texts = [CAPTIONS[i % len(CAPTIONS)] for i in range(batch)]
         tokens_cf, tokens_oc = clipforge.get_tokenizer(ours)(texts), open_clip.tokenize(texts)
         assert torch.equal(tokens_cf, tokens_oc)
@@ -164,9 +175,13 @@ def run_family(name: str, batch: int = 32, iters: int = 3, threads: int | None =
         agreeing = set(libs)
         models = (ours, oc)
     else:
-        raise ValueError(f"unknown family {name!r}; expected SigLIP-B-16 or EVA02-B-16")
+        raise ValueError(f"unknown family {name!r}; expected one of {', '.join(FAMILIES)}")
     images = torch.randn(batch, 3, ours.image_size, ours.image_size)
     rows, reference = [], {}
+
+    def cos(features: torch.Tensor, kind: str) -> float:
+        """Mean cosine to clipforge's fp32 features of the same inputs (nan without an fp32 run)."""
+        return float((features * reference[kind]).sum(-1).mean()) if kind in reference else float("nan")
     for mode in modes:
         if mode == "bf16":
             for model in models:
@@ -185,8 +200,9 @@ def run_family(name: str, batch: int = 32, iters: int = 3, threads: int | None =
                     "mode": mode,
                     "images_per_s": batch / t_img,
                     "texts_per_s": batch / t_txt,
-                    "image_cos_to_fp32": float((f_img * reference["image"]).sum(-1).mean()) if lib in agreeing else nan,
-                    "text_cos_to_fp32": float((f_txt * reference["text"]).sum(-1).mean()) if lib in agreeing else nan,
+                    # nan when the library has other weights, or when fp32 did not run (no reference)
+                    "image_cos_to_fp32": cos(f_img, "image") if lib in agreeing else nan,
+                    "text_cos_to_fp32": cos(f_txt, "text") if lib in agreeing else nan,
                 }
             )
     return rows
@@ -278,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--captions", type=int, default=10000, help="tokenizer benchmark size")
-    parser.add_argument("--modes", default="fp32,bf16", help="SigLIP-B-16 / EVA02-B-16 only: comma-separated modes")
+    parser.add_argument(
+        "--modes", default="fp32,bf16", help=f"{' / '.join(FAMILIES)} only: comma-separated modes (fp32, bf16)"
+    )
     args = parser.parse_args(argv)
     print(
         f"# {args.model}, batch {args.batch}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
