@@ -139,21 +139,19 @@ def writable_refusal(cfg: CLIPConfig, fmt: str) -> str | None:
         )
     if fmt != "openclip" or v.is_resnet:
         return None
-    if v.pool_type == "map":
-        return (
-            "open_clip keeps SigLIP image towers as timm models (vit_*_siglip_*), a layout clipforge does not write; "
-            "write it with --to hf (a transformers SiglipModel) or --to clipforge"
-        )
-    if v.uses_eva_blocks:
-        return (
-            "open_clip keeps EVA02 image towers as timm eva02_* models, a layout clipforge reads but does not write; "
-            "write it with --to clipforge"
-        )
-    if v.conv_stem or v.no_embed_class or v.proj_bias:
+    if v.conv_stem or v.no_embed_class or (v.proj_bias and not v.uses_eva_blocks):
         return (
             "open_clip keeps MobileCLIP ViT image towers (MCi stem, patch-only positions, a projection with bias) as "
             "timm models, a layout clipforge reads but does not write; write it with --to clipforge"
         )
+    if not v.convnext and (v.pool_type == "map" or v.uses_eva_blocks):  # timm SigLIP / EVA02: only named towers
+        from ..models.config import ConfigError
+        from . import openclip_siglip, openclip_timm
+
+        try:
+            (openclip_siglip if v.pool_type == "map" else openclip_timm).vision_to_openclip(v)
+        except ConfigError as err:
+            return str(err)
     return None
 
 

@@ -541,7 +541,7 @@ def save_model(model: CLIP, path: str | Path, format: SaveFormat = "clipforge") 
     if format == "openclip":
         cfg = openclip.config_to_openclip(model.config)
         native.atomic_save_safetensors(
-            openclip.clipforge_to_openclip_keys(state_dict, custom_text=model.config.text.is_hf),
+            openclip.openclip_state_dict(model.config, state_dict),
             folder / openclip.SAFE_WEIGHTS_NAME,
             None,
         )

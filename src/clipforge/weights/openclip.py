@@ -83,6 +83,21 @@ def clipforge_to_openclip_keys(
     return {(key[len("text.") :] if key.startswith("text.") else key): value for key, value in state_dict.items()}
 
 
+def openclip_state_dict(config: CLIPConfig, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """clipforge's state dict of a `config` model under the names of the open_clip model `config_to_openclip`
+    describes: timm trunk names for EVA02 / SigLIP / ConvNeXt image towers, the text tower under `text.` where
+    open_clip builds a CustomTextCLIP (so `model.load_state_dict` takes it as is), at the top level otherwise."""
+    v = config.vision
+    if is_timm_vit(v) and v.pool_type != "map":  # EVA02 (SigLIP's map is found from its keys)
+        state_dict = openclip_timm.clipforge_to_eva_keys(state_dict)
+    return clipforge_to_openclip_keys(state_dict, custom_text=config.text.is_hf or is_timm_vit(v))
+
+
+def is_timm_vit(v: VisionConfig) -> bool:
+    """Whether open_clip builds this ViT image tower as a timm model: SigLIP's attention-pooled ViT or an EVA02."""
+    return not v.is_resnet and not v.convnext and (v.pool_type == "map" or v.uses_eva_blocks)
+
+
 def _norm_eps(norm_kwargs: dict | None, where: str) -> float:
     kwargs = dict(norm_kwargs or {})
     eps = kwargs.pop("eps", 1e-5)
@@ -227,7 +242,8 @@ def _check_preprocess_size(size: Any, image_size: int) -> None:
 def config_to_openclip(config: CLIPConfig) -> dict[str, Any]:
     """`open_clip_config.json` content (model_cfg + preprocess_cfg) for a clipforge config."""
     v, t = config.vision, config.text
-    if v.act != t.act and not v.convnext and not t.is_hf:  # a timm ConvNeXt trunk uses GELU whatever quick_gelu says
+    timm_vit = is_timm_vit(v)
+    if v.act != t.act and not v.convnext and not timm_vit and not t.is_hf:  # timm trunks keep their own activation
         raise ConfigError("open_clip has one quick_gelu flag for both towers; this model mixes activations")
     vision_cfg: dict[str, Any] = {"image_size": v.image_size, "width": v.width, "mlp_ratio": v.mlp_ratio}
     if v.is_resnet:
@@ -249,6 +265,10 @@ def config_to_openclip(config: CLIPConfig) -> dict[str, Any]:
         vision_cfg["norm_kwargs"] = {"eps": v.layer_norm_eps}
     if v.convnext:  # a timm tower: open_clip names the timm model instead of the shape fields
         vision_cfg = openclip_convnext.vision_to_openclip(v)
+    elif timm_vit and v.pool_type == "map":  # a timm SigLIP ViT (vit_*_siglip_*)
+        vision_cfg = openclip_siglip.vision_to_openclip(v)
+    elif timm_vit:  # a timm EVA02 ViT (eva02_*_clip_*)
+        vision_cfg = openclip_timm.vision_to_openclip(v)
     text_cfg: dict[str, Any] = {
         "context_length": t.context_length,
         "vocab_size": t.vocab_size,
@@ -264,6 +284,8 @@ def config_to_openclip(config: CLIPConfig) -> dict[str, Any]:
         text_cfg["ls_init_value"] = t.ls_init_value
     if t.hf_tokenizer_name and not t.is_hf:  # SigLIP / MetaCLIP 2: open_clip's get_tokenizer reads it here
         text_cfg["hf_tokenizer_name"] = t.hf_tokenizer_name
+        if timm_vit and v.pool_type == "map":  # SigLIP's SentencePiece text is canonicalised (text/sentencepiece.py)
+            text_cfg["tokenizer_kwargs"] = {"clean": "canonicalize"}
     if t.pad_mask:
         raise ConfigError("open_clip's model configs (CLIPTextCfg) cannot express a text padding mask")
     if not t.causal_mask:
@@ -272,6 +294,8 @@ def config_to_openclip(config: CLIPConfig) -> dict[str, Any]:
         text_cfg["proj_bias"] = True
     if t.layer_norm_eps != 1e-5:
         text_cfg["norm_kwargs"] = {"eps": t.layer_norm_eps}
+    if t.act == "gelu_tanh":  # SigLIP 2's text tower: nn.GELU(approximate="tanh"), as open_clip's configs say it
+        text_cfg["act_kwargs"] = {"approximate": "tanh"}
     model_cfg: dict[str, Any] = {"embed_dim": config.embed_dim, "vision_cfg": vision_cfg, "text_cfg": text_cfg}
     if t.act == "quick_gelu":
         model_cfg["quick_gelu"] = True
@@ -279,7 +303,7 @@ def config_to_openclip(config: CLIPConfig) -> dict[str, Any]:
         model_cfg["init_logit_bias"] = config.init_logit_bias
     if config.init_logit_scale != math.log(1 / 0.07):
         model_cfg["init_logit_scale"] = config.init_logit_scale
-    if t.proj_bias or not t.causal_mask:
+    if t.proj_bias or not t.causal_mask or timm_vit:  # open_clip's SigLIP / EVA02 configs are CustomTextCLIPs too
         model_cfg["custom_text"] = True  # open_clip builds these text options only in CustomTextCLIP
     if t.is_hf:  # an HF encoder: open_clip's CustomTextCLIP + HFTextEncoder, its fields stored beside model_cfg
         if v.act == "quick_gelu":

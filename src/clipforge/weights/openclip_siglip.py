@@ -191,3 +191,21 @@ def clipforge_to_siglip_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, t
             out[key] = value
     return out
 
+
+def vision_to_openclip(v: VisionConfig) -> dict[str, Any]:
+    """open_clip `vision_cfg` of a SigLIP VisionConfig: the timm tower's name with open_clip's SigLIP pooling
+    (`timm_pool: "map"`, `timm_proj: "none"`); a shape no timm SigLIP tower has is an error naming the known ones."""
+    from .openclip_timm import timm_tower_name
+
+    hint = "write it with --to hf (a transformers SiglipModel) or --to clipforge"
+    name = timm_tower_name(v, TIMM_SIGLIP_TOWERS, "SigLIP", hint, **_SIGLIP)
+    cfg: dict[str, Any] = {
+        "image_size": v.image_size,
+        "timm_model_name": name,
+        "timm_model_pretrained": False,
+        "timm_pool": "map",
+        "timm_proj": "none",
+    }
+    if v.drop_path:
+        cfg["timm_drop_path"] = v.drop_path
+    return cfg

@@ -12,6 +12,7 @@ same network as its `VisionTransformer` with EVA blocks (models/eva.py), so this
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -125,10 +126,8 @@ def eva_to_clipforge_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
             out["visual.class_embedding"] = value.reshape(-1)  # (1, 1, width) -> (width,)
         elif key == TRUNK + "pos_embed":
             out["visual.positional_embedding"] = value.reshape(value.shape[-2], value.shape[-1])  # (1+N, width)
-        elif key.startswith(TRUNK + "patch_embed.proj."):
-            out["visual.conv1." + key.rsplit(".", 1)[1]] = value
-        elif key.startswith(TRUNK + "norm."):
-            out["visual.ln_post." + key.rsplit(".", 1)[1]] = value
+        elif key in _TIMM_WHOLE:  # patch embedding, final norm: the writer's table read backwards
+            out[_TIMM_WHOLE[key]] = value
         else:
             match = _BLOCK.match(key[len(TRUNK) :])
             if match is None:
@@ -181,3 +180,117 @@ def _pack_parts(parts: dict[tuple[int, str], torch.Tensor]) -> dict[str, torch.T
             out[prefix + "mlp.c_fc.weight"] = torch.cat([p["mlp.fc1_g.weight"], p["mlp.fc1_x.weight"]])
             out[prefix + "mlp.c_fc.bias"] = torch.cat([p["mlp.fc1_g.bias"], p["mlp.fc1_x.bias"]])
     return out
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+# Training-only VisionConfig fields a timm tower config does not carry (open_clip's TimmModel builds without them).
+_TRAINING_ONLY = dict(drop_path=0.0, patch_dropout=0.0)
+
+
+def timm_tower_name(
+    v: VisionConfig, towers: dict[str, dict[str, Any]], family: str, hint: str = "write it with --to clipforge",
+    **fixed: Any,
+) -> str:
+    """The timm model name in `towers` (rows of VisionConfig fields, plus `fixed` shared ones) whose config is `v`:
+    open_clip names a timm tower instead of giving its shape, so a shape no timm model has cannot be written."""
+    wanted = dataclasses.replace(v, **_TRAINING_ONLY)
+    for name, fields in towers.items():
+        try:
+            row = VisionConfig(**{**fixed, **fields})  # a row's own fields override the shared ones
+        except ConfigError:  # a tower clipforge reads no config of (e.g. 384 px with 14 px patches)
+            continue
+        if row == wanted:
+            return name
+    raise ConfigError(
+        f"open_clip keeps {family} image towers as timm models it names ({sorted(towers)}) and cannot take a shape; "
+        f"this one (image_size={v.image_size}, patch_size={v.patch_size}, width={v.width}, layers={v.layers}) is "
+        f"no timm model open_clip can build: {hint}"
+    )
+
+
+def vision_to_openclip(v: VisionConfig) -> dict[str, Any]:
+    """open_clip `vision_cfg` of an EVA02 VisionConfig: the timm model name, the trunk's classifier as the biased
+    projection (`timm_proj: null`, as open_clip's EVA02 configs) or, without a bias, open_clip's `head.proj`."""
+    name = timm_tower_name(dataclasses.replace(v, proj_bias=True), TIMM_EVA_TOWERS, "EVA02")
+    cfg: dict[str, Any] = {
+        "image_size": v.image_size,
+        "timm_model_name": name,
+        "timm_model_pretrained": False,
+        "timm_pool": "token",
+        "timm_proj": None if v.proj_bias else "linear",
+    }
+    if v.drop_path:
+        cfg["timm_drop_path"] = v.drop_path
+    return cfg
+
+
+# clipforge key -> timm / open_clip key of the EVA tower's whole-key tensors (the blocks use _BLOCK_RENAMES).
+_WHOLE = {
+    "visual.class_embedding": _CLS_KEY,
+    "visual.positional_embedding": TRUNK + "pos_embed",
+    "visual.conv1.weight": TRUNK + "patch_embed.proj.weight",
+    "visual.conv1.bias": TRUNK + "patch_embed.proj.bias",
+    "visual.ln_post.weight": TRUNK + "norm.weight",
+    "visual.ln_post.bias": TRUNK + "norm.bias",
+}
+_TIMM_WHOLE = {timm: native for native, timm in _WHOLE.items()}
+
+
+def clipforge_to_eva_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of `eva_to_clipforge_keys`, in the layout of timm's `eva02_*_clip_*` towers: separate q/k/v
+    projections (q and v biased), SwiGLU's `fc1_g` / `fc1_x`, the projection as the trunk's `head` (with a bias)
+    or open_clip's `head.proj` (without). Other keys pass through unchanged.
+
+    EVA has no key bias; clipforge's packed in_proj holds one (zeros when read from EVA). Rotary embeddings turn
+    a key bias into a position-dependent term of the scores, so a nonzero one changes the model: it is refused
+    (ConfigError) rather than dropped."""
+    inverse_block = {new: old for old, new in _BLOCK_RENAMES.items()}
+    out: dict[str, torch.Tensor] = {}
+    head = TRUNK + "head." if "visual.proj_bias" in state_dict else "visual.head.proj."
+    for key, value in state_dict.items():
+        if key == "visual.class_embedding":
+            out[_CLS_KEY] = value.reshape(1, 1, -1)  # (width,) -> (1, 1, width)
+        elif key == "visual.positional_embedding":
+            out[_WHOLE[key]] = value.unsqueeze(0)  # (1+N, width) -> (1, 1+N, width)
+        elif key in _WHOLE:
+            out[_WHOLE[key]] = value
+        elif key == "visual.proj":
+            out[head + "weight"] = value.t()  # clipforge's (width, D) matrix -> Linear (D, width)
+        elif key == "visual.proj_bias":
+            out[head + "bias"] = value
+        elif key.startswith("visual.transformer.resblocks."):
+            index, sub = key[len("visual.transformer.resblocks.") :].split(".", 1)
+            out.update(_unpack_part(f"{TRUNK}blocks.{index}.", sub, value, inverse_block, state_dict, key))
+        else:
+            out[key] = value
+    return out
+
+
+def _unpack_part(
+    prefix: str, sub: str, value: torch.Tensor, inverse_block: dict[str, str], sd: dict[str, torch.Tensor], key: str
+) -> dict[str, torch.Tensor]:
+    """timm tensors for one clipforge block tensor `sub` (the packed ones split: views, not copies)."""
+    if sub == "attn.in_proj_weight":  # (3 width, width): q rows, then k, then v
+        q, k, v = value.chunk(3)
+        return {prefix + "attn.q_proj.weight": q, prefix + "attn.k_proj.weight": k, prefix + "attn.v_proj.weight": v}
+    if sub == "attn.in_proj_bias":  # (3 width,): EVA has no key bias (see clipforge_to_eva_keys)
+        q, k, v = value.chunk(3)
+        if not k.is_meta and bool(k.any()):
+            raise ConfigError(
+                f"{key}: this EVA02 attention has a nonzero key bias (max |b_k| {k.abs().max().item():.3g}), which "
+                "timm's EVA (no key bias) cannot hold and which rotary embeddings make matter; write it with "
+                "--to clipforge"
+            )
+        return {prefix + "attn.q_proj.bias": q, prefix + "attn.v_proj.bias": v}
+    if sub.startswith("mlp.c_fc."):
+        hidden = sd[key.rsplit("mlp.", 1)[0] + "mlp.c_proj.weight"].shape[1]
+        if value.shape[0] == 2 * hidden:  # SwiGLU: gate rows first, as the reader packs them
+            gate, x = value.chunk(2)
+            part = sub.rsplit(".", 1)[1]
+            return {f"{prefix}mlp.fc1_g.{part}": gate, f"{prefix}mlp.fc1_x.{part}": x}
+    for new, old in inverse_block.items():
+        if sub.startswith(new):
+            return {prefix + old + sub[len(new) :]: value}
+    return {prefix + sub: value}
