@@ -166,3 +166,35 @@ def test_training_step_with_patch_dropout_checkpointing_and_compile():
     torch.manual_seed(5)
     assert_close_rel(out, model.visual(images), rel=1e-5, what="compiled training forward")
     out.sum().backward()  # the compiled graph trains too
+
+
+def test_phase_patch_dropout_on_a_rope_tower_without_class_token():
+    """A training phase's patch dropout (train/loop.py apply_phase) on a rope tower with no class token drops from
+    all tokens, so the keep indices index the patch grid the rope tables are gathered from."""
+    from clipforge.train.config import PhaseConfig
+    from clipforge.train.loop import apply_phase
+
+    base = _config(0.0)
+    vision = dataclasses.replace(base.vision, class_token=False, pool_type="avg")
+    model = CLIP(base.replace(vision=vision)).train()
+    images = _images(2)
+    apply_phase(PhaseConfig(patch_dropout=0.5), model, images, None, 0)
+    drop = model.visual.patch_dropout
+    assert isinstance(drop, PatchDropout) and not drop.exclude_first_token
+    seen = _capture_keep(model)
+    got = model.encode_image(images, normalize=True).detach()
+    (keep,) = seen
+    assert keep.shape == (2, 8)
+    visual = model.visual
+    with torch.no_grad():
+        visual.eval()
+        full = visual.embed(images)  # (B, N, width): no class token
+        visual.train()
+        sin, cos = rope_tables((4, 4), 16, ref_grid=visual.cfg.rope_ref_grid, theta=visual.cfg.rope_theta)
+        outs = []
+        for b in range(2):
+            x = visual.transformer(full[b : b + 1, keep[b]], rope=(sin[keep[b]], cos[keep[b]]))
+            outs.append(visual.project(visual.ln_post(x).mean(dim=1)))
+    want = F.normalize(torch.cat(outs), dim=-1)
+    diff = (got - want).abs().max().item()
+    assert diff <= TOL, f"max abs diff {diff:.2e}"

@@ -192,7 +192,12 @@ def apply_phase(
         cut[truncated, -1] = eot  # keep an end token on rows that lost theirs
         tokens = cut
     if phase.patch_dropout is not None:
-        model.visual.patch_dropout = PatchDropout(phase.patch_dropout) if phase.patch_dropout > 0 else nn.Identity()
+        # keep the class token only where there is one (SigLIP has none): rope keep indices count from the patches
+        exclude_first = getattr(model.visual, "num_prefix", 1) == 1
+        model.visual.patch_dropout = (
+            PatchDropout(phase.patch_dropout, exclude_first_token=exclude_first) if phase.patch_dropout > 0
+            else nn.Identity()
+        )
     return images, tokens
 
 
