@@ -95,7 +95,8 @@ def _hf_tokenizer(config: CLIPConfig, context_length: int | None, cache_dir: str
             "this model's Hugging Face text tower names no tokenizer (text.hf_tokenizer_name / text.hf_model_name); "
             "build one with clipforge.text.hf_tokenizer.HFTokenizer(folder_with_tokenizer_json)"
         )
-    return HFTokenizer(source, context_length or config.text.context_length, cache_dir=cache_dir)
+    length = context_length or config.text.context_length
+    return HFTokenizer(source, length, cache_dir=cache_dir, clean=config.text.tokenizer_clean)
 
 
 def get_preprocess(name_or_model: ModelLike | PreprocessConfig = "ViT-B-32", train: bool = False, **train_options):

@@ -266,6 +266,9 @@ class TextConfig:
             or "cls_last_hidden_state_pooler" (the first token's last hidden state).
         hf_proj_type: "mlp" (Linear, GELU, Linear; open_clip's default), "linear", "none", or "altclip" (AltCLIP's
             LayerNorm, Linear with bias to hf_config["project_dim"], bias-free Linear; models/hf_text.py).
+        tokenizer_clean: how texts are cleaned before a Hugging Face tokenizer (open_clip's tokenizer_kwargs.clean):
+            "whitespace" (ftfy, HTML unescape, whitespace collapsed), "canonicalize" (also lowercased, punctuation
+            removed: ViT-L-14-worldwide's mT5 vocabulary) or "lower".
     """
 
     context_length: int = 77
@@ -288,11 +291,13 @@ class TextConfig:
     hf_tokenizer_name: str | None = None
     hf_pooler_type: str = "mean_pooler"
     hf_proj_type: str = "mlp"
+    tokenizer_clean: str = "whitespace"
 
     def __post_init__(self) -> None:
         _check_types(self, "text")
         _check_choice("text.hf_pooler_type", self.hf_pooler_type, HF_POOLERS)
         _check_choice("text.hf_proj_type", self.hf_proj_type, ("mlp", "linear", "none", "altclip"))
+        _check_choice("text.tokenizer_clean", self.tokenizer_clean, ("whitespace", "canonicalize", "lower"))
         _check(
             self.hf_config is None or isinstance(self.hf_config.get("model_type"), str),
             "text.hf_config needs a \"model_type\" (e.g. \"xlm-roberta\"), as in the model's config.json",

@@ -1,4 +1,4 @@
-"""Hugging Face transformer text towers: XLM-RoBERTa, RoBERTa, BERT inside a CLIP (open_clip's `HFTextEncoder`).
+"""Hugging Face text towers: XLM-RoBERTa, RoBERTa, BERT, NLLB, mT5 inside a CLIP (open_clip's `HFTextEncoder`).
 
 Multilingual CLIPs (LAION's xlm-roberta-base-ViT-B-32, xlm-roberta-large-ViT-H-14; Carlsson et al. 2022's
 M-CLIP recipe) replace CLIP's causal text transformer by a pretrained bidirectional encoder from `transformers`,
@@ -10,10 +10,17 @@ says), so nothing is downloaded to build a model (`AutoConfig.for_model(model_ty
 Parameter names match open_clip's (`transformer.*`, `proj.*` under `text.`), so an open_clip checkpoint's
 text keys load unchanged. `transformers` is imported only when such a tower is built: models with CLIP's own
 text tower never need it.
+
+Encoder-decoder families (NLLB's `m2m_100`, `mt5`, `t5`): open_clip builds the whole translation model and keeps
+its `.encoder`; clipforge builds that encoder class alone (`M2M100Encoder`, `MT5Stack` / `T5Stack` with the
+encoder's `is_decoder=False, use_cache=False`), which has the same parameter names and skips allocating a decoder
+as large as the encoder (mt5-xl's is 1.7B parameters).
 """
 
 from __future__ import annotations
 
+import copy
+import importlib
 from typing import Any
 
 import torch
@@ -22,7 +29,27 @@ from torch import nn
 from .config import ConfigError, TextConfig
 
 # Which config attribute holds the hidden width, per architecture family (open_clip's hf_configs.arch_dict).
-_WIDTH_FIELD = {"roberta": "hidden_size", "xlm-roberta": "hidden_size", "bert": "hidden_size"}
+_WIDTH_FIELD = {
+    "roberta": "hidden_size",
+    "xlm-roberta": "hidden_size",
+    "bert": "hidden_size",
+    "m2m_100": "d_model",
+    "mt5": "d_model",
+    "t5": "d_model",
+}
+# Encoder-decoder families -> (module, class) of the encoder open_clip keeps (`AutoModel.from_config(c).encoder`).
+_ENCODER_CLASSES = {
+    "m2m_100": ("transformers.models.m2m_100.modeling_m2m_100", "M2M100Encoder"),
+    "mt5": ("transformers.models.mt5.modeling_mt5", "MT5Stack"),
+    "t5": ("transformers.models.t5.modeling_t5", "T5Stack"),
+}
+# (token embedding attribute, layer list attribute) per family, for `lock` (open_clip's arch_dict names).
+_LOCK_GROUPS = {
+    "m2m_100": ("embed_tokens", "layers"),
+    "mt5": ("embed_tokens", "block"),
+    "t5": ("embed_tokens", "block"),
+}
+_RELATIVE_POSITIONS = ("mt5", "t5")  # relative position buckets: no position table, any length runs
 SUPPORTED_MODEL_TYPES = tuple(sorted(_WIDTH_FIELD))
 
 
@@ -56,6 +83,23 @@ def hf_architecture_config(cfg: TextConfig):
         raise ConfigError(f"text.hf_config cannot build a {model_type} config: {exc}") from exc
 
 
+def build_encoder(config, with_pooler: bool) -> nn.Module:
+    """The transformers encoder open_clip's `HFTextEncoder` holds as `.transformer`, for a built `config`.
+
+    Encoder-only families come from `AutoModel` (with BERT's pooling layer when `with_pooler`); for
+    encoder-decoder families only the encoder class is built, configured as its parent model configures it.
+    """
+    target = _ENCODER_CLASSES.get(config.model_type)
+    if target is None:
+        return import_transformers().AutoModel.from_config(config, add_pooling_layer=with_pooler)
+    cls = getattr(importlib.import_module(target[0]), target[1])
+    config = copy.deepcopy(config)
+    config.use_cache = False  # an encoder caches nothing (and checkpointing warns about a cache setting)
+    if config.model_type in _RELATIVE_POSITIONS:  # as MT5Model / T5Model configure their encoder stack
+        config.is_decoder = False
+    return cls(config)
+
+
 class HFTextTower(nn.Module):
     """Token ids (B, L) -> text embeddings (B, output_dim) through a Hugging Face encoder.
 
@@ -72,10 +116,8 @@ class HFTextTower(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.output_dim = output_dim
-        transformers = import_transformers()
         self.hf_config = hf_architecture_config(cfg)
-        with_pooler = cfg.hf_pooler_type == "cls_pooler"
-        self.transformer = transformers.AutoModel.from_config(self.hf_config, add_pooling_layer=with_pooler)
+        self.transformer = build_encoder(self.hf_config, with_pooler=cfg.hf_pooler_type == "cls_pooler")
         self.pad_id = int(self.hf_config.pad_token_id if self.hf_config.pad_token_id is not None else 0)
         width = int(getattr(self.hf_config, _WIDTH_FIELD[self.hf_config.model_type]))
         self.width = width
@@ -104,8 +146,11 @@ class HFTextTower(nn.Module):
             self.proj = nn.Identity()
 
     @property
-    def max_length(self) -> int:
-        """Longest token sequence the encoder's position table holds (RoBERTa-family positions start after pad)."""
+    def max_length(self) -> int | None:
+        """Longest token sequence the encoder's position table holds (RoBERTa-family positions start after pad);
+        None for (m)T5, whose relative position buckets take any length (open_clip sets no limit either)."""
+        if self.hf_config.model_type in _RELATIVE_POSITIONS:
+            return None
         positions = int(getattr(self.hf_config, "max_position_embeddings", self.cfg.context_length))
         if self.hf_config.model_type in ("roberta", "xlm-roberta"):
             positions -= self.pad_id + 1  # position ids are pad_id + 1 + index
@@ -138,8 +183,9 @@ class HFTextTower(nn.Module):
         """
         if isinstance(unlocked_layers, bool) or not isinstance(unlocked_layers, int) or unlocked_layers < 0:
             raise ValueError(f"unlocked_layers must be a non-negative int, got {unlocked_layers!r}")
+        embed_attr, layers_attr = _LOCK_GROUPS.get(self.hf_config.model_type, ("embeddings", "layer"))
         encoder = getattr(self.transformer, "encoder", self.transformer)
-        groups = [self.transformer.embeddings, *encoder.layer]
+        groups = [getattr(self.transformer, embed_attr), *getattr(encoder, layers_attr)]
         frozen = groups[: len(groups) - unlocked_layers] if unlocked_layers else [self.transformer]
         self.requires_grad_(True)  # the whole state is set here, so locking twice does not depend on the first
         for module in frozen:
@@ -149,7 +195,7 @@ class HFTextTower(nn.Module):
     def _check_tokens(self, tokens: torch.Tensor) -> None:
         if tokens.ndim != 2:
             raise ValueError(f"tokens must have shape (batch, length); got {tuple(tokens.shape)}")
-        if tokens.shape[1] > self.max_length:
+        if self.max_length is not None and tokens.shape[1] > self.max_length:
             raise ValueError(
                 f"token sequence length {tokens.shape[1]} exceeds this text encoder's {self.max_length} positions; "
                 "tokenize with the model's tokenizer (get_tokenizer(model)) to truncate"
@@ -200,7 +246,7 @@ class HFTextTower(nn.Module):
             raise ValueError(
                 f"tokens must have shape {(batch, length)} to match the embeddings; got {tuple(tokens.shape)}"
             )
-        if length > self.max_length:
+        if self.max_length is not None and length > self.max_length:
             raise ValueError(f"token embeddings have length {length}, more than the encoder's {self.max_length}")
         if tokens is None:
             mask = torch.ones(batch, length, dtype=torch.long, device=embeddings.device)

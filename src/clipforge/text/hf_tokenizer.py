@@ -6,6 +6,12 @@ A CLIP whose text tower is a Hugging Face encoder (models/hf_text.py) takes that
 tokenizer's special tokens (`<s> ... </s>` for XLM-R), truncated to `context_length` with the end token kept,
 then right-padded with the pad id to exactly `context_length`.
 
+NLLB's tokenizer (tokenizer_config.json's tokenizer_class "NllbTokenizer") frames each text with a language code
+token, as transformers' NllbTokenizer does: `[src_lang] ... </s>` (`legacy_behaviour`: `... </s> [src_lang]`), the
+language being the `language` argument, else the config's `src_lang`, else "eng_Latn". open_clip's
+`HFTokenizer(language=...)` has no effect on the ids (transformers resets the code to `src_lang` on every call),
+so open_clip always gives the default; clipforge's `language` gives what `tokenizer.src_lang = language` does.
+
 Sources: a folder holding `tokenizer.json` (the checkpoint's own file) is read with the Rust `tokenizers`
 library, under the size cap of clipforge.safeio; anything else (a hub name such as "xlm-roberta-base", or a
 folder with only slow-tokenizer files) goes through transformers' `AutoTokenizer`, which may download it.
@@ -25,6 +31,7 @@ import numpy as np
 import torch
 
 from ..safeio import read_text_file
+from .sentencepiece import canonicalize_text
 from .tokenizer import as_text_list
 
 MAX_TOKENIZER_FILE_BYTES = 64 * 2**20  # XLM-R's tokenizer.json is 17 MB
@@ -37,10 +44,60 @@ def clean_whitespace(text: str) -> str:
     return " ".join(text.split()).strip()
 
 
+def _basic_clean(text: str) -> str:
+    return html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+
+
+# open_clip's tokenizer_kwargs.clean choices (open_clip.tokenizer.get_clean_fn).
+CLEANERS = {
+    "whitespace": clean_whitespace,
+    "canonicalize": lambda text: canonicalize_text(_basic_clean(text)),
+    "lower": lambda text: clean_whitespace(text).lower(),
+}
+NLLB_DEFAULT_LANGUAGE = "eng_Latn"  # transformers' NllbTokenizer default src_lang
+
+
 def _check_context_length(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
         raise ValueError(f"context_length must be an int >= 2 (room for the start and end tokens), got {value!r}")
     return int(value)
+
+
+def _tokenizer_config(folder: Path) -> dict[str, Any]:
+    """tokenizer_config.json of a tokenizer folder as a dict ({} when absent)."""
+    path = folder / "tokenizer_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(read_text_file(path, what="tokenizer_config.json"))
+    except ValueError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def _nllb_post_processor(tokenizer, folder: Path, config: dict[str, Any], language: str | None):
+    """(language, post-processor) framing each text with its language code, as transformers' NllbTokenizer."""
+    from tokenizers import processors
+
+    language = language or config.get("src_lang") or NLLB_DEFAULT_LANGUAGE
+    lang_id = tokenizer.token_to_id(language) if isinstance(language, str) else None
+    if lang_id is None:
+        codes = [t for t in tokenizer.get_vocab(with_added_tokens=True) if len(t) == 8 and t[3] == "_"]
+        raise ValueError(
+            f"{folder}: language {language!r} is not a language code of this NLLB tokenizer; use one of its codes "
+            f"such as {sorted(codes)[:6]} (FLORES-200 spelling: 'fra_Latn', 'zho_Hans')"
+        )
+    eos = config.get("eos_token", "</s>")
+    eos = eos.get("content") if isinstance(eos, dict) else eos
+    eos_id = tokenizer.token_to_id(eos)
+    if eos_id is None:
+        raise ValueError(f"{folder}: the end token {eos!r} of tokenizer_config.json is not in tokenizer.json")
+    special = [(eos, eos_id), (language, lang_id)]
+    if config.get("legacy_behaviour", False):
+        single, pair = ["$A", eos, language], ["$A", "$B", eos, language]
+    else:
+        single, pair = [language, "$A", eos], [language, "$A", "$B", eos]
+    return language, processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
 
 
 def _pad_token(folder: Path, vocab: dict[str, int]) -> tuple[str, int]:
@@ -74,15 +131,35 @@ class HFTokenizer:
             folder for transformers' `AutoTokenizer`.
         context_length: ids per row, special tokens included (open_clip uses 77 for its HF-text models).
         cache_dir: AutoTokenizer's download cache (hub names only).
+        clean: text cleaning before tokenization, open_clip's choices: "whitespace" (its HF default),
+            "canonicalize" (lowercased, punctuation removed: ViT-L-14-worldwide) or "lower".
+        language: NLLB only: the language code each text is framed with (e.g. "fra_Latn"); default the
+            tokenizer's `src_lang`, else "eng_Latn".
 
     Attributes:
         pad_token_id: the id rows are padded with (the text tower's attention mask is `ids != pad_token_id`).
         vocab_size: number of ids, added tokens included.
+        language: the NLLB language code in use, None for other tokenizers.
     """
 
-    def __init__(self, source: str | os.PathLike, context_length: int = 77, *, cache_dir: str | None = None) -> None:
+    clean: str = "whitespace"  # class defaults: what an instance set up without __init__ (a subclass) gets
+    language: str | None = None
+
+    def __init__(
+        self,
+        source: str | os.PathLike,
+        context_length: int = 77,
+        *,
+        cache_dir: str | None = None,
+        clean: str = "whitespace",
+        language: str | None = None,
+    ) -> None:
         self.source = os.fspath(source)
         self.context_length = _check_context_length(context_length)
+        if clean not in CLEANERS:
+            raise ValueError(f"clean must be one of {sorted(CLEANERS)}, got {clean!r}")
+        self.clean = clean
+        self.language = None
         folder = Path(self.source)
         self._fast = None
         self._auto = None
@@ -97,6 +174,10 @@ class HFTokenizer:
                 raise ValueError(f"{path}: not a readable tokenizers file ({exc})") from exc
             vocab = tokenizer.get_vocab(with_added_tokens=True)
             self._pad_token, self.pad_token_id = _pad_token(folder, vocab)
+            config = _tokenizer_config(folder)
+            if str(config.get("tokenizer_class", "")).startswith("Nllb"):
+                self.language, tokenizer.post_processor = _nllb_post_processor(tokenizer, folder, config, language)
+                text = tokenizer.to_str()
             self._json = text
             self._fast = {}  # context length -> a Tokenizer set to truncate and pad to it (never mutated after)
             self._fast_vocab = tokenizer
@@ -113,13 +194,20 @@ class HFTokenizer:
                 raise ValueError(f"the tokenizer {self.source!r} has no pad token; a CLIP text tower needs one")
             self.pad_token_id = int(self._auto.pad_token_id)
             self.vocab_size = len(self._auto)
+            if hasattr(self._auto, "src_lang"):  # NLLB: the code is reset to src_lang on every call
+                if language is not None:
+                    self._auto.src_lang = language
+                self.language = self._auto.src_lang
+        if language is not None and self.language is None:
+            raise ValueError(f"language={language!r} applies to NLLB tokenizers only; {self.source!r} is not one")
 
     def __repr__(self) -> str:
-        return f"HFTokenizer({self.source!r}, context_length={self.context_length})"
+        extra = f", language={self.language!r}" if self.language else ""
+        return f"HFTokenizer({self.source!r}, context_length={self.context_length}{extra})"
 
     def __call__(self, texts: str | Iterable[str], context_length: int | None = None) -> torch.LongTensor:
         """Ids of `texts` as a (N, context_length) int64 tensor (N = 1 for a single str)."""
-        texts = [clean_whitespace(t) for t in as_text_list(texts)]
+        texts = [CLEANERS[self.clean](t) for t in as_text_list(texts)]
         length = self.context_length if context_length is None else _check_context_length(context_length)
         if not texts:
             return torch.zeros((0, length), dtype=torch.long)

@@ -10,6 +10,7 @@ The image tower (`visual.*`) has identical names. A hub repository pushed by ope
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from typing import Any
@@ -204,6 +205,9 @@ def config_from_openclip(
     )
     if hf_text:
         text = openclip_hftext.text_config_from_openclip(t, hf_text_config)
+    clean = dict(t.get("tokenizer_kwargs") or {}).get("clean", "whitespace")
+    if clean != "whitespace" and not siglip:  # an HF vocabulary's cleaning (ViT-L-14-worldwide: canonicalize)
+        text = dataclasses.replace(text, tokenizer_clean=clean)  # SigLIP's tokenizer canonicalises by itself
     pre = dict(preprocess_cfg or {})
     _check_preprocess_size(pre.get("size", image_size), image_size)
     preprocess = PreprocessConfig(
@@ -309,6 +313,8 @@ def config_to_openclip(config: CLIPConfig) -> dict[str, Any]:
         if v.act == "quick_gelu":
             model_cfg["quick_gelu"] = True
         model_cfg.update(text_cfg=openclip_hftext.text_cfg_to_openclip(t), custom_text=True)
+    if t.tokenizer_clean != "whitespace":  # open_clip's get_tokenizer passes tokenizer_kwargs to its HFTokenizer
+        model_cfg["text_cfg"]["tokenizer_kwargs"] = {"clean": t.tokenizer_clean}
     p = config.preprocess
     preprocess_cfg = {  # open_clip's PreprocessCfg fields, as its hub configs write them
         "size": v.image_size,

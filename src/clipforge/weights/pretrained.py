@@ -102,6 +102,15 @@ def _entries() -> list[PretrainedWeights]:
             "frozen_laion5b_s13b_b90k",
             "laion/CLIP-ViT-H-14-frozen-xlm-roberta-large-laion5B-s13B-b90k",
         ),
+        # NLLB-CLIP (Visheratin 2023): the NLLB-200 encoder as text tower; the SigLIP-trained base uses SigLIP's
+        # normalisation and squash resize. (nllb-clip-large-siglip's SO400M/14 at 384 px is not built: see
+        # openclip_siglip's refusal of a partial last patch.)
+        PretrainedWeights("nllb-clip-base", "v1", "visheratin/nllb-clip-base-oc"),
+        PretrainedWeights("nllb-clip-large", "v1", "visheratin/nllb-clip-large-oc"),
+        *(
+            PretrainedWeights("nllb-clip-base-siglip", tag, hub, INCEPTION_MEAN, INCEPTION_STD, "bicubic", "squash")
+            for tag, hub in (("v1", "visheratin/nllb-clip-base-siglip"), ("mrl", "visheratin/nllb-siglip-mrl-base"))
+        ),
         # ConvNeXt image towers (LAION; OpenAI normalisation, bicubic, shortest side)
         PretrainedWeights("convnext_base", "laion400m_s13b_b51k", "laion/CLIP-convnext_base-laion400M-s13B-b51K"),
         PretrainedWeights("convnext_base_w", "laion2b_s13b_b82k", "laion/CLIP-convnext_base_w-laion2B-s13B-b82K"),
