@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
@@ -269,3 +270,28 @@ def test_vit_l_14_worldwide_config_and_canonicalising_tokenizer(tmp_path):
     assert torch.equal(got, want)
     plain = HFTokenizer(tmp_path, 77)(TEXTS)
     assert not torch.equal(got, plain)  # the cleaning matters on this corpus (case, punctuation)
+
+
+def test_openclip_folder_round_trip(family, tmp_path):
+    """clipforge writes an open_clip folder both libraries load: same ids from the folder's tokenizer, same
+    features; a stale sinusoidal-position buffer in an old checkpoint is dropped on load."""
+    from clipforge.weights.loading import save_model
+    from clipforge.weights.openclip_hftext import clean_hf_text_state_dict
+
+    name, folder, fields, reference, _ = family
+    config = _config(fields, name, folder)
+    config = config.replace(text=dataclasses.replace(config.text, hf_model_name=str(folder)))
+    model = CLIP(config).eval()
+    model.load_state_dict(reference.state_dict())
+    out = save_model(model, tmp_path / "model", format="openclip")
+    for file in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(folder / file, out / file)
+    ours = clipforge.load_model(out).eval()
+    theirs = open_clip.create_model(f"local-dir:{out}", pretrained=None, load_weights=True).eval()
+    tokens = clipforge.get_tokenizer(f"local-dir:{out}")(TEXTS)
+    assert torch.equal(tokens, open_clip.get_tokenizer(f"local-dir:{out}")(TEXTS))
+    with torch.no_grad():
+        got, want = ours.encode_text(tokens, normalize=True), theirs.encode_text(tokens, normalize=True)
+    assert (got - want).abs().max().item() <= TOL
+    state = {**reference.state_dict(), "text.transformer.embed_positions.weights": torch.zeros(3, 32)}
+    assert "text.transformer.embed_positions.weights" not in clean_hf_text_state_dict(state)

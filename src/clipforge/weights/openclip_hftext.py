@@ -18,8 +18,13 @@ import torch
 
 from ..models.config import ConfigError, TextConfig
 
-# Buffers old transformers versions saved with the weights; they hold aranges / zeros, not learned values.
-_STALE_BUFFERS = ("text.transformer.embeddings.position_ids", "text.transformer.embeddings.token_type_ids")
+# Buffers old transformers versions saved with the weights; they hold aranges / zeros / NLLB's fixed sinusoidal
+# position table, not learned values.
+_STALE_BUFFERS = (
+    "text.transformer.embeddings.position_ids",
+    "text.transformer.embeddings.token_type_ids",
+    "text.transformer.embed_positions.weights",
+)
 
 
 def text_config_from_openclip(text_cfg: dict[str, Any], hf_config: dict[str, Any]) -> TextConfig:
