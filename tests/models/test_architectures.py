@@ -146,9 +146,15 @@ def test_full_size_layout_matches_open_clip(name, tmp_path):
     acts = {type(m).__name__ for m in theirs.modules()}
     want_quick = name.endswith("-quickgelu") or "/" in name or name.startswith("roberta-")  # open_clip's roberta
     assert ("QuickGELU" in acts) == want_quick
-    assert ours.config.vision.act == ("quick_gelu" if want_quick else "gelu")
+    plain = "quick_gelu" if want_quick else "gelu"
+
+    def tanh_in(tower):  # timm's GELUTanh or nn.GELU(approximate="tanh"): SigLIP 2's towers, each on its own
+        return any(type(m).__name__ == "GELUTanh" or getattr(m, "approximate", None) == "tanh" for m in tower.modules())
+
+    assert ours.config.vision.act == ("gelu_tanh" if tanh_in(theirs.visual) else plain)
     if not ours.config.text.is_hf:  # an HF encoder's activation is its own (hf_config.hidden_act)
-        assert ours.config.text.act == ours.config.vision.act
+        text_tower = theirs.text if hasattr(theirs, "text") else theirs.transformer
+        assert ours.config.text.act == ("gelu_tanh" if tanh_in(text_tower) else plain)
 
 
 def test_unknown_model_name_is_a_clear_error():

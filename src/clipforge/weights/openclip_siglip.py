@@ -13,7 +13,8 @@ so this module maps
 - the timm model names open_clip's configs use onto `VisionConfig` fields (the shapes timm registers for them).
 
 timm's SigLIP towers use exact GELU (`nn.GELU()`), not the tanh approximation of Hugging Face's SiglipModel, so
-these configs say act "gelu"; on the same weights the two differ by ~1e-3 in features.
+these configs say act "gelu"; on the same weights the two differ by ~1e-3 in features. The towers timm added for
+SigLIP 2 (B/32-256, L/16-512, So400m/16, giant-opt) register `act_layer='gelu_tanh'`: their rows say so.
 """
 
 from __future__ import annotations
@@ -35,22 +36,32 @@ _SIGLIP = dict(
     act="gelu",
 )
 _SO400M = dict(width=1152, layers=27, heads=16, mlp_ratio=3.7362)
+_TANH = dict(act="gelu_tanh")  # timm's act_layer='gelu_tanh' (the towers added for SigLIP 2)
 # timm SigLIP ViTs open_clip's configs name -> (image_size, patch_size, shape fields); timm vision_transformer.py.
 TIMM_SIGLIP_TOWERS: dict[str, dict[str, Any]] = {
     **{
         f"vit_base_patch16_siglip_{size}": dict(image_size=size, patch_size=16, width=768, layers=12, heads=12)
         for size in (224, 256, 384, 512)
     },
+    "vit_base_patch32_siglip_256": dict(image_size=256, patch_size=32, width=768, layers=12, heads=12, **_TANH),
     **{
         f"vit_large_patch16_siglip_{size}": dict(image_size=size, patch_size=16, width=1024, layers=24, heads=16)
-        for size in (256, 384, 512)
+        for size in (256, 384)
     },
+    "vit_large_patch16_siglip_512": dict(image_size=512, patch_size=16, width=1024, layers=24, heads=16, **_TANH),
     "vit_so400m_patch14_siglip_224": dict(image_size=224, patch_size=14, **_SO400M),
     "vit_so400m_patch14_siglip_378": dict(image_size=378, patch_size=14, **_SO400M),
     "vit_so400m_patch14_siglip_384": dict(image_size=384, patch_size=14, **_SO400M),
     **{
-        f"vit_so400m_patch16_siglip_{size}": dict(image_size=size, patch_size=16, **_SO400M)
+        f"vit_so400m_patch16_siglip_{size}": dict(image_size=size, patch_size=16, **_SO400M, **_TANH)
         for size in (256, 384, 512)
+    },
+    # giant-opt (SigLIP 2's largest): a plain ViT, 40 blocks of width 1536, MLP ratio 4 -- no piece beyond SigLIP's.
+    **{
+        f"vit_giantopt_patch16_siglip_{size}": dict(
+            image_size=size, patch_size=16, width=1536, layers=40, heads=16, **_TANH
+        )
+        for size in (256, 384)
     },
 }
 
@@ -77,7 +88,7 @@ def vision_from_openclip(vision_cfg: dict[str, Any]) -> VisionConfig:
             f"open_clip {name} with timm_pool={pool!r}, timm_proj={proj!r} is not supported (open_clip's SigLIP "
             "configs use timm_pool 'map' and timm_proj 'none')"
         )
-    fields = {**TIMM_SIGLIP_TOWERS[name], **_SIGLIP}
+    fields = {**_SIGLIP, **TIMM_SIGLIP_TOWERS[name]}  # a row's own act overrides SigLIP's exact GELU
     image_size = check_timm_image_size(vision_cfg, name, fields["image_size"])
     if image_size % fields["patch_size"]:
         raise ConfigError(
