@@ -142,6 +142,10 @@ def config_from_openclip(
     timm_ok = convnext or eva or siglip or mobileclip
     _refuse_unsupported(v, {**_UNSUPPORTED_VISION, "timm_model_name": v.get("timm_model_name") if timm_ok else None},
                         "vision_cfg")
+    # SigLIP 2's text tower: nn.GELU(approximate="tanh") through act_kwargs, which is clipforge's act "gelu_tanh".
+    text_tanh = t.get("act_kwargs") == {"approximate": "tanh"} and not model_cfg.get("quick_gelu", False)
+    if text_tanh:
+        del t["act_kwargs"]
     _refuse_unsupported(t, {**_UNSUPPORTED_TEXT, "hf_model_name": t.get("hf_model_name")}, "text_cfg")
     act = "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"
     image_size = v.get("image_size", 224)
@@ -192,7 +196,7 @@ def config_from_openclip(
         heads=t.get("heads", 8),
         layers=t.get("layers", 12),
         mlp_ratio=t.get("mlp_ratio", 4.0),
-        act=act,
+        act="gelu_tanh" if text_tanh else act,
         ls_init_value=t.get("ls_init_value"),
         causal_mask=not no_causal,
         pad_mask=bool(t.get("use_pad_mask", False)) and no_causal,

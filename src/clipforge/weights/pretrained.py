@@ -194,6 +194,13 @@ def _entries() -> list[PretrainedWeights]:
         "ViT-B-16-SigLIP-512", "ViT-L-16-SigLIP-256", "ViT-L-16-SigLIP-384", "ViT-SO400M-14-SigLIP",
     )}  # fmt: skip
     siglip["ViT-SO400M-14-SigLIP-378"] = "timm/ViT-SO400M-14-SigLIP-384"
+    # SigLIP 2 (Tschannen et al. 2025), WebLI, Gemma vocabulary; each architecture has its own timm repository.
+    siglip.update({name: f"timm/{name}" for name in (
+        "ViT-B-32-SigLIP2-256", "ViT-B-16-SigLIP2", "ViT-B-16-SigLIP2-256", "ViT-B-16-SigLIP2-384",
+        "ViT-B-16-SigLIP2-512", "ViT-L-16-SigLIP2-256", "ViT-L-16-SigLIP2-384", "ViT-L-16-SigLIP2-512",
+        "ViT-SO400M-14-SigLIP2", "ViT-SO400M-14-SigLIP2-378", "ViT-SO400M-16-SigLIP2-256", "ViT-SO400M-16-SigLIP2-384",
+        "ViT-SO400M-16-SigLIP2-512", "ViT-gopt-16-SigLIP2-256", "ViT-gopt-16-SigLIP2-384",
+    )})  # fmt: skip
     out += [
         PretrainedWeights(arch, "webli", hub, INCEPTION_MEAN, INCEPTION_STD, "bicubic", "squash")
         for arch, hub in siglip.items()
