@@ -151,3 +151,127 @@ def test_siglip_and_eva_shapes_no_timm_model_has_are_refused_naming_the_known_on
     assert "vit_base_patch16_siglip_224" in writable_refusal(siglip, "openclip")
     with pytest.raises(CheckpointError, match="no timm model open_clip can build"):
         check_writable(_small_eva(), "openclip")
+
+
+# ---------------------------------------------------------------------------------------------- transformers
+
+transformers = pytest.importorskip("transformers")
+TEXTS = ["a photo of a cat", "一只猫坐在红色的桌子上", "the red table", ""]
+SMALL_VISION = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8
+)
+
+
+def _perturbed(model):
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return model.eval()
+
+
+def _chinese_clip_folder(root):
+    """A small transformers ChineseCLIPModel folder with a BERT WordPiece tokenizer (vocab.txt)."""
+    import json
+
+    root.mkdir(parents=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo", "of", "cat", "the", "red", "table"]
+    vocab += list("一只猫坐在红色的桌子上")
+    (root / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    (root / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 16})
+    )
+    text = dict(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=64, max_position_embeddings=40)
+    config = transformers.ChineseCLIPConfig(text_config=text, vision_config=SMALL_VISION, projection_dim=16)
+    torch.manual_seed(0)
+    _perturbed(transformers.ChineseCLIPModel(config)).save_pretrained(root)
+    return root
+
+
+def _altclip_folder(root):
+    """A small transformers AltCLIPModel folder with a tiny XLM-R style tokenizer (tokenizer.json)."""
+    from support.hf_text import make_hf_text_folder
+
+    folder, fields = make_hf_text_folder(root)
+    text = dict(vocab_size=fields["vocab_size"], hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=64, max_position_embeddings=80, type_vocab_size=1, project_dim=24, pad_token_id=1)
+    config = transformers.AltCLIPConfig(text_config=text, vision_config=SMALL_VISION, projection_dim=16)
+    torch.manual_seed(0)
+    _perturbed(transformers.AltCLIPModel(config)).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("make", "cls", "tokenizer_file"),
+    [(_chinese_clip_folder, "ChineseCLIPModel", "vocab.txt"), (_altclip_folder, "AltCLIPModel", "tokenizer.json")],
+)
+def test_hf_text_tower_models_write_the_transformers_folder_they_came_from(tmp_path, make, cls, tokenizer_file):
+    import clipforge
+    from support.tolerance import assert_close_rel
+
+    source = make(tmp_path / "source")
+    model = clipforge.load_model(str(source)).eval()
+    check_writable(model.config, "hf")
+    out = save_model(model, tmp_path / "written", "hf")
+    assert (out / tokenizer_file).is_file() and (out / "preprocessor_config.json").is_file()
+    theirs, info = getattr(transformers, cls).from_pretrained(out, output_loading_info=True)  # loads the folder
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    theirs.eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    tokens = clipforge.get_tokenizer(model)(TEXTS)
+    ids = hf_tok(TEXTS, padding="max_length", max_length=tokens.shape[1], truncation=True, return_tensors="pt")
+    assert torch.equal(tokens, ids["input_ids"])  # the copied tokenizer files tokenize as the source's
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want_i = torch.nn.functional.normalize(_pooled(theirs.get_image_features(pixel_values=images)), dim=-1)
+        want_t = torch.nn.functional.normalize(_pooled(theirs.get_text_features(**ids)), dim=-1)
+        got_i, got_t = model.encode_image(images, normalize=True), model.encode_text(tokens, normalize=True)
+    di, dt = (got_i - want_i).abs().max().item(), (got_t - want_t).abs().max().item()
+    print(f"transformers {cls} loads the written folder: max abs diff image {di:.2e} text {dt:.2e}")
+    assert di <= TOL and dt <= TOL, f"max abs diff image {di:.2e} text {dt:.2e}"
+    assert_close_rel(theirs.logit_scale, model.logit_scale, 1e-6, "logit_scale")
+    back = clipforge.load_model(str(out))  # round trip: bitwise the same weights, the same config
+    assert back.config == model.config.replace(
+        text=dataclasses.replace(model.config.text, hf_tokenizer_name=str(out))
+    )
+    for key, value in model.state_dict().items():
+        assert torch.equal(back.state_dict()[key], value), key
+
+
+def _pooled(out):
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def test_hf_text_towers_transformers_has_no_model_for_stay_refused(tmp_path):
+    """An open_clip-style XLM-R CLIP (mean pooling, MLP projection) fits no transformers folder: refused, naming
+    why, before any file is written."""
+    import clipforge
+
+    model = clipforge.load_model(str(_altclip_folder(tmp_path / "source")))
+    cfg = model.config
+    mean_pooled = cfg.replace(text=dataclasses.replace(cfg.text, hf_pooler_type="mean_pooler"))
+    with pytest.raises(ConfigError, match="AltCLIPModel takes the first token.*--to clipforge"):
+        save_model(CLIP(mean_pooled), tmp_path / "out", "hf")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_convert_cli_writes_siglip_to_openclip_and_chinese_clip_to_hf(monkeypatch, tmp_path, capsys):
+    """`clipforge convert --to openclip|hf` for these families: the CLI reaches the writers above."""
+    import clipforge
+    from clipforge.cli import convert as convert_cli
+
+    _shrink_timm(monkeypatch, openclip_siglip.TIMM_SIGLIP_TOWERS, "vit_base_patch16_siglip_224", SMALL_ROW)
+    model = _randomised(_small_siglip())
+    clipforge.save_model(model, tmp_path / "siglip")
+    assert convert_cli.main([str(tmp_path / "siglip"), str(tmp_path / "oc"), "--to", "openclip"]) == 0
+    assert convert_cli.main([str(tmp_path / "oc"), str(tmp_path / "cf"), "--to", "clipforge"]) == 0
+    for key, value in model.state_dict().items():
+        assert torch.equal(clipforge.load_model(str(tmp_path / "cf")).state_dict()[key], value), key
+    source = _chinese_clip_folder(tmp_path / "cn")
+    assert convert_cli.main([str(source), str(tmp_path / "cn-hf"), "--to", "hf"]) == 0
+    assert (tmp_path / "cn-hf" / "vocab.txt").is_file()
+    clipforge.save_model(CLIP(_small_eva()), tmp_path / "eva")  # an EVA02 shape no timm model has: refused
+    assert convert_cli.main([str(tmp_path / "eva"), str(tmp_path / "no"), "--to", "openclip"]) != 0
+    assert "no timm model open_clip can build" in capsys.readouterr().err
+    assert not (tmp_path / "no" / "open_clip_config.json").exists()

@@ -106,8 +106,12 @@ def test_missing_key_is_named(alt_dir):
 
 
 def test_writing_back_is_refused_with_the_reason(loaded, tmp_path):
+    """A mean-pooled text tower fits no transformers folder (writing the model itself: test_export_families.py)."""
+    import dataclasses
+
+    mean = loaded.config.replace(text=dataclasses.replace(loaded.config.text, hf_pooler_type="mean_pooler"))
     with pytest.raises(ConfigError, match="Hugging Face encoder.*save_model"):
-        hf.write_hf_dir(loaded, tmp_path)
+        hf.write_hf_dir((mean, loaded.state_dict()), tmp_path)
     assert not any(tmp_path.iterdir())
 
 

@@ -494,13 +494,10 @@ def write_hf_dir(model: CLIP | tuple[CLIPConfig, Mapping[str, torch.Tensor]], pa
 
     if hf_siglip.is_siglip(cfg):  # SigLIP-shaped models are written as a transformers SiglipModel
         return hf_siglip.write_hf_siglip_dir((cfg, sd), path)
-    if cfg.text.is_hf:
-        raise ConfigError(
-            "this model's text tower is a Hugging Face encoder (AltCLIP, Chinese-CLIP, XLM-R CLIPs), which "
-            "transformers' CLIPModel cannot hold and clipforge does not write as AltCLIPModel / ChineseCLIPModel; "
-            "save it in the clipforge format (save_model(model, path), --to clipforge); open_clip's XLM-R CLIPs can "
-            "also be written with format='openclip'"
-        )
+    if cfg.text.is_hf:  # an HF text encoder: AltCLIPModel / ChineseCLIPModel, or refused there naming why
+        from .hf_chinese_clip import write_hf_text_tower_dir
+
+        return write_hf_text_tower_dir((cfg, sd), path)
     hf_config = config_to_hf(cfg)
     tensors = clipforge_to_hf(sd, cfg)
     dtypes = {t.dtype for t in tensors.values()}

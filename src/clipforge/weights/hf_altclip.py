@@ -1,4 +1,4 @@
-"""Hugging Face transformers `AltCLIPModel` folders: config translation and key map, read-only.
+"""Hugging Face transformers `AltCLIPModel` folders: config translation and key map, both ways.
 
 AltCLIP (Chen et al. 2022, "AltCLIP: Altering the Language Encoder in CLIP for Extended Language
 Capabilities") keeps CLIP's ViT image tower and replaces the text tower by XLM-RoBERTa. Its text feature
@@ -14,7 +14,8 @@ renames every `layer.` to `layers.` when it loads (its conversion mapping) and b
 So both spellings are accepted in both towers, read as `encoder.layers.N` (the names in error messages).
 Reference: transformers `models/altclip/modeling_altclip.py` and `configuration_altclip.py`.
 
-Writing these folders back is refused (`write_hf_dir`): save with `clipforge.save_model` instead.
+Writing (`write_hf_dir`, hf_chinese_clip.write_hf_text_tower_dir) inverts the reader's plan; the text layers are
+written `encoder.layer.N`, as transformers' save_pretrained writes them.
 """
 
 from __future__ import annotations
@@ -109,3 +110,29 @@ def read_hf_altclip_dir(path: str | os.PathLike) -> tuple[CLIPConfig, dict[str, 
     with reading_config(config_path):
         cfg = config_from_hf_altclip(json.loads(config_path.read_text(encoding="utf-8")))
     return read_hf_text_tower_dir(folder, cfg)
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+_TEXT_LAYERS = re.compile(r"^text_model\.roberta\.encoder\.layers\.(\d+)\.")
+
+
+def altclip_refusal(cfg: CLIPConfig) -> str | None:
+    """Why an AltCLIPModel folder cannot hold `cfg` (None when it can)."""
+    t = cfg.text
+    if not t.is_hf or t.hf_config.get("model_type") not in ("xlm-roberta", "roberta") or "project_dim" not in (
+        t.hf_config
+    ):
+        return "AltCLIP's projection on a text encoder other than XLM-R with a project_dim"
+    if t.hf_pooler_type != "cls_last_hidden_state_pooler":
+        return f"its text tower pools {t.hf_pooler_type!r}; AltCLIPModel takes the first token"
+    return None
+
+
+def clipforge_to_hf_altclip(sd: Mapping[str, torch.Tensor], cfg: CLIPConfig) -> dict[str, torch.Tensor]:
+    """clipforge `CLIP` state dict -> transformers `AltCLIPModel` state dict: the reader's plan, inverted, with the
+    text encoder's layers spelled `encoder.layer.N` as XLM-R's files (and transformers' save_pretrained) have them."""
+    from .hf_chinese_clip import _plan
+
+    out = hf.plan_to_hf(sd, _plan(cfg, _altclip_text_key))
+    return {_TEXT_LAYERS.sub(r"text_model.roberta.encoder.layer.\1.", key, count=1): v for key, v in out.items()}

@@ -1,4 +1,4 @@
-"""Hugging Face transformers `ChineseCLIPModel` folders (and the reader AltCLIP folders share), read-only.
+"""Hugging Face transformers `ChineseCLIPModel` folders (and the reader / writer AltCLIP folders share).
 
 Chinese-CLIP (Yang et al. 2022, "Chinese CLIP: Contrastive Vision-Language Pretraining in Chinese") pairs
 CLIP's ViT image tower with a BERT text encoder (Chinese RoBERTa-wwm weights in BERT's layout): the text
@@ -11,7 +11,8 @@ A folder holds `config.json` (model_type "chinese_clip", with `text_config` / `v
 and usually the tokenizer (BERT WordPiece `vocab.txt`), which `get_tokenizer` then reads from the folder.
 Reference: transformers `models/chinese_clip/modeling_chinese_clip.py` and `configuration_chinese_clip.py`.
 
-Writing these folders back is refused (`write_hf_dir`): save with `clipforge.save_model` instead.
+Writing (`write_hf_dir` -> `write_hf_text_tower_dir`) inverts the reader's key plan (hf.plan_to_hf) and copies the
+tokenizer files of the folder the model was read from.
 """
 
 from __future__ import annotations
@@ -216,3 +217,100 @@ def read_hf_chinese_clip_dir(path: str | os.PathLike) -> tuple[CLIPConfig, dict[
     with reading_config(config_path):
         cfg = config_from_hf_chinese_clip(json.loads(config_path.read_text(encoding="utf-8")))
     return read_hf_text_tower_dir(folder, cfg)
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+_TOKENIZER_MAX_BYTES = 64 << 20  # XLM-R's tokenizer.json is ~17 MB, a BERT vocab.txt well under 1 MB
+
+
+def config_to_hf_two_tower(cfg: CLIPConfig, model_type: str, architecture: str) -> dict[str, Any]:
+    """config.json of a transformers two-tower model (`model_type` "chinese_clip" / "altclip"): CLIP's ViT
+    (CLIPVisionConfig's fields, as `two_tower_config` reads them) + the HF text encoder's stored fields."""
+    vision = dict(hf.config_to_hf(cfg)["vision_config"], model_type=f"{model_type}_vision_model")
+    text = {k: v for k, v in cfg.text.hf_config.items() if k != "model_type"}
+    text["model_type"] = f"{model_type}_text_model"
+    return {
+        "architectures": [architecture],
+        "model_type": model_type,
+        "projection_dim": cfg.embed_dim,
+        "logit_scale_init_value": cfg.init_logit_scale,
+        "text_config": text,
+        "vision_config": vision,
+    }
+
+
+def clipforge_to_hf_chinese_clip(sd: Mapping[str, torch.Tensor], cfg: CLIPConfig) -> dict[str, torch.Tensor]:
+    """clipforge `CLIP` state dict -> transformers `ChineseCLIPModel` state dict: the reader's plan, inverted."""
+    return hf.plan_to_hf(sd, _plan(cfg, _bert_text_key))
+
+
+def _chinese_clip_refusal(cfg: CLIPConfig) -> str | None:
+    t = cfg.text
+    if not t.is_hf or t.hf_config.get("model_type") != "bert":
+        return "its text tower is not a BERT encoder"
+    if t.hf_pooler_type != "cls_last_hidden_state_pooler" or t.hf_proj_type != "linear":
+        return (
+            f"its text tower pools {t.hf_pooler_type!r} and projects {t.hf_proj_type!r}; ChineseCLIPModel takes the "
+            "first token's last hidden state through a bias-free Linear"
+        )
+    return None
+
+
+def copy_tokenizer_files(text: TextConfig, folder: Path) -> list[Path]:
+    """Copy the tokenizer files of the folder the model was read from (`text.hf_tokenizer_name`, when it is a
+    local folder) into `folder`, so the written folder tokenizes the same without the original; [] when none."""
+    from ..atomic import atomic_write_bytes
+    from ..safeio import read_regular_file
+    from .openclip_hftext import TOKENIZER_FILES as ALL_TOKENIZER_FILES
+
+    source = Path(text.hf_tokenizer_name).expanduser() if text.hf_tokenizer_name else None
+    if source is None or not source.is_dir() or source.resolve() == folder.resolve():
+        return []
+    written = []
+    for name in ALL_TOKENIZER_FILES:
+        if (source / name).is_file():
+            data = read_regular_file(source / name, _TOKENIZER_MAX_BYTES, what=f"tokenizer file {name}")
+            atomic_write_bytes(folder / name, data)
+            written.append(folder / name)
+    return written
+
+
+def write_hf_text_tower_dir(model: Any, path: str | os.PathLike) -> Path:
+    """Write a CLIP ViT + HF text encoder model as the transformers folder that holds it: `ChineseCLIPModel` (BERT,
+    first-token pooling, bias-free Linear) or `AltCLIPModel` (XLM-R with AltCLIP's projection). config.json,
+    model.safetensors (weights first, each file atomically), preprocessor_config.json and the tokenizer files of
+    the folder the model came from. `ConfigError` naming why for any other HF text tower."""
+    from ..atomic import atomic_write_bytes
+    from .hf_altclip import altclip_refusal, clipforge_to_hf_altclip
+    from .hf_processor import write_preprocessor_config
+    from .native import atomic_save_safetensors
+
+    cfg, sd = (model.config, model.state_dict()) if isinstance(model, CLIP) else model
+    if cfg.text.hf_proj_type == "altclip":
+        why, hf_config, tensors = altclip_refusal(cfg), None, None
+        if why is None:
+            hf_config = config_to_hf_two_tower(cfg, "altclip", "AltCLIPModel")
+            tensors = clipforge_to_hf_altclip(sd, cfg)
+    else:
+        why = _chinese_clip_refusal(cfg)
+        if why is None:
+            hf_config = config_to_hf_two_tower(cfg, MODEL_TYPE, "ChineseCLIPModel")
+            tensors = clipforge_to_hf_chinese_clip(sd, cfg)
+    if why is not None:
+        raise ConfigError(
+            f"this model's text tower is a Hugging Face encoder that no transformers folder clipforge writes can hold "
+            f"({why}; AltCLIPModel and ChineseCLIPModel are written); save it in the clipforge format "
+            "(save_model(model, path), --to clipforge); open_clip's XLM-R CLIPs can also be written with "
+            "format='openclip'"
+        )
+    dtypes = {t.dtype for t in tensors.values()}
+    if len(dtypes) == 1:
+        hf_config["dtype"] = str(dtypes.pop()).removeprefix("torch.")
+    folder = Path(path)
+    atomic_save_safetensors(tensors, folder / hf.SAFE_WEIGHTS_NAME, metadata={"format": "pt"})
+    atomic_write_bytes(folder / hf.CONFIG_NAME, (json.dumps(hf_config, indent=2, sort_keys=True) + "\n").encode())
+    if cfg.preprocess is not None:
+        write_preprocessor_config(cfg, folder)
+    copy_tokenizer_files(cfg.text, folder)
+    return folder

@@ -549,8 +549,8 @@ def save_model(model: CLIP, path: str | Path, format: SaveFormat = "clipforge") 
         return folder
     if format == "hf":
         hf.write_hf_dir((model.config, state_dict), folder)
-        if is_siglip(model.config):
-            return folder  # a SiglipModel: its tokenizer is the checkpoint's SentencePiece model, not CLIP's BPE
+        if is_siglip(model.config) or model.config.text.is_hf:
+            return folder  # SiglipModel / AltCLIPModel / ChineseCLIPModel: the checkpoint's own tokenizer, not CLIP's
         # CLIPProcessor / pipeline("zero-shot-image-classification") also need the image processor and tokenizer.
         hf_processor.write_processor_files(model.config, folder)
         return folder
