@@ -109,10 +109,10 @@ def test_full_size_layout_matches_open_clip(name):
 
 
 def test_fastvit_mobileclip_stays_refused():
-    for name in ("MobileCLIP-S1", "MobileCLIP2-S0", "MobileCLIP2-S4"):
-        with pytest.raises(UnsupportedFamilyError, match="MobileCLIP"):
-            refuse_openclip_config(open_clip.get_model_config(name), name)
-    for name in NAMES:
+    """fastvit_mci0..4 towers are read (models/fastvit.py); other FastViTs and fused (reparam_conv) weights are not."""
+    with pytest.raises(UnsupportedFamilyError, match="MobileCLIP"):
+        refuse_openclip_config({"vision_cfg": {"timm_model_name": "fastvit_sa12"}}, "fastvit_sa12")
+    for name in (*NAMES, "MobileCLIP-S1", "MobileCLIP2-S0", "MobileCLIP2-S4"):
         refuse_openclip_config(open_clip.get_model_config(name), name)  # supported: no refusal
     fastvit = {"visual.trunk.stages.0.blocks.0.token_mixer.mixer.reparam_conv.weight": torch.zeros(1)}
     with pytest.raises(UnsupportedFamilyError, match="MobileCLIP-B"):  # the message names the supported ones

@@ -62,7 +62,7 @@ def test_hf_config_families_are_named(tmp_path, model_type, family, closest):
 @pytest.mark.parametrize(
     ("model_cfg", "family"),
     [({"embed_dim": 512, "multimodal_cfg": {"width": 512}, "vision_cfg": {}, "text_cfg": {}}, "CoCa"),
-     ({"embed_dim": 512, "vision_cfg": {"timm_model_name": "fastvit_mci2"}, "text_cfg": {}}, "MobileCLIP")],
+     ({"embed_dim": 512, "vision_cfg": {"timm_model_name": "fastvit_sa12"}, "text_cfg": {}}, "MobileCLIP")],
 )
 def test_openclip_config_families_are_named(tmp_path, model_cfg, family):
     (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))

@@ -16,6 +16,7 @@ from torch import nn
 
 from .config import CLIPConfig
 from .convnext import ConvNeXt
+from .fastvit import FastViT
 from .freeze import lock_image, lock_text
 from .layers import Attention
 from .output import CLIPOutput
@@ -40,6 +41,8 @@ class CLIP(nn.Module):
         super().__init__()
         self.config = config
         tower = ConvNeXt if config.vision.convnext else ModifiedResNet if config.vision.is_resnet else VisionTransformer
+        if config.vision.fastvit is not None:  # MobileCLIP's FastViT / MCi tower (models/fastvit.py)
+            tower = FastViT
         self.visual = tower(config.vision, config.embed_dim)
         if config.text.is_hf:  # a Hugging Face encoder (XLM-R, RoBERTa, BERT); imports transformers lazily
             from .hf_text import HFTextTower

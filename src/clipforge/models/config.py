@@ -81,10 +81,13 @@ class VisionConfig:
         proj_bias: the final projection has a bias (EVA-CLIP's timm head is a Linear with bias).
         conv_stem: MobileCLIP's MCi stem (models/mci_stem.py: 3 strided convs with BatchNorm) replaces the patch conv.
         no_embed_class: the positional embedding covers the patch tokens only (timm's no_embed_class; MobileCLIP).
+        fastvit: a FastViT / MCi tower (models/fastvit.py; MobileCLIP-S*, MobileCLIP2-S*): "mci" (MCi0-2: 4 stages,
+            BatchNorm attention blocks) or "mci-large" (MCi3/4: 5 stages, LayerNorm2d); layers = stage depths,
+            width = first stage width (doubled per stage), patch_size = stem stride (4), pool_type "avg".
     """
 
     image_size: int = 224
-    layers: int | tuple[int, int, int, int] = 12
+    layers: int | tuple[int, ...] = 12
     width: int = 768
     heads: int | None = None
     head_width: int = 64
@@ -116,6 +119,7 @@ class VisionConfig:
     proj_bias: bool = False
     conv_stem: bool = False
     no_embed_class: bool = False
+    fastvit: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, list):
@@ -141,10 +145,13 @@ class VisionConfig:
         _check(0.0 <= self.drop_path < 1.0, f"vision.drop_path must be in [0, 1), got {self.drop_path}")
         if not self.convnext:
             _check(
-                (self.head_proj, self.head_proj_bias, self.drop_path) == ("linear", False, 0.0),
+                (self.head_proj, self.head_proj_bias, self.drop_path if self.fastvit is None else 0.0)
+                == ("linear", False, 0.0),
                 "vision.head_proj / head_proj_bias / drop_path apply to ConvNeXt towers only (vision.convnext)",
             )
-        if self.convnext:
+        if self.fastvit is not None:
+            _check_fastvit(self)
+        elif self.convnext:
             _check_convnext(self)
         elif self.is_resnet:
             _check(
@@ -183,6 +190,8 @@ class VisionConfig:
     @property
     def grid_size(self) -> int:
         """Side of the patch grid (ViT) or of the final feature map (ResNet, stride 32)."""
+        if self.fastvit is not None:  # the final map of a FastViT (stride 32, or 64 with five stages)
+            return self.image_size // (self.patch_size * 2 ** (len(self.layers) - 1))
         return self.image_size // self.patch_size if self.patch_size and not self.convnext else self.image_size // 32
 
 
@@ -222,6 +231,24 @@ def _check_mci_options(cfg: VisionConfig) -> None:
         _check(cfg.patch_size == 16, f"vision.conv_stem strides 16: set patch_size 16, not {cfg.patch_size}")
         _check(cfg.width % 4 == 0, f"vision.conv_stem needs a width divisible by 4, got {cfg.width}")
         _check(not cfg.patch_bias, "vision.patch_bias does not apply with vision.conv_stem (its last conv has a bias)")
+
+
+def _check_fastvit(cfg: VisionConfig) -> None:
+    """A FastViT tower's shape (models/fastvit.py): stage depths, stem stride 4, an image size its stride divides;
+    options of other towers are refused rather than ignored."""
+    _check_choice("vision.fastvit", cfg.fastvit, ("mci", "mci-large"))
+    _check(not cfg.convnext, "vision.fastvit and vision.convnext are two different towers; set one")
+    _check(cfg.patch_size == 4, f"a FastViT needs vision.patch_size 4, its stem stride, got {cfg.patch_size}")
+    _check(
+        not (cfg.attentional_pool or cfg.patch_dropout or cfg.final_ln_after_pool or cfg.no_ln_pre or cfg.no_proj
+             or cfg.ls_init_value is not None),
+        "vision.attentional_pool / patch_dropout / final_ln_after_pool / no_ln_pre / no_proj / ls_init_value are "
+        "options of other towers; a FastViT takes none of them",
+    )
+    from .fastvit import check_fastvit_config  # the tower states its own shape rules
+
+    problems = check_fastvit_config(cfg)
+    _check(not problems, "; ".join(problems))
 
 
 def _check_convnext(cfg: VisionConfig) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 from ..models.config import CLIPConfig
 from ..safeio import read_text_file
 from .formats import CheckpointError
+from .openclip_mobileclip import TIMM_FASTVITS
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,10 @@ COCA = Family(
 )
 MOBILECLIP = Family(
     "MobileCLIP",
-    "a FastViT / MCi image tower with reparameterisable convolution blocks: MobileCLIP-S*, MobileCLIP2-S*",
-    "the ViT-based MobileCLIP (MobileCLIP-B, MobileCLIP2-B, MobileCLIP2-L-14), an open_clip ViT CLIP (e.g. ViT-B-16) "
-    "or a ConvNeXt CLIP (convnext_base)",
+    "reparameterised (inference-form, reparam_conv) FastViT / MobileOne blocks, Apple's original ml-mobileclip "
+    "layout, or MobileCLIP-S0's RepMixer text tower",
+    "open_clip's training-form MobileCLIP checkpoints (MobileCLIP-S1/S2, MobileCLIP2-S0/S2/S3/S4, MobileCLIP-B, "
+    "MobileCLIP2-B, MobileCLIP2-L-14), an open_clip ViT CLIP (e.g. ViT-B-16) or a ConvNeXt CLIP (convnext_base)",
 )
 SIGLIP2 = Family(
     "SigLIP 2 (NaFlex)", "variable-resolution patches through a Linear patch embedding", "SigLIP (transformers "
@@ -70,8 +72,8 @@ _HF_MODEL_TYPES: dict[str, Family] = {
     "x_clip": Family("X-CLIP", "a video model with cross-frame attention", "a transformers CLIPModel folder"),
     "flava": Family("FLAVA", "a multimodal encoder fusing both towers", "a transformers CLIPModel folder"),
 }
-# Markers of MobileCLIP's timm FastViT / MobileOne blocks (reparameterisable branches and token mixers).
-_MOBILECLIP_MARKERS = (".reparam_conv.", ".rbr_conv.", ".rbr_skip.", ".token_mixer.", ".conv_exp.")
+# Markers of FastViT / MobileOne blocks clipforge does not read: fused (reparam_conv) or Apple's original names.
+_MOBILECLIP_MARKERS = (".reparam_conv.", ".rbr_conv.", ".rbr_skip.", ".conv_exp.")
 
 
 def detect_state_dict_family(keys: Iterable[str], shapes: Mapping[str, tuple[int, ...]] | None = None) -> Family | None:
@@ -80,7 +82,10 @@ def detect_state_dict_family(keys: Iterable[str], shapes: Mapping[str, tuple[int
     if any(k.startswith("text_decoder.") for k in keys):
         bert = any(k.startswith("text_decoder.bert.") for k in keys)  # BLIP's decoder is a BERT LM
         return BLIP if bert else COCA
-    if any(k.startswith("visual.trunk.") and any(m in k for m in _MOBILECLIP_MARKERS) for k in keys):
+    # open_clip's training-form FastViT image towers are read (weights/openclip_mobileclip.py); RepMixer token
+    # mixers anywhere else (MobileCLIP-S0's text tower, Apple's `image_encoder.` layout) are not.
+    if any(any(m in k for m in _MOBILECLIP_MARKERS) or (".token_mixer." in k and not k.startswith("visual."))
+           for k in keys):
         return MOBILECLIP
     if any(k.startswith("vision_model.embeddings.convolution.") or k.startswith("vision_model.encoder.blocks.")
            for k in keys) and any(k.startswith("text_model.encoder.layer.") for k in keys):
@@ -124,8 +129,8 @@ def refuse_openclip_config(model_cfg: Any, source: str) -> None:
         raise UnsupportedFamilyError(source, COCA)
     vision = model_cfg.get("vision_cfg")
     name = vision.get("timm_model_name") if isinstance(vision, dict) else None
-    # The ViT-based MobileCLIP towers (vit_base_mci_224, ...) are read (weights/openclip_mobileclip.py).
-    if isinstance(name, str) and name.startswith(("fastvit", "mci", "mobileclip")):
+    # The ViT-based MobileCLIP towers (vit_base_mci_224, ...) and fastvit_mci0..4 are read (openclip_mobileclip.py).
+    if isinstance(name, str) and name.startswith(("fastvit", "mci", "mobileclip")) and name not in TIMM_FASTVITS:
         raise UnsupportedFamilyError(source, MOBILECLIP)
 
 

@@ -51,6 +51,8 @@ def openclip_to_clipforge_keys(state_dict: dict[str, torch.Tensor]) -> dict[str,
     """Rename an open_clip (or OpenAI) state dict to clipforge's names; tensors are not copied."""
     if openclip_convnext.TRUNK_STEM_KEY in state_dict:  # a timm ConvNeXt image tower (convnext_* models)
         state_dict = openclip_convnext.convnext_to_clipforge_keys(state_dict)
+    if openclip_mobileclip.FASTVIT_TRUNK_KEY in state_dict:  # a timm FastViT / MCi tower (MobileCLIP-S*)
+        state_dict = openclip_mobileclip.fastvit_to_clipforge_keys(state_dict)
     if openclip_siglip.is_siglip_state_dict(state_dict):  # a timm SigLIP ViT (attention pool): *-SigLIP models
         state_dict = openclip_siglip.siglip_to_clipforge_keys(state_dict)
     elif openclip_mobileclip.is_mobileclip_vit_state_dict(state_dict):  # MobileCLIP-B / MobileCLIP2-B / -L-14
@@ -77,6 +79,8 @@ def clipforge_to_openclip_keys(
     """
     if openclip_convnext.NATIVE_STEM_KEY in state_dict:  # a ConvNeXt image tower: open_clip's TimmModel names
         state_dict = openclip_convnext.clipforge_to_convnext_keys(state_dict)
+    if openclip_mobileclip.NATIVE_FASTVIT_KEY in state_dict:  # a FastViT tower: open_clip's TimmModel names
+        state_dict = openclip_mobileclip.clipforge_to_fastvit_keys(state_dict)
     if openclip_siglip.NATIVE_PROBE_KEY in state_dict:  # a SigLIP image tower: open_clip's timm ViT names
         state_dict = openclip_siglip.clipforge_to_siglip_keys(state_dict)
     if custom_text:
@@ -139,7 +143,8 @@ def config_from_openclip(
     eva = openclip_timm.is_openclip_eva(model_cfg)
     siglip = openclip_siglip.is_openclip_siglip(model_cfg)
     mobileclip = openclip_mobileclip.is_openclip_mobileclip_vit(model_cfg)
-    timm_ok = convnext or eva or siglip or mobileclip
+    fastvit = openclip_mobileclip.is_openclip_fastvit(model_cfg)  # MobileCLIP-S*, MobileCLIP2-S*
+    timm_ok = convnext or eva or siglip or mobileclip or fastvit
     _refuse_unsupported(v, {**_UNSUPPORTED_VISION, "timm_model_name": v.get("timm_model_name") if timm_ok else None},
                         "vision_cfg")
     # SigLIP 2's text tower: nn.GELU(approximate="tanh") through act_kwargs, which is clipforge's act "gelu_tanh".
@@ -186,6 +191,8 @@ def config_from_openclip(
         vision = openclip_siglip.vision_from_openclip(v)
     if mobileclip:  # a ViT-based MobileCLIP timm tower: its shape comes from the timm model name
         vision = openclip_mobileclip.vision_from_openclip(v)
+    if fastvit:  # a FastViT / MCi timm tower: its shape comes from the timm model name
+        vision = openclip_mobileclip.fastvit_vision_from_openclip(v)
     if isinstance(v.get("attentional_pool"), str):
         raise ConfigError(f"open_clip attentional_pool={v['attentional_pool']!r} (parallel/cascade) is not supported")
     no_causal = t.get("no_causal_mask", False)
@@ -273,6 +280,8 @@ def config_to_openclip(config: CLIPConfig) -> dict[str, Any]:
         vision_cfg["norm_kwargs"] = {"eps": v.layer_norm_eps}
     if v.convnext:  # a timm tower: open_clip names the timm model instead of the shape fields
         vision_cfg = openclip_convnext.vision_to_openclip(v)
+    elif v.fastvit is not None:  # a timm FastViT / MCi tower (fastvit_mci*)
+        vision_cfg = openclip_mobileclip.fastvit_vision_to_openclip(v)
     elif timm_vit and v.pool_type == "map":  # a timm SigLIP ViT (vit_*_siglip_*)
         vision_cfg = openclip_siglip.vision_to_openclip(v)
     elif timm_vit:  # a timm EVA02 ViT (eva02_*_clip_*)

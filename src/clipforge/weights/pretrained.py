@@ -213,6 +213,14 @@ def _entries() -> list[PretrainedWeights]:
         PretrainedWeights("MobileCLIP-B", "datacompdr_lt", "apple/MobileCLIP-B-LT-OpenCLIP", **unit),
         PretrainedWeights("MobileCLIP2-B", "dfndr2b", "timm/MobileCLIP2-B-OpenCLIP", **unit),
         PretrainedWeights("MobileCLIP2-L-14", "dfndr2b", "timm/MobileCLIP2-L-14-OpenCLIP"),
+        # FastViT / MCi MobileCLIP: S1, S2 and MobileCLIP2-S0/S2 unnormalised, MobileCLIP2-S3/S4 OpenAI's
+        # normalisation; all bilinear, shortest side (open_clip's _mccfg / _mc2cfg).
+        PretrainedWeights("MobileCLIP-S1", "datacompdr", "apple/MobileCLIP-S1-OpenCLIP", **unit),
+        PretrainedWeights("MobileCLIP-S2", "datacompdr", "apple/MobileCLIP-S2-OpenCLIP", **unit),
+        PretrainedWeights("MobileCLIP2-S0", "dfndr2b", "timm/MobileCLIP2-S0-OpenCLIP", **unit),
+        PretrainedWeights("MobileCLIP2-S2", "dfndr2b", "timm/MobileCLIP2-S2-OpenCLIP", **unit),
+        PretrainedWeights("MobileCLIP2-S3", "dfndr2b", "timm/MobileCLIP2-S3-OpenCLIP", interpolation="bilinear"),
+        PretrainedWeights("MobileCLIP2-S4", "dfndr2b", "timm/MobileCLIP2-S4-OpenCLIP", interpolation="bilinear"),
     ]
     return out
 
