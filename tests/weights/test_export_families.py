@@ -80,7 +80,8 @@ def _zero_key_bias(model):
 
 
 def _check_openclip_round_trip(model, folder, pad_id):
-    theirs = open_clip.create_model(f"local-dir:{folder}", pretrained=str(folder / "open_clip_model.safetensors"))
+    # open_clip's own loading of the folder: config from open_clip_config.json, weights from the folder
+    theirs = open_clip.create_model(f"local-dir:{folder}", require_pretrained=True)
     ref_i, ref_t = _features(model, pad_id)
     got_i, got_t = _features(theirs.eval(), pad_id)
     di, dt = (got_i - ref_i).abs().max().item(), (got_t - ref_t).abs().max().item()
@@ -127,7 +128,9 @@ def test_eva02_without_projection_bias_uses_open_clips_head_proj(monkeypatch, tm
     assert "visual.head.proj.weight" in theirs.state_dict()
 
 
-@pytest.mark.parametrize("name", ["ViT-B-16-SigLIP", "ViT-SO400M-14-SigLIP-378", "EVA02-B-16", "EVA02-L-14-336"])
+@pytest.mark.parametrize(
+    "name", ["ViT-B-16-SigLIP", "ViT-SO400M-14-SigLIP-378", "ViT-B-32-SigLIP2-256", "EVA02-B-16", "EVA02-L-14-336"]
+)
 def test_full_size_written_config_is_open_clips(name):
     """The written model config builds open_clip's own model for that name (meta device): same keys, same shapes;
     clipforge reads the config back to the named config."""
