@@ -36,12 +36,25 @@ def _config(name_or_model: ModelLike, cache_dir: str | None = None) -> CLIPConfi
 
 
 def get_tokenizer(
-    name_or_model: ModelLike = "ViT-B-32", context_length: int | None = None, cache_dir: str | None = None
+    name_or_model: ModelLike = "ViT-B-32",
+    context_length: int | None = None,
+    cache_dir: str | None = None,
+    *,
+    language: str | None = None,
 ) -> CLIPTokenizer:
-    """A callable `texts -> LongTensor[N, context_length]` matching the model's text tower."""
+    """A callable `texts -> LongTensor[N, context_length]` matching the model's text tower.
+
+    `language` applies to NLLB-CLIP only: the language code each text is framed with (e.g. "fra_Latn"), since
+    NLLB's encoder reads it first; default the tokenizer's `src_lang`, else "eng_Latn" (what open_clip gives).
+    """
     config = _config(name_or_model, cache_dir)
     if config.text.is_hf:  # a Hugging Face text tower takes its own vocabulary (text/hf_tokenizer.py)
-        return _hf_tokenizer(config, context_length, cache_dir)
+        return _hf_tokenizer(config, context_length, cache_dir, language)
+    if language is not None:
+        raise ValueError(
+            f"language={language!r} applies to NLLB-CLIP's tokenizer only; this model's text tower is not an NLLB "
+            "encoder (its tokenizer takes no language code)"
+        )
     local = isinstance(name_or_model, str) and name_or_model.startswith(LOCAL_DIR_PREFIX)
     if local and config.vision.pool_type == "map":
         from .text.sentencepiece import find_spiece_model, find_tokenizer_json, load_siglip_tokenizer
@@ -84,7 +97,7 @@ def _sentencepiece_tokenizer(name_or_model: ModelLike, config: CLIPConfig, conte
     return SentencePieceTokenizer(source, length)
 
 
-def _hf_tokenizer(config: CLIPConfig, context_length: int | None, cache_dir: str | None):
+def _hf_tokenizer(config: CLIPConfig, context_length: int | None, cache_dir: str | None, language: str | None = None):
     from .text.hf_tokenizer import HFTokenizer
 
     # A CLIP text transformer naming a tokenizer (MetaCLIP 2's XLM-V) reads it as open_clip does: its HFTokenizer,
@@ -96,7 +109,7 @@ def _hf_tokenizer(config: CLIPConfig, context_length: int | None, cache_dir: str
             "build one with clipforge.text.hf_tokenizer.HFTokenizer(folder_with_tokenizer_json)"
         )
     length = context_length or config.text.context_length
-    return HFTokenizer(source, length, cache_dir=cache_dir, clean=config.text.tokenizer_clean)
+    return HFTokenizer(source, length, cache_dir=cache_dir, clean=config.text.tokenizer_clean, language=language)
 
 
 def get_preprocess(name_or_model: ModelLike | PreprocessConfig = "ViT-B-32", train: bool = False, **train_options):

@@ -153,7 +153,7 @@ def test_nllb_language_code(family):
         with pytest.raises(ValueError, match="NLLB tokenizers only"):
             HFTokenizer(folder, language="fra_Latn")
         return
-    ours = HFTokenizer(folder, 20, language="fra_Latn")
+    ours = clipforge.get_tokenizer(_config(family[2], name, folder), 20, language="fra_Latn")
     theirs.tokenizer.src_lang = "fra_Latn"  # open_clip's language= is reset by transformers on every call
     try:
         assert torch.equal(ours(TEXTS), theirs(TEXTS, context_length=20))
@@ -162,6 +162,8 @@ def test_nllb_language_code(family):
     assert "fra_Latn" in repr(ours)
     with pytest.raises(ValueError, match="not a language code"):
         HFTokenizer(folder, language="xx_Yyyy")
+    with pytest.raises(ValueError, match="NLLB-CLIP's tokenizer only"):
+        clipforge.get_tokenizer("ViT-B-32", language="fra_Latn")
 
 
 def test_text_features_match_open_clip(family):
@@ -295,3 +297,23 @@ def test_openclip_folder_round_trip(family, tmp_path):
     assert (got - want).abs().max().item() <= TOL
     state = {**reference.state_dict(), "text.transformer.embed_positions.weights": torch.zeros(3, 32)}
     assert "text.transformer.embed_positions.weights" not in clean_hf_text_state_dict(state)
+
+
+def test_t5_tower_matches_transformers_t5_encoder():
+    """open_clip lists no "t5" architecture, so the reference is transformers' T5EncoderModel, same weights:
+    mean pooling over the non-padding positions of its last hidden state, then the projection."""
+    fields = {**_mt5_fields(64), "model_type": "t5", "dropout_rate": 0.0}
+    torch.manual_seed(0)
+    model = CLIP(_config(fields, "mt5")).eval()
+    assert type(model.text.transformer).__name__ == "T5Stack"
+    t5_config = transformers.T5Config(**{k: v for k, v in fields.items() if k != "model_type"})
+    reference = transformers.T5EncoderModel(t5_config)
+    reference.encoder.load_state_dict(model.text.transformer.state_dict())
+    tokens = torch.randint(2, 64, (3, 12), generator=torch.Generator().manual_seed(2))
+    tokens[0, 8:] = 0  # right padding (pad id 0)
+    mask = (tokens != 0).long()
+    with torch.no_grad():
+        hidden = reference.eval()(input_ids=tokens, attention_mask=mask).last_hidden_state  # (3, 12, 32)
+        weights = mask.unsqueeze(-1).float()
+        expected = model.text.proj((hidden * weights).sum(dim=1) / weights.sum(dim=1))  # (3, 24)
+        assert_close_rel(model.text(tokens), expected, 1e-5, "t5 text tower")
