@@ -273,3 +273,36 @@ def test_unsupported_timm_options_and_fused_checkpoints_are_refused():
         refuse_state_dict(text_repmixer, "ckpt")
     training_form = {"visual.trunk.stages.0.blocks.0.token_mixer.mixer.conv_kxk.0.conv.weight": torch.zeros(1)}
     refuse_state_dict(training_form, "ckpt")  # open_clip's own layout: read, not refused
+
+
+def test_native_round_trip_keeps_batchnorm_statistics_and_a_fused_tower_is_not_saved(tmp_path):
+    model = _tiny("mci-large").eval()
+    with torch.no_grad():
+        for mod in model.visual.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.normal_(0, 0.1)
+                mod.running_var.uniform_(0.5, 1.5)
+    images = torch.randn(2, 3, 64, 64)
+    clipforge.save_model(model, tmp_path / "cf")
+    loaded = clipforge.load_model(tmp_path / "cf").eval()
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_image(images), model.encode_image(images))
+    model.visual.reparameterize()
+    with pytest.raises(clipforge.weights.formats.CheckpointError, match="reparameterised"):
+        clipforge.save_model(model, tmp_path / "fused")
+    assert not (tmp_path / "fused").exists()
+
+
+def test_forward_is_the_full_computation_and_the_cli_names_the_tower(capsys):
+    """No inference shortcut applies to a FastViT (the average pool reads every position): forward equals
+    forward_tokens' pooled output; `clipforge models` lists the family by tower."""
+    model = _tiny().eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.visual(images), model.visual.forward_tokens(images)[0])
+    from clipforge.cli.models import main
+
+    assert main(["--json"]) == 0
+    rows = {row["model"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["MobileCLIP2-S0"]["image"] == "FastViT-MCi/4st" and rows["MobileCLIP2-S4"]["image"] == "FastViT-MCi/5st"
+    assert rows["MobileCLIP2-S3"]["image_size"] == 256 and rows["MobileCLIP2-S3"]["embed_dim"] == 768

@@ -25,6 +25,8 @@ def _tower_name(cfg) -> str:
     MobileCLIP's convolutional stem)."""
     if cfg.vision.convnext:
         return "ConvNeXt"
+    if cfg.vision.fastvit is not None:  # MobileCLIP's FastViT: MCi0-2 (4 stages) or MCi3/4 (5 stages)
+        return f"FastViT-MCi/{len(cfg.vision.layers)}st"
     if cfg.vision.is_resnet:
         return "ModifiedResNet"
     kind = "EVA-ViT" if cfg.vision.rope else "MCi-ViT" if cfg.vision.conv_stem else "ViT"

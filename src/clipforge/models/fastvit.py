@@ -414,6 +414,7 @@ class FastViT(nn.Module):
         self.head = ClassifierHead(2 * dims[-1], output_dim)
         self.grad_checkpointing = False
         self.any_size = False
+        self.reparameterized = False  # set by reparameterize(); weights/loading.save_model refuses a fused tower
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -453,6 +454,7 @@ class FastViT(nn.Module):
         for module in list(self.modules()):
             if module is not self and hasattr(module, "reparameterize"):
                 module.reparameterize()
+        self.reparameterized = True
         return self
 
     def parameter_groups(self) -> list[list[nn.Module]]:

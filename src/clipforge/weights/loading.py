@@ -534,6 +534,12 @@ def _read_hub_repo(repo: str, arch, allow_unsafe_pickle, cache_dir, revision):
 def save_model(model: CLIP, path: str | Path, format: SaveFormat = "clipforge") -> Path:
     """Write `model` to folder `path` as clipforge (default), OpenCLIP hub layout, or HF `CLIPModel`."""
     families.check_writable(model.config, format)  # refuse before writing a folder that would not load
+    if getattr(model.visual, "reparameterized", False):  # a fused FastViT: no checkpoint layout holds it
+        raise CheckpointError(
+            "this model's FastViT image tower was reparameterised (model.visual.reparameterize(): the inference "
+            "form, branches and BatchNorms folded), which no checkpoint format holds; save the training-form model "
+            "and call reparameterize() after loading it"
+        )
     folder = Path(path)
     state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if format == "clipforge":
