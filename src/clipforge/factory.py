@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 
 from .image import build_transform
 from .models.clip import CLIP
@@ -21,6 +22,7 @@ from .weights.hub import HUB_PREFIX
 from .weights.loading import LOCAL_DIR_PREFIX, read_config
 
 ModelLike = CLIP | CLIPConfig | str
+_HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # huggingface_hub's org/name form
 
 
 def _config(name_or_model: ModelLike, cache_dir: str | None = None) -> CLIPConfig:
@@ -68,7 +70,7 @@ def get_tokenizer(
             config = config.replace(text=dataclasses.replace(config.text, hf_tokenizer_name=folder))
         return _hf_tokenizer(config, context_length, cache_dir)
     if config.text.hf_tokenizer_name:  # SigLIP: a SentencePiece vocabulary (text/sentencepiece.py)
-        return _sentencepiece_tokenizer(name_or_model, config, context_length)
+        return _sentencepiece_tokenizer(name_or_model, config, context_length, cache_dir)
     if config.text.vocab_size != 49408:
         raise ValueError(
             f"this model's text tower has vocab_size {config.text.vocab_size}; only CLIP's BPE (49408) ships "
@@ -77,9 +79,18 @@ def get_tokenizer(
     return CLIPTokenizer(context_length=context_length or config.text.context_length)
 
 
-def _sentencepiece_tokenizer(name_or_model: ModelLike, config: CLIPConfig, context_length: int | None):
-    """SigLIP's tokenizer from the checkpoint folder's spiece.model (`local-dir:` names) or from
-    `text.hf_tokenizer_name` when that is a folder; a hub name is refused with what to pass instead."""
+def _sentencepiece_tokenizer(
+    name_or_model: ModelLike, config: CLIPConfig, context_length: int | None, cache_dir: str | None = None
+):
+    """SigLIP's / SigLIP 2's tokenizer as open_clip reads it (its configs' tokenizer_kwargs clean="canonicalize").
+
+    Source: the checkpoint folder's spiece.model (`local-dir:` names), else `text.hf_tokenizer_name`: a local
+    folder, or a hub repository (the named configs': "timm/ViT-B-16-SigLIP2") whose tokenizer files are downloaded
+    through huggingface_hub's cache (weights/hub.py: HF_ENDPOINT, HF_HUB_OFFLINE respected). A spiece.model is
+    SigLIP's SentencePiece vocabulary; a tokenizer.json (SigLIP 2's Gemma vocabulary) is framed by its own
+    post-processor, truncated and right-padded, as open_clip's HFTokenizer does.
+    """
+    from .text.hf_tokenizer import HFTokenizer
     from .text.sentencepiece import SentencePieceTokenizer, find_spiece_model
 
     length = context_length or config.text.context_length
@@ -88,13 +99,24 @@ def _sentencepiece_tokenizer(name_or_model: ModelLike, config: CLIPConfig, conte
         if find_spiece_model(folder) is not None:
             return SentencePieceTokenizer(folder, length)
     source = config.text.hf_tokenizer_name
-    if find_spiece_model(source) is None:
-        raise ValueError(
-            f"this model's SentencePiece tokenizer is {source!r}, which is not a local folder holding spiece.model; "
-            "download that repository's spiece.model and pass the folder: "
-            "clipforge.text.sentencepiece.SentencePieceTokenizer(folder, context_length)"
-        )
-    return SentencePieceTokenizer(source, length)
+    if not os.path.exists(source):
+        if not _HUB_REPO_ID.fullmatch(source):
+            raise ValueError(
+                f"this model's tokenizer is {source!r}, which is neither a local folder nor a hub repository id "
+                "(org/name); set text.hf_tokenizer_name to the folder holding its spiece.model or tokenizer.json"
+            )
+        from .weights.hub import download_tokenizer
+
+        what = f"tokenizer {source!r} (text.hf_tokenizer_name)"
+        source = os.fspath(download_tokenizer(source, what=what, cache=cache_dir))
+    if find_spiece_model(source) is not None:
+        return SentencePieceTokenizer(source, length)
+    if os.path.isfile(os.path.join(source, "tokenizer.json")):
+        return HFTokenizer(source, length, clean="canonicalize")
+    raise ValueError(
+        f"this model's tokenizer folder {source!r} holds neither spiece.model (SigLIP) nor tokenizer.json "
+        "(SigLIP 2); point text.hf_tokenizer_name at the checkpoint folder or hub repository that has one"
+    )
 
 
 def _hf_tokenizer(config: CLIPConfig, context_length: int | None, cache_dir: str | None, language: str | None = None):

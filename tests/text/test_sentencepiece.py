@@ -96,14 +96,16 @@ def test_bad_sources_are_refused_clearly(tmp_path, spiece_dir):
 
 def test_get_tokenizer_for_siglip_configs(spiece_dir):
     """A SigLIP config records its vocabulary in text.hf_tokenizer_name: a folder gives the SentencePiece
-    tokenizer at the model's context length; a hub name (the named configs') is refused saying what to pass."""
+    tokenizer at the model's context length; a hub name (the named configs') is downloaded (tests/text/
+    test_hub_tokenizer.py); a name that is neither is refused saying what to set."""
     import clipforge
     from clipforge.models import get_model_config
 
     base = get_model_config("ViT-B-16-SigLIP")
     assert base.text.hf_tokenizer_name == "timm/ViT-B-16-SigLIP"
-    with pytest.raises(ValueError, match="spiece.model"):
-        clipforge.get_tokenizer(base)
+    missing = base.replace(text=dataclasses.replace(base.text, hf_tokenizer_name="/no/such/siglip/folder"))
+    with pytest.raises(ValueError, match="neither a local folder nor a hub repository"):
+        clipforge.get_tokenizer(missing)
     local = base.replace(text=dataclasses.replace(base.text, hf_tokenizer_name=str(spiece_dir)))
     tok = clipforge.get_tokenizer(local)
     assert isinstance(tok, SentencePieceTokenizer) and tok("a cat").shape == (1, 64)

@@ -159,6 +159,33 @@ def download_first(
     )
 
 
+# A tokenizer repository's main file, in the order tried: SigLIP's SentencePiece model, else a `tokenizers` file
+# (SigLIP 2's Gemma vocabulary); and the files beside it that say its special tokens.
+TOKENIZER_FILES = ("spiece.model", "tokenizer.json")
+TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json")
+
+
+def download_tokenizer(
+    repo_id: str, *, what: str, revision: str | None = None, cache: str | Path | None = None
+) -> Path:
+    """The local folder (huggingface_hub's snapshot of `repo_id`) holding the repository's tokenizer files.
+
+    The first of `TOKENIZER_FILES` the repository has is downloaded with the `TOKENIZER_SIDE_FILES` it has (one
+    snapshot folder, so they lie together as the tokenizer readers expect); the weights are not. Offline
+    (HF_HUB_OFFLINE=1, or the hub unreachable) the cache serves; a miss is a `HubDownloadError` naming the
+    repository and what to do.
+    """
+    try:
+        main = download_first(repo_id, list(TOKENIZER_FILES), what=what, revision=revision, cache=cache)
+    except HubDownloadError as exc:
+        if not hf_constants.HF_HUB_OFFLINE:  # download_first already says what to do when the hub is unreachable
+            raise
+        raise HubDownloadError(f"{exc}. {offline_note()}") from exc
+    for name in TOKENIZER_SIDE_FILES:
+        download_optional(repo_id, name, revision, cache)
+    return main.parent
+
+
 def download_optional(repo_id: str, filename: str, revision: str | None = None, cache: str | Path | None = None):
     """The local path of an optional file, or None when the repository does not have it."""
     if _offline_reason() is not None:
