@@ -93,15 +93,37 @@ def _check_openclip_round_trip(model, folder, pad_id):
     assert sorted(ours) == sorted(again)
     for key, value in ours.items():
         assert torch.equal(again[key], value), key
+    # and the other way: the open_clip folder read by clipforge and written again is the same file content
+    from safetensors.torch import load_file
+
+    again_dir = save_model(back, folder.parent / "again", "openclip")
+    first, second = (load_file(d / "open_clip_model.safetensors") for d in (folder, again_dir))
+    assert sorted(first) == sorted(second) == sorted(theirs.state_dict())
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert (folder / "open_clip_config.json").read_bytes() == (again_dir / "open_clip_config.json").read_bytes()
     return theirs
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "writable"),
+    [("ViT-B-16-SigLIP", "openclip", True), ("EVA02-L-14", "openclip", True), ("MobileCLIP-B", "openclip", False),
+     ("MobileCLIP2-L-14", "openclip", False), ("EVA02-B-16", "hf", True)],
+)
+def test_check_writable_accepts_exactly_the_named_timm_towers(name, fmt, writable):
+    """SigLIP / EVA02 named towers are writable as open_clip; MobileCLIP's ViTs stay refused with their reason
+    (the hf writer checks EVA02 itself: transformers' CLIPModel cannot hold it, tests/weights/test_unsupported_*)."""
+    why = writable_refusal(get_model_config(name), fmt)
+    assert (why is None) == writable, why
+    if not writable:
+        assert "--to clipforge" in why
 
 
 def test_siglip_writes_an_open_clip_folder_open_clip_loads(monkeypatch, tmp_path):
     _shrink_timm(monkeypatch, openclip_siglip.TIMM_SIGLIP_TOWERS, "vit_base_patch16_siglip_224", SMALL_ROW)
     model = _randomised(_small_siglip())
     check_writable(model.config, "openclip")
-    save_model(model, tmp_path, "openclip")
-    theirs = _check_openclip_round_trip(model, tmp_path, pad_id=1)
+    save_model(model, tmp_path / "oc", "openclip")
+    theirs = _check_openclip_round_trip(model, tmp_path / "oc", pad_id=1)
     assert isinstance(theirs, open_clip.CustomTextCLIP)
     assert torch.equal(theirs.logit_bias.detach().reshape(()), model.logit_bias.detach())
 
@@ -110,11 +132,11 @@ def test_eva02_writes_an_open_clip_folder_open_clip_loads(monkeypatch, tmp_path)
     _shrink_timm(monkeypatch, openclip_timm.TIMM_EVA_TOWERS, "eva02_base_patch16_clip_224", SMALL_ROW)
     model = _randomised(_small_eva())
     with pytest.raises(ConfigError, match="nonzero key bias"):  # rope makes a key bias matter: refused, not dropped
-        save_model(model, tmp_path, "openclip")
-    assert not any(tmp_path.iterdir())  # refused before any file was written
+        save_model(model, tmp_path / "oc", "openclip")
+    assert not (tmp_path / "oc").exists()  # refused before any file was written
     _zero_key_bias(model)
-    save_model(model, tmp_path, "openclip")
-    _check_openclip_round_trip(model, tmp_path, pad_id=0)
+    save_model(model, tmp_path / "oc", "openclip")
+    _check_openclip_round_trip(model, tmp_path / "oc", pad_id=0)
 
 
 def test_eva02_without_projection_bias_uses_open_clips_head_proj(monkeypatch, tmp_path):
@@ -123,8 +145,8 @@ def test_eva02_without_projection_bias_uses_open_clips_head_proj(monkeypatch, tm
     cfg = _small_eva()
     model = _randomised(cfg.replace(vision=dataclasses.replace(cfg.vision, proj_bias=False)))
     _zero_key_bias(model)
-    save_model(model, tmp_path, "openclip")
-    theirs = _check_openclip_round_trip(model, tmp_path, pad_id=0)
+    save_model(model, tmp_path / "oc", "openclip")
+    theirs = _check_openclip_round_trip(model, tmp_path / "oc", pad_id=0)
     assert "visual.head.proj.weight" in theirs.state_dict()
 
 
