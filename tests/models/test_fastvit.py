@@ -306,3 +306,41 @@ def test_forward_is_the_full_computation_and_the_cli_names_the_tower(capsys):
     rows = {row["model"]: row for row in json.loads(capsys.readouterr().out)}
     assert rows["MobileCLIP2-S0"]["image"] == "FastViT-MCi/4st" and rows["MobileCLIP2-S4"]["image"] == "FastViT-MCi/5st"
     assert rows["MobileCLIP2-S3"]["image_size"] == 256 and rows["MobileCLIP2-S3"]["embed_dim"] == 768
+
+
+def test_fsdp2_units_are_the_blocks_and_the_towers():
+    from clipforge.train.sharding import _sharded_units
+
+    model = _tiny("mci-large")
+    units = _sharded_units(model)
+    blocks = [b for stage in model.visual.stages for b in stage.blocks]
+    assert units[: len(blocks)] == blocks and len(blocks) == 5
+    assert units[-2:] == [model.visual, model.text]
+
+
+def test_fsdp2_training_on_two_processes_matches_one_process(tmp_path):
+    """Two gloo CPU ranks shard a tiny FastViT as the trainer does and backpropagate their own images (BatchNorm in
+    training mode); FSDP2's averaged gradients equal one process's mean over both ranks' batches."""
+    import importlib.util
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker_path = Path(__file__).with_name("fastvit_fsdp_worker.py")
+    spec = importlib.util.spec_from_file_location("fastvit_fsdp_worker", worker_path)
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "grads.safetensors"
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    subprocess.run([sys.executable, str(worker_path), str(port), str(out)], check=True, timeout=300, env=env)
+    sharded = load_file(out)
+    model = worker.tiny_fastvit().train()
+    loss = sum(model.encode_image(worker.images(rank)).pow(2).sum() for rank in (0, 1)) / 2
+    loss.backward()
+    params = dict(model.named_parameters())
+    for name in worker.CHECKED:
+        assert_close_rel(sharded[name], params[name].grad, rel=1e-5, what=name)

@@ -418,15 +418,15 @@ class FastViT(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """timm's FastViT initialisation: truncated normal (std 0.02) for Linear and the MLPs' 1x1 convs, zero
-        biases; the other convolutions keep PyTorch's default (as timm leaves them)."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear) or (isinstance(module, ConvMlp)):
-                targets = [module] if isinstance(module, nn.Linear) else [module.fc1, module.fc2]
-                for t in targets:
-                    nn.init.trunc_normal_(t.weight, std=0.02)
-                    if t.bias is not None:
-                        nn.init.zeros_(t.bias)
+        """timm's FastViT initialisation: truncated normal (std 0.02) for every Linear and every convolution of the
+        ConvMlps (depthwise 7x7, fc1, fc2), zero biases; the other convolutions keep PyTorch's default, as in timm."""
+        linear = [m for m in self.modules() if isinstance(m, nn.Linear)]
+        mlps = [m for m in self.modules() if isinstance(m, ConvMlp)]
+        mlp_convs = [c for m in mlps for c in m.modules() if isinstance(c, nn.Conv2d)]
+        for module in linear + mlp_convs:
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
 
     @property
     def stride(self) -> int:
@@ -456,6 +456,11 @@ class FastViT(nn.Module):
                 module.reparameterize()
         self.reparameterized = True
         return self
+
+    def shard_units(self) -> list[nn.Module]:
+        """The FSDP2 units (train/sharding.py): every RepMixer / attention block; the stem, downsamples, final_conv
+        and head stay in the tower's own unit."""
+        return [block for stage in self.stages for block in stage.blocks]
 
     def parameter_groups(self) -> list[list[nn.Module]]:
         """Groups in forward order for tower locking (models/freeze.py): [stem], each stage, [final_conv],

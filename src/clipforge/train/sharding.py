@@ -27,7 +27,9 @@ _REPLICATED = ("logit_scale", "logit_bias")
 
 def _sharded_units(model: CLIP) -> list[nn.Module]:
     units: list[nn.Module] = []
-    if not isinstance(model.visual, ModifiedResNet):
+    if hasattr(model.visual, "shard_units"):  # convolutional towers that name their own units (FastViT blocks)
+        units += model.visual.shard_units()
+    elif not isinstance(model.visual, ModifiedResNet):
         units += list(model.visual.transformer.resblocks)
     if model.config.text.is_hf:  # a Hugging Face encoder: one unit per encoder layer (BertLayer/XLMRobertaLayer)
         units += list(getattr(model.text.transformer, "encoder", model.text.transformer).layer)
