@@ -490,8 +490,10 @@ def write_hf_dir(model: CLIP | tuple[CLIPConfig, Mapping[str, torch.Tensor]], pa
     directory and is renamed into place, weights first, so an interrupted write leaves no partial file.
     """
     cfg, sd = (model.config, model.state_dict()) if isinstance(model, CLIP) else model
-    from . import hf_siglip
+    from . import hf_siglip, hf_siglip2
 
+    if hf_siglip2.is_siglip2(cfg):  # SigLIP 2 (Gemma vocabulary): a fixed-size transformers Siglip2Model
+        return hf_siglip2.write_hf_siglip2_dir((cfg, sd), path)
     if hf_siglip.is_siglip(cfg):  # SigLIP-shaped models are written as a transformers SiglipModel
         return hf_siglip.write_hf_siglip_dir((cfg, sd), path)
     if cfg.text.is_hf:  # an HF text encoder: AltCLIPModel / ChineseCLIPModel, or refused there naming why

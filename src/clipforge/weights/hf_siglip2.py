@@ -15,6 +15,14 @@ clipforge's ViT has one fixed input size. A NaFlex checkpoint whose processor ke
 grid (google/siglip2-*-naflex ship 256 patches and a 16x16 grid) is read at that square size; on square images
 of that size its features are transformers' (tests/weights/test_hf_siglip2.py).
 
+Writing (`write_hf_siglip2_dir`, and `save_model(model, dir, format="hf")` for a SigLIP-shaped model with SigLIP 2's
+Gemma vocabulary) is the same correspondence backwards: the conv kernel becomes the patch Linear, the position grid
+is the model's fixed g x g (`num_patches` = g*g), and preprocessor_config.json is a Siglip2ImageProcessor whose
+`max_num_patches` is g*g, so a square image comes out at exactly the model's size. What a Siglip2Model cannot hold
+is refused (SiglipModel's refusals: class token, ln_pre, image projection, causal text, no logit bias, ...).
+Non-square images are a difference transformers' side adds: its processor keeps their
+aspect ratio (NaFlex) where clipforge squashes them, so only square images give the same features in both.
+
 Reference: transformers `models/siglip2/modeling_siglip2.py` (Siglip2VisionEmbeddings) and
 `image_processing_siglip2.py` (convert_image_to_patches: (C, H, W) -> (g*g, P*P*C), patch order row-major).
 """
@@ -30,12 +38,23 @@ from typing import Any
 
 import torch
 
+from ..atomic import atomic_write_bytes
+from ..models.clip import CLIP
 from ..models.config import CLIPConfig, ConfigError, PreprocessConfig
 from ..safeio import read_text_file
 from .formats import CheckpointError, reading_config
-from .hf import CONFIG_NAME, _number, _sub_config, read_hf_state_dict
-from .hf_processor import PREPROCESSOR_NAME
-from .hf_siglip import SIGLIP_PREPROCESS, config_from_hf_siglip, hf_siglip_to_clipforge
+from .hf import CONFIG_NAME, SAFE_WEIGHTS_NAME, _number, _sub_config, read_hf_state_dict
+from .hf_processor import PIL_RESAMPLE, PREPROCESSOR_NAME, _interpolation
+from .hf_siglip import (
+    SIGLIP_PREPROCESS,
+    _refusals,
+    clipforge_to_hf_siglip,
+    config_from_hf_siglip,
+    config_to_hf_siglip,
+    hf_siglip_to_clipforge,
+    is_siglip,
+)
+from .native import atomic_save_safetensors
 
 MODEL_TYPE = "siglip2"
 PATCH_KEY = "vision_model.embeddings.patch_embedding.weight"
@@ -107,6 +126,8 @@ def _preprocess(folder: Path, cfg: CLIPConfig) -> PreprocessConfig:
                     isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)):
                 raise ConfigError(f"{key}={value!r} must be a list of three numbers (RGB)")
             stats[field] = tuple(float(x) for x in value)
+        if "resample" in data:  # PIL's code, as transformers stores it (Siglip2ImageProcessor's default: bilinear)
+            stats["interpolation"] = _interpolation(data["resample"], PREPROCESSOR_NAME)
         return base.__class__(**{**{f: getattr(base, f) for f in ("size", "interpolation", "resize_mode")},
                                  **stats})
 
@@ -165,11 +186,100 @@ def read_hf_siglip2_dir(path: str | os.PathLike) -> tuple[CLIPConfig, dict[str, 
     return cfg, hf_siglip2_to_clipforge(read_hf_state_dict(folder), cfg)
 
 
+# ---------------------------------------------------------------------------------------------- write
+
+GEMMA_VOCAB_SIZE = 256000  # SigLIP 2's vocabulary; SigLIP's are 32000 (English) and 250000 (i18n)
+
+
+def is_siglip2(cfg: CLIPConfig) -> bool:
+    """Whether `save_model(..., format="hf")` writes `cfg` as a Siglip2Model: SigLIP-shaped with SigLIP 2's Gemma
+    vocabulary (the named *-SigLIP2* configs, folders read from Siglip2Model). `write_hf_siglip2_dir` writes any
+    SigLIP-shaped model as one."""
+    return is_siglip(cfg) and cfg.text.vocab_size == GEMMA_VOCAB_SIZE
+
+
+def config_to_hf_siglip2(cfg: CLIPConfig) -> dict[str, Any]:
+    """A transformers `Siglip2Model` config.json (as a dict) for a SigLIP-shaped `cfg` at its fixed square size."""
+    refused = _refusals(cfg)  # SiglipModel's: Siglip2Model's towers are the same
+    if refused:
+        raise ConfigError("transformers' Siglip2Model cannot express this model: it has " + "; ".join(refused))
+    siglip = config_to_hf_siglip(cfg)
+    v = cfg.vision  # image_size is a whole number of patches (VisionConfig checks): a g x g grid
+    vision = {k: value for k, value in siglip["vision_config"].items() if k != "image_size"}
+    vision.update(model_type="siglip2_vision_model", num_patches=(v.image_size // v.patch_size) ** 2)
+    text = {**siglip["text_config"], "model_type": "siglip2_text_model"}
+    return {"architectures": ["Siglip2Model"], "model_type": MODEL_TYPE, "text_config": text, "vision_config": vision}
+
+
+def conv_patch_to_linear(weight: torch.Tensor) -> torch.Tensor:
+    """clipforge's conv kernel (D, C, P, P) -> Siglip2's patch Linear weight (D, P*P*C), inputs (row, col, channel)."""
+    width = weight.shape[0]
+    return weight.permute(0, 2, 3, 1).reshape(width, -1).contiguous()
+
+
+def clipforge_to_hf_siglip2(sd: Mapping[str, torch.Tensor], cfg: CLIPConfig) -> dict[str, torch.Tensor]:
+    """clipforge `CLIP` state dict -> transformers `Siglip2Model` state dict for a SigLIP-shaped `cfg`."""
+    tensors = clipforge_to_hf_siglip(sd, cfg)
+    tensors[PATCH_KEY] = conv_patch_to_linear(tensors[PATCH_KEY])
+    return tensors
+
+
+def preprocessor_to_hf_siglip2(cfg: CLIPConfig) -> dict[str, Any]:
+    """A Siglip2ImageProcessor preprocessor_config.json (as a dict): square images come out at the model's size.
+
+    `max_num_patches` is the model's g*g grid, so the processor resizes a square image to g*P pixels a side (and
+    pads nothing); interpolation and normalisation are the model's. Non-square images keep their aspect ratio
+    there (NaFlex) where clipforge squashes or crops them.
+    """
+    pre, v = cfg.preprocess, cfg.vision
+    return {
+        "image_processor_type": "Siglip2ImageProcessor",
+        "do_convert_rgb": True,
+        "do_resize": True,
+        "resample": PIL_RESAMPLE[pre.interpolation],
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(pre.mean),
+        "image_std": list(pre.std),
+        "patch_size": v.patch_size,
+        "max_num_patches": (v.image_size // v.patch_size) ** 2,
+    }
+
+
+def write_hf_siglip2_dir(model: CLIP | tuple[CLIPConfig, Mapping[str, torch.Tensor]], path: str | os.PathLike) -> Path:
+    """Write config.json + model.safetensors + preprocessor_config.json that transformers' `Siglip2Model` and
+    `Siglip2ImageProcessor` load; the model's own tokenizer files are not written (clipforge holds none).
+
+    Every file goes to a temporary name and is renamed into place, weights first, so an interrupted write leaves
+    no partial file. A model Siglip2Model cannot express is refused (ConfigError naming what) before anything is
+    written.
+    """
+    cfg, sd = (model.config, model.state_dict()) if isinstance(model, CLIP) else model
+    hf_config = config_to_hf_siglip2(cfg)
+    tensors = clipforge_to_hf_siglip2(sd, cfg)
+    dtypes = {t.dtype for t in tensors.values()}
+    if len(dtypes) == 1:
+        hf_config["dtype"] = str(dtypes.pop()).removeprefix("torch.")
+    folder = Path(path)
+    atomic_save_safetensors(tensors, folder / SAFE_WEIGHTS_NAME, metadata={"format": "pt"})
+    atomic_write_bytes(folder / CONFIG_NAME, (json.dumps(hf_config, indent=2, sort_keys=True) + "\n").encode())
+    processor = json.dumps(preprocessor_to_hf_siglip2(cfg), indent=2, sort_keys=True) + "\n"
+    atomic_write_bytes(folder / PREPROCESSOR_NAME, processor.encode())
+    return folder
+
+
 __all__ = [
+    "clipforge_to_hf_siglip2",
     "config_from_hf_siglip2",
+    "config_to_hf_siglip2",
+    "conv_patch_to_linear",
     "hf_siglip2_to_clipforge",
+    "is_siglip2",
     "is_siglip2_folder",
     "linear_patch_to_conv",
+    "preprocessor_to_hf_siglip2",
     "read_hf_siglip2_config",
     "read_hf_siglip2_dir",
+    "write_hf_siglip2_dir",
 ]
