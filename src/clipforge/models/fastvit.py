@@ -381,11 +381,16 @@ class FastVitStage(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """timm's head as open_clip uses it for MCi (`timm_proj: null`): average pool then `fc` (Linear with bias)."""
+    """timm's head as open_clip uses it for MCi (`timm_proj: null`): average pool then `fc` (Linear with bias).
+    Only a container, so the projection keeps timm's name `head.fc`; FastViT pools and calls `fc` itself."""
 
     def __init__(self, dim: int, output_dim: int) -> None:
         super().__init__()
         self.fc = nn.Linear(dim, output_dim)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, dim) -> embeddings (B, output_dim)."""
+        return self.fc(pooled)
 
 
 class FastViT(nn.Module):
