@@ -167,8 +167,8 @@ def test_config_validation_names_the_field():
         CLIPConfig.from_dict({"vision": {"act": "relu"}})
     with pytest.raises(ConfigError, match=r"unknown vision config field\(s\) \['widht'\]"):
         CLIPConfig.from_dict({"vision": {"widht": 10}})
-    with pytest.raises(ConfigError, match="not divisible by patch_size"):
-        CLIPConfig.from_dict({"vision": {"image_size": 225, "patch_size": 16}})
+    with pytest.raises(ConfigError, match="patch_size 32 exceeds image_size 16"):
+        CLIPConfig.from_dict({"vision": {"image_size": 16, "patch_size": 32}})
 
 
 def test_config_dict_round_trip():

@@ -27,7 +27,7 @@ SMALL_TEXT = dict(width=32, heads=2, layers=2, vocab_size=1000)
 NAMED = [
     "ViT-B-16-SigLIP", "ViT-B-16-SigLIP-256", "ViT-B-16-SigLIP-384", "ViT-B-16-SigLIP-512",
     "ViT-B-16-SigLIP-i18n-256", "ViT-L-16-SigLIP-256", "ViT-L-16-SigLIP-384", "ViT-SO400M-14-SigLIP",
-    "ViT-SO400M-14-SigLIP-378",
+    "ViT-SO400M-14-SigLIP-378", "ViT-SO400M-14-SigLIP-384",
 ]
 
 
@@ -100,10 +100,8 @@ def test_named_config_is_open_clips(name):
     assert config_from_openclip(open_clip.get_model_config(name), SIGLIP_PRE) == get_model_config(name)
 
 
-def test_so400m_384_is_refused_clearly():
-    """timm floors 384 / 14 to a 27 x 27 grid, dropping pixels: clipforge's ViT takes whole patches only."""
-    with pytest.raises(ConfigError, match="378"):
-        config_from_openclip(open_clip.get_model_config("ViT-SO400M-14-SigLIP-384"))
+def test_unsupported_siglip_towers_are_refused_clearly():
+    """(ViT-SO400M-14-SigLIP-384's partial last patch is supported: tests/models/test_partial_patch.py.)"""
     base = open_clip.get_model_config("ViT-B-16-SigLIP")["vision_cfg"]
     gap = {**base, "timm_model_name": "vit_base_patch16_siglip_gap_224"}
     with pytest.raises(ConfigError, match="not supported"):

@@ -164,9 +164,11 @@ class VisionConfig:
                 isinstance(self.layers, int) and self.layers > 0,
                 f"vision.layers must be a positive int for a ViT, got {self.layers!r}",
             )
+            # A size that is not a multiple of the patch (ViT-SO400M-14-SigLIP-384: 384 / 14) gets the floored grid,
+            # as the reference patch conv (stride = patch) ignores the last partial rows and columns.
             _check(
-                self.image_size % self.patch_size == 0,
-                f"vision.image_size {self.image_size} is not divisible by patch_size {self.patch_size}",
+                self.patch_size <= self.image_size,
+                f"vision.patch_size {self.patch_size} exceeds image_size {self.image_size}: not one whole patch",
             )
             _check(
                 self.width % self.num_heads == 0, f"vision.width {self.width} not divisible by heads {self.num_heads}"

@@ -17,14 +17,16 @@ def check_image_size(images: torch.Tensor, cfg: VisionConfig, any_size: bool = F
 
     A ViT's patch convolution silently drops the pixels beyond the last whole patch, and a smaller grid would
     silently meet other positions, so a size other than `cfg.image_size` is an error unless `any_size`
-    (explicit position interpolation); then it still has to be a whole number of patches. Plain int
-    comparisons: torch.compile turns them into shape guards, with no graph break.
+    (explicit position interpolation); then it still has to be a whole number of patches, unless it is the
+    configured size itself (ViT-SO400M-14-SigLIP-384 was trained on 384 px with 14 px patches: a 27 x 27 grid
+    that leaves 6 pixel rows and columns out, as the reference does). Plain int comparisons: torch.compile
+    turns them into shape guards, with no graph break.
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images shaped (batch, 3, height, width), got {tuple(images.shape)}")
     height, width = images.shape[-2], images.shape[-1]
     side = cfg.image_size
-    if any_size:
+    if any_size and (height, width) != (side, side):
         patch = cfg.patch_size or 32
         if height % patch or width % patch:
             raise ValueError(

@@ -74,7 +74,7 @@ def is_openclip_siglip(model_cfg: dict[str, Any]) -> bool:
 
 def vision_from_openclip(vision_cfg: dict[str, Any]) -> VisionConfig:
     """The VisionConfig of an open_clip `vision_cfg` naming a timm SigLIP tower; what clipforge cannot build is
-    refused with the reason (unknown towers, gap pooling, sizes not a multiple of the patch)."""
+    refused with the reason (unknown towers, gap pooling, other poolings or projections)."""
     name = vision_cfg["timm_model_name"]
     if name not in TIMM_SIGLIP_TOWERS:
         hint = " (global-average-pooled '_gap' towers are not)" if "_gap" in name else ""
@@ -89,13 +89,9 @@ def vision_from_openclip(vision_cfg: dict[str, Any]) -> VisionConfig:
             "configs use timm_pool 'map' and timm_proj 'none')"
         )
     fields = {**_SIGLIP, **TIMM_SIGLIP_TOWERS[name]}  # a row's own act overrides SigLIP's exact GELU
-    image_size = check_timm_image_size(vision_cfg, name, fields["image_size"])
-    if image_size % fields["patch_size"]:
-        raise ConfigError(
-            f"open_clip {name}: image_size {image_size} is not a multiple of patch_size {fields['patch_size']} (timm "
-            f"drops the last {image_size % fields['patch_size']} pixel rows and columns); clipforge's ViT needs whole "
-            "patches. Use the 378-pixel variant (ViT-SO400M-14-SigLIP-378: 27 x 14) instead"
-        )
+    # A size that is not a multiple of the patch (vit_so400m_patch14_siglip_384) keeps timm's floored grid
+    # (27 x 27 of 14 px at 384: the last 6 pixel rows and columns are ignored); VisionConfig.grid_size floors too.
+    check_timm_image_size(vision_cfg, name, fields["image_size"])
     return VisionConfig(**fields)
 
 

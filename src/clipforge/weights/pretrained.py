@@ -103,13 +103,16 @@ def _entries() -> list[PretrainedWeights]:
             "laion/CLIP-ViT-H-14-frozen-xlm-roberta-large-laion5B-s13B-b90k",
         ),
         # NLLB-CLIP (Visheratin 2023): the NLLB-200 encoder as text tower; the SigLIP-trained base uses SigLIP's
-        # normalisation and squash resize. (nllb-clip-large-siglip's SO400M/14 at 384 px is not built: see
-        # openclip_siglip's refusal of a partial last patch.)
+        # normalisation and squash resize; the large one's SO400M/14 at 384 px sees a 27 x 27 grid (timm floors).
         PretrainedWeights("nllb-clip-base", "v1", "visheratin/nllb-clip-base-oc"),
         PretrainedWeights("nllb-clip-large", "v1", "visheratin/nllb-clip-large-oc"),
         *(
             PretrainedWeights("nllb-clip-base-siglip", tag, hub, INCEPTION_MEAN, INCEPTION_STD, "bicubic", "squash")
             for tag, hub in (("v1", "visheratin/nllb-clip-base-siglip"), ("mrl", "visheratin/nllb-siglip-mrl-base"))
+        ),
+        *(
+            PretrainedWeights("nllb-clip-large-siglip", tag, hub, INCEPTION_MEAN, INCEPTION_STD, "bicubic", "squash")
+            for tag, hub in (("v1", "visheratin/nllb-clip-large-siglip"), ("mrl", "visheratin/nllb-siglip-mrl-large"))
         ),
         # ConvNeXt image towers (LAION; OpenAI normalisation, bicubic, shortest side)
         PretrainedWeights("convnext_base", "laion400m_s13b_b51k", "laion/CLIP-convnext_base-laion400M-s13B-b51K"),
@@ -188,10 +191,12 @@ def _entries() -> list[PretrainedWeights]:
         ),
     ]
     # SigLIP (Zhai et al. 2023), WebLI, hosted by timm in open_clip's format; the 378 px model takes the 384 weights
-    # (same 27 x 27 patch grid). Inception normalisation, bicubic, squash.
+    # (same 27 x 27 patch grid: at 384 px the last 6 pixel rows and columns fall outside it). Inception
+    # normalisation, bicubic, squash.
     siglip = {name: f"timm/{name}" for name in (
         "ViT-B-16-SigLIP", "ViT-B-16-SigLIP-256", "ViT-B-16-SigLIP-i18n-256", "ViT-B-16-SigLIP-384",
         "ViT-B-16-SigLIP-512", "ViT-L-16-SigLIP-256", "ViT-L-16-SigLIP-384", "ViT-SO400M-14-SigLIP",
+        "ViT-SO400M-14-SigLIP-384",
     )}  # fmt: skip
     siglip["ViT-SO400M-14-SigLIP-378"] = "timm/ViT-SO400M-14-SigLIP-384"
     # SigLIP 2 (Tschannen et al. 2025), WebLI, Gemma vocabulary; each architecture has its own timm repository.
