@@ -136,4 +136,16 @@ def test_what_siglip2_cannot_express_is_refused_before_writing(tmp_path):
     causal = base.replace(text=dataclasses.replace(base.text, causal_mask=True))
     with pytest.raises(ConfigError, match="Siglip2Model cannot express.*causal"):
         hf_siglip2.write_hf_siglip2_dir(CLIP(causal), tmp_path / "odd")
+    # A tower that floors its patch grid (timm's So400m/14 at 384 px): built here past VisionConfig's own checks.
+    floored = dataclasses.replace(base.vision)
+    object.__setattr__(floored, "image_size", 36)  # 4 x 4 patches of 8 px, the last 4 pixel rows ignored
+    with pytest.raises(ConfigError, match="36 is not a whole number of 8-pixel patches"):
+        hf_siglip2.config_to_hf_siglip2(_with_vision(base, floored))
     assert not (tmp_path / "clip").exists() and not (tmp_path / "odd").exists()
+
+
+def _with_vision(config, vision):
+    """`config` with `vision` swapped in without re-validation (frozen dataclass)."""
+    out = dataclasses.replace(config)
+    object.__setattr__(out, "vision", vision)
+    return out

@@ -19,9 +19,10 @@ Writing (`write_hf_siglip2_dir`, and `save_model(model, dir, format="hf")` for a
 Gemma vocabulary) is the same correspondence backwards: the conv kernel becomes the patch Linear, the position grid
 is the model's fixed g x g (`num_patches` = g*g), and preprocessor_config.json is a Siglip2ImageProcessor whose
 `max_num_patches` is g*g, so a square image comes out at exactly the model's size. What a Siglip2Model cannot hold
-is refused (SiglipModel's refusals: class token, ln_pre, image projection, causal text, no logit bias, ...).
-Non-square images are a difference transformers' side adds: its processor keeps their
-aspect ratio (NaFlex) where clipforge squashes them, so only square images give the same features in both.
+is refused (SiglipModel's refusals: class token, ln_pre, image projection, causal text, no logit bias, ...; and
+a side that is not a whole number of patches). Non-square images are a difference transformers' side adds: its
+processor keeps their aspect ratio (NaFlex) where clipforge squashes them, so only square images give the same
+features in both.
 
 Reference: transformers `models/siglip2/modeling_siglip2.py` (Siglip2VisionEmbeddings) and
 `image_processing_siglip2.py` (convert_image_to_patches: (C, H, W) -> (g*g, P*P*C), patch order row-major).
@@ -203,8 +204,16 @@ def config_to_hf_siglip2(cfg: CLIPConfig) -> dict[str, Any]:
     refused = _refusals(cfg)  # SiglipModel's: Siglip2Model's towers are the same
     if refused:
         raise ConfigError("transformers' Siglip2Model cannot express this model: it has " + "; ".join(refused))
+    v = cfg.vision
+    if v.image_size % v.patch_size:  # a tower that floors its grid (timm's So400m/14 at 384 px)
+        raise ConfigError(
+            f"transformers' Siglip2Model cannot express this model: vision.image_size {v.image_size} is not a whole "
+            f"number of {v.patch_size}-pixel patches (the tower ignores the last {v.image_size % v.patch_size} pixel "
+            f"rows and columns, while Siglip2ImageProcessor resizes images to grid x patch = "
+            f"{v.image_size // v.patch_size * v.patch_size} pixels); write it as format 'clipforge' or use a model "
+            "whose side is a whole number of patches (e.g. ViT-SO400M-14-SigLIP-378)"
+        )
     siglip = config_to_hf_siglip(cfg)
-    v = cfg.vision  # image_size is a whole number of patches (VisionConfig checks): a g x g grid
     vision = {k: value for k, value in siglip["vision_config"].items() if k != "image_size"}
     vision.update(model_type="siglip2_vision_model", num_patches=(v.image_size // v.patch_size) ** 2)
     text = {**siglip["text_config"], "model_type": "siglip2_text_model"}
