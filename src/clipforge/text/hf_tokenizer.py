@@ -163,7 +163,7 @@ class HFTokenizer:
         folder = Path(self.source)
         self._fast = None
         self._auto = None
-        if (folder / "tokenizer.json").is_file():
+        if (folder / "tokenizer.json").exists():  # a FIFO or device is refused by read_text_file, not skipped
             from tokenizers import Tokenizer
 
             path = folder / "tokenizer.json"
@@ -189,7 +189,8 @@ class HFTokenizer:
                 raise ImportError(
                     f"{self.source!r} holds no tokenizer.json; reading it needs transformers: pip install transformers"
                 ) from exc
-            self._auto = AutoTokenizer.from_pretrained(self.source, cache_dir=cache_dir)
+            # Never code from the folder or hub repo (a tokenizer_config.json auto_map): transformers' classes only.
+            self._auto = AutoTokenizer.from_pretrained(self.source, cache_dir=cache_dir, trust_remote_code=False)
             if self._auto.pad_token_id is None:
                 raise ValueError(f"the tokenizer {self.source!r} has no pad token; a CLIP text tower needs one")
             self.pad_token_id = int(self._auto.pad_token_id)

@@ -78,7 +78,7 @@ def find_spiece_model(source: str | os.PathLike) -> Path | None:
     if path.is_file() and path.name.endswith(".model"):
         return path
     candidate = path / SPIECE_NAME
-    return candidate if candidate.is_file() else None
+    return candidate if candidate.exists() else None  # a FIFO or device: refused when read
 
 
 class SentencePieceTokenizer:
@@ -165,7 +165,7 @@ def find_tokenizer_json(source: str | os.PathLike) -> Path | None:
     if path.is_file() and path.name.endswith(".json"):
         return path
     candidate = path / TOKENIZER_JSON_NAME
-    return candidate if candidate.is_file() else None
+    return candidate if candidate.exists() else None  # a FIFO or device: refused when read
 
 
 class TokenizerJsonTokenizer:
