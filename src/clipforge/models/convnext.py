@@ -176,6 +176,11 @@ class ConvNeXt(nn.Module):
         another model is an error rather than a silently different embedding."""
         self.any_size = enable
 
+    def shard_units(self) -> list[nn.Module]:
+        """The FSDP2 units (train/sharding.py): every ConvNeXt block; the stem, downsamples and head stay in the
+        tower's own unit."""
+        return [block for stage in self.stages for block in stage.blocks]
+
     def parameter_groups(self) -> list[list[nn.Module]]:
         """Groups in forward order for tower locking (models/freeze.py): [stem], stage 0..3,
         [head_norm + head MLP's first layer], [the last linear map] (so 1 unlocks the projection only)."""

@@ -69,7 +69,8 @@ def image_tower_groups(visual: nn.Module) -> list[Group]:
         blocks = list(visual.transformer.resblocks)
         stem = [visual.conv1, visual.class_embedding, visual.positional_embedding, visual.ln_pre]
         head = [blocks[-1], visual.attn_pool, visual.ln_post, visual.map_head]
-        return [stem, *([b] for b in blocks[:-1]), head, [visual.proj]]
+        # No projection (SigLIP's MAP towers, no_proj): no empty last group, so unlocked=1 still trains something.
+        return [stem, *([b] for b in blocks[:-1]), head] + ([[visual.proj]] if visual.proj is not None else [])
     if hasattr(visual, "parameter_groups"):  # towers that state their own groups (ConvNeXt)
         return visual.parameter_groups()
     raise TypeError(f"cannot lock an image tower of type {type(visual).__name__}")

@@ -175,6 +175,12 @@ class HFTextTower(nn.Module):
         else:  # pragma: no cover - transformers 4.x
             model.gradient_checkpointing_disable()
 
+    def shard_units(self) -> list[nn.Module]:
+        """The FSDP2 units (train/sharding.py): every encoder layer (BertLayer, XLMRobertaLayer, M2M100EncoderLayer,
+        T5Block: found under the family's own list name, as `lock` finds them)."""
+        _, layers_attr = _LOCK_GROUPS.get(self.hf_config.model_type, ("embeddings", "layer"))
+        return list(getattr(getattr(self.transformer, "encoder", self.transformer), layers_attr))
+
     def lock(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
         """Freeze the encoder except its last `unlocked_layers` layers (open_clip's `HFTextEncoder.lock`).
 

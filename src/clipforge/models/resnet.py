@@ -135,6 +135,11 @@ class ModifiedResNet(nn.Module):
         """Recompute each stage's activations in backward (memory for compute)."""
         self.grad_checkpointing = enable
 
+    def shard_units(self) -> list[nn.Module]:
+        """The FSDP2 units (train/sharding.py): every Bottleneck; the stem and attention pool stay in the tower's
+        own unit."""
+        return [block for stage in (self.layer1, self.layer2, self.layer3, self.layer4) for block in stage]
+
     def set_position_interpolation(self, enable: bool = True) -> None:
         """Refused when enabled: the attention pool's positions are a fixed grid (use a ViT for CLIPA phases)."""
         if enable:

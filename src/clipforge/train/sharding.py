@@ -18,24 +18,23 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from ..models.clip import CLIP
-from ..models.resnet import ModifiedResNet
 from .distributed import DistInfo
 
 Strategy = Literal["ddp", "fsdp"]
 _REPLICATED = ("logit_scale", "logit_bias")
 
 
+def _tower_units(tower: nn.Module) -> list[nn.Module]:
+    """A tower's own FSDP2 units: the blocks it names (`shard_units`: ConvNeXt, FastViT, ResNet, Hugging Face
+    encoders, whose block lists live under different names), else a transformer tower's residual blocks."""
+    if hasattr(tower, "shard_units"):
+        return list(tower.shard_units())
+    return list(tower.transformer.resblocks)
+
+
 def _sharded_units(model: CLIP) -> list[nn.Module]:
-    units: list[nn.Module] = []
-    if hasattr(model.visual, "shard_units"):  # convolutional towers that name their own units (FastViT blocks)
-        units += model.visual.shard_units()
-    elif not isinstance(model.visual, ModifiedResNet):
-        units += list(model.visual.transformer.resblocks)
-    if model.config.text.is_hf:  # a Hugging Face encoder: one unit per encoder layer (BertLayer/XLMRobertaLayer)
-        units += list(getattr(model.text.transformer, "encoder", model.text.transformer).layer)
-    else:
-        units += list(model.text.transformer.resblocks)
-    return units + [model.visual, model.text]
+    """Every block of both towers, then the towers themselves (whose remaining parameters form one unit each)."""
+    return _tower_units(model.visual) + _tower_units(model.text) + [model.visual, model.text]
 
 
 def uses_fsdp(strategy: Strategy, dist: DistInfo) -> bool:
