@@ -78,6 +78,9 @@ def family(request):
     with torch.no_grad():  # move zero-initialised biases and unit scales too, so every parameter counts
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.02)
+        if request.param == "eva02":  # EVA has no key bias: the k third of in_proj_bias stays zero (vision.key_bias)
+            for block in model.visual.transformer.resblocks:
+                block.attn.in_proj_bias.chunk(3)[1].zero_()
     images, tokens = _inputs(model)
     return request.param, model, images, tokens, _features(model, images, tokens)
 

@@ -84,6 +84,8 @@ class VisionConfig:
         fastvit: a FastViT / MCi tower (models/fastvit.py; MobileCLIP-S*, MobileCLIP2-S*): "mci" (MCi0-2: 4 stages,
             BatchNorm attention blocks) or "mci-large" (MCi3/4: 5 stages, LayerNorm2d); layers = stage depths,
             width = first stage width (doubled per stage), patch_size = stem stride (4), pool_type "avg".
+        key_bias: the EVA attention's key third of in_proj_bias is used and trained; False (timm's EVA: q and v
+            biases only) makes it a structural zero that takes no part in the forward, so it gets no gradient.
     """
 
     image_size: int = 224
@@ -120,6 +122,7 @@ class VisionConfig:
     conv_stem: bool = False
     no_embed_class: bool = False
     fastvit: str | None = None
+    key_bias: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, list):
@@ -201,6 +204,11 @@ def _check_eva_options(cfg: VisionConfig) -> None:
     """EVA's block options (models/eva.py) exist for ViT towers only, and rotary embeddings need whole channel
     quadrants per head; with patch dropout the kept patches keep their own positions' rotations (models/vit.py)."""
     _check_choice("vision.mlp_type", cfg.mlp_type, ("mlp", "swiglu"))
+    _check(
+        cfg.key_bias or (cfg.uses_eva_blocks and cfg.patch_size is not None and not cfg.convnext),
+        "vision.key_bias=false applies to EVA attention blocks only (vision.rope / mlp_type / scale_mlp / "
+        "scale_attn_inner); remove it for this tower",
+    )
     if not cfg.uses_eva_blocks and not cfg.proj_bias:
         return
     _check(

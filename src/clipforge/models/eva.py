@@ -8,9 +8,12 @@ An EVA02 block is CLIP's pre-norm block with three changes, each a `VisionConfig
 
 Parameter names stay CLIP's (`attn.in_proj_weight`, `attn.out_proj`, `mlp.c_fc`, `mlp.c_proj`) so one
 initialisation, freezing, sharding and key-map convention serves every tower. EVA's separate q/k/v projections
-load into the packed `in_proj_weight`; EVA has no key bias, which changes nothing in attention (a key bias adds
-the same q.b to every score of a query, and softmax ignores constants), so its third of `in_proj_bias` loads as
-zeros. The gated MLP packs its gate and value projections into one `c_fc` (gate rows first, as timm's GluMlp), one
+load into the packed `in_proj_weight`; EVA has no key bias, so its third of `in_proj_bias` loads as zeros and, with
+`vision.key_bias` false (the EVA02 configs), stays a structural zero: the forward uses zeros in its place, so it gets
+no gradient and AdamW (decay included) leaves it at exactly zero -- with rotary embeddings a key bias is not
+softmax-invariant (the rotation makes it position-dependent), so a trained one would change the model and could not
+be written as timm's EVA. The parameter keeps the packed layout every key map, freezing rule and sharding plan
+expects. The gated MLP packs its gate and value projections into one `c_fc` (gate rows first, as timm's GluMlp), one
 matmul instead of two. Reference: timm `models/eva.py` (EvaAttention, EvaBlock), `layers/mlp.py` (SwiGLU).
 """
 
@@ -34,9 +37,10 @@ class EvaAttention(Attention):
     """Attention with optional rotary embeddings on non-prefix tokens and an optional LayerNorm on its output."""
 
     def __init__(self, dim: int, num_heads: int, *, inner_norm: bool = False, norm_eps: float = 1e-6,
-                 num_prefix: int = 1) -> None:
+                 num_prefix: int = 1, key_bias: bool = True) -> None:
         super().__init__(dim, num_heads)
         self.num_prefix = num_prefix
+        self.key_bias = key_bias  # False: in_proj_bias[dim:2 dim] is a structural zero (timm EVA's q/v biases only)
         self.ln_inner = nn.LayerNorm(dim, eps=norm_eps) if inner_norm else nn.Identity()
 
     def forward(
@@ -51,7 +55,11 @@ class EvaAttention(Attention):
         b, length, dim = x.shape
         queries = length if num_queries is None else num_queries
         w_q, w_kv = self.in_proj_weight.split([dim, 2 * dim])
-        b_q, b_kv = self.in_proj_bias.split([dim, 2 * dim])
+        if self.key_bias:
+            b_q, b_kv = self.in_proj_bias.split([dim, 2 * dim])
+        else:  # the stored k third takes no part: zeros in its place, so it gets an exactly zero gradient
+            b_q, b_k, b_v = self.in_proj_bias.split(dim)
+            b_kv = torch.cat([torch.zeros_like(b_k), b_v])  # (2 dim,)
         q = F.linear(x[:, :queries], w_q, b_q).view(b, queries, self.num_heads, self.head_dim).transpose(1, 2)
         k, v = F.linear(x, w_kv, b_kv).view(b, length, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         # q: (B, H, Q, Dh); k, v: (B, H, L, Dh)
@@ -68,6 +76,23 @@ class EvaAttention(Attention):
             out = _plain_attention(q, k, v, attn_mask, is_causal)
         out = out.transpose(1, 2).reshape(b, queries, dim)  # (B, Q, D)
         return self.out_proj(self.ln_inner(out))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        """Refuse a nonzero key bias for an attention without one: the forward would ignore it, silently changing
+        the model it came from (rotary embeddings make a key bias matter)."""
+        bias = state_dict.get(prefix + "in_proj_bias")
+        dim = self.in_proj_weight.shape[1]
+        plain = isinstance(bias, torch.Tensor) and not bias.is_meta and not hasattr(bias, "device_mesh")  # no DTensor
+        if not self.key_bias and plain and bias.shape == (3 * dim,) and bool(bias[dim : 2 * dim].any()):
+            error_msgs.append(
+                f"{prefix}in_proj_bias: its key third is nonzero (max |b_k| "
+                f"{bias[dim : 2 * dim].abs().max().item():.3g}) but this EVA attention has no key bias "
+                "(vision.key_bias false); load it into a config with vision.key_bias true (the one it was trained with)"
+            )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
 
 class SwiGLU(nn.Module):
@@ -110,12 +135,14 @@ class EvaBlock(nn.Module):
         scale_mlp: bool,
         scale_attn_inner: bool,
         num_prefix: int,
+        key_bias: bool = True,
     ) -> None:
         super().__init__()
         hidden = int(width * mlp_ratio)
         self.ln_1 = nn.LayerNorm(width, eps=norm_eps)
         self.attn = EvaAttention(
-            width, num_heads, inner_norm=scale_attn_inner, norm_eps=norm_eps, num_prefix=num_prefix
+            width, num_heads, inner_norm=scale_attn_inner, norm_eps=norm_eps, num_prefix=num_prefix,
+            key_bias=key_bias,
         )
         self.ls_1 = LayerScale(width, ls_init_value) if ls_init_value is not None else nn.Identity()
         self.ln_2 = nn.LayerNorm(width, eps=norm_eps)
@@ -156,6 +183,7 @@ class EvaTransformer(Transformer):
         scale_mlp: bool = False,
         scale_attn_inner: bool = False,
         num_prefix: int = 1,
+        key_bias: bool = True,
     ) -> None:
         nn.Module.__init__(self)  # Transformer.__init__ would build CLIP blocks only to discard them
         self.width = width
@@ -165,6 +193,7 @@ class EvaTransformer(Transformer):
                 EvaBlock(
                     width, heads, mlp_ratio, act, ls_init_value, norm_eps,
                     mlp_type=mlp_type, scale_mlp=scale_mlp, scale_attn_inner=scale_attn_inner, num_prefix=num_prefix,
+                    key_bias=key_bias,
                 )
                 for _ in range(layers)
             ]

@@ -54,7 +54,7 @@ class VisionTransformer(nn.Module):
             self.transformer = EvaTransformer(
                 width, cfg.layers, cfg.num_heads, cfg.mlp_ratio, cfg.act, cfg.ls_init_value, cfg.layer_norm_eps,
                 mlp_type=cfg.mlp_type, scale_mlp=cfg.scale_mlp, scale_attn_inner=cfg.scale_attn_inner,
-                num_prefix=self.num_prefix,
+                num_prefix=self.num_prefix, key_bias=cfg.key_bias,
             )
         else:
             self.transformer = Transformer(

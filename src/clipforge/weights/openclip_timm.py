@@ -28,6 +28,7 @@ _ROPE_MLP_RATIO = 4 * 2 / 3  # timm's EVA02 SwiGLU ratio: hidden = int(width * 8
 _EVA02_CLIP = dict(
     mlp_ratio=_ROPE_MLP_RATIO, mlp_type="swiglu", scale_mlp=True, scale_attn_inner=True, rope=True,
     rope_ref_grid=16, patch_bias=True, no_ln_pre=True, layer_norm_eps=1e-6, proj_bias=True, pool_type="tok",
+    key_bias=False,  # timm's EvaAttention has q_bias and v_bias only
 )
 TIMM_EVA_TOWERS: dict[str, dict[str, Any]] = {
     "eva02_base_patch16_clip_224": dict(image_size=224, patch_size=16, width=768, layers=12, heads=12, **_EVA02_CLIP),
@@ -199,7 +200,7 @@ def timm_tower_name(
     for name, fields in towers.items():
         try:
             row = VisionConfig(**{**fixed, **fields})  # a row's own fields override the shared ones
-        except ConfigError:  # a tower clipforge reads no config of (e.g. 384 px with 14 px patches)
+        except ConfigError:  # a row clipforge cannot build
             continue
         if row == wanted:
             return name
@@ -213,7 +214,9 @@ def timm_tower_name(
 def vision_to_openclip(v: VisionConfig) -> dict[str, Any]:
     """open_clip `vision_cfg` of an EVA02 VisionConfig: the timm model name, the trunk's classifier as the biased
     projection (`timm_proj: null`, as open_clip's EVA02 configs) or, without a bias, open_clip's `head.proj`."""
-    name = timm_tower_name(dataclasses.replace(v, proj_bias=True), TIMM_EVA_TOWERS, "EVA02")
+    # key_bias: a tower that trained one (an older native checkpoint) is written when its values are zero, see
+    # _unpack_part
+    name = timm_tower_name(dataclasses.replace(v, proj_bias=True, key_bias=False), TIMM_EVA_TOWERS, "EVA02")
     cfg: dict[str, Any] = {
         "image_size": v.image_size,
         "timm_model_name": name,
