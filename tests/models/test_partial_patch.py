@@ -41,6 +41,31 @@ def test_named_configs_use_the_floored_27_grid():
     assert tuple(tokens.shape) == (1, 729, 1152)
 
 
+@pytest.mark.parametrize("name", ["ViT-SO400M-14-SigLIP-384", "nllb-clip-large-siglip"])
+def test_named_configs_are_open_clips(name):
+    """The registry's JSON is open_clip's config translated (SigLIP's preprocessing for the ViT, as its `webli` tag;
+    NLLB-CLIP's encoder fields as stored), and survives a write as open_clip's config."""
+    open_clip = pytest.importorskip("open_clip")
+    from clipforge.weights.openclip import config_from_openclip, config_to_openclip
+
+    ours = get_model_config(name)
+    pre = {"mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic", "resize_mode": "squash"}
+    theirs = open_clip.get_model_config(name)
+    assert config_from_openclip(theirs, pre if ours.text.hf_config is None else None, ours.text.hf_config) == ours
+    written = config_to_openclip(ours)
+    assert written["model_cfg"]["vision_cfg"]["timm_model_name"] == "vit_so400m_patch14_siglip_384"
+    again = config_from_openclip(written["model_cfg"], written["preprocess_cfg"], written.get("hf_text_config"))
+    assert again == ours
+
+
+def test_pretrained_tags():
+    from clipforge.weights.pretrained import find_pretrained
+
+    assert find_pretrained("ViT-SO400M-14-SigLIP-384", "webli").hub_id == "timm/ViT-SO400M-14-SigLIP-384"
+    assert find_pretrained("nllb-clip-large-siglip", "v1").hub_id == "visheratin/nllb-clip-large-siglip"
+    assert find_pretrained("nllb-clip-large-siglip", "mrl").hub_id == "visheratin/nllb-siglip-mrl-large"
+
+
 def test_patch_larger_than_image_is_still_refused():
     with pytest.raises(ConfigError, match="patch_size 32 exceeds image_size 16"):
         CLIPConfig.from_dict({"vision": {"image_size": 16, "patch_size": 32}})
