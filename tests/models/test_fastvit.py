@@ -343,4 +343,4 @@ def test_fsdp2_training_on_two_processes_matches_one_process(tmp_path):
     loss.backward()
     params = dict(model.named_parameters())
     for name in worker.CHECKED:
-        assert_close_rel(sharded[name], params[name].grad, rel=1e-5, what=name)
+        assert_close_rel(sharded[name], params[name].grad, rel=1e-4, what=name)

@@ -289,7 +289,7 @@ def test_convnext_fsdp2_on_two_processes_matches_one_process(tmp_path):
     model = worker.tiny_convnext().train()
     losses = [worker.loss(model, rank) for rank in (0, 1)]
     (sum(losses) / 2).backward()
-    assert_close_rel(sharded["loss"], torch.stack([x.detach() for x in losses]), rel=1e-5, what="per-rank losses")
+    assert_close_rel(sharded["loss"], torch.stack([x.detach() for x in losses]), rel=1e-4, what="per-rank losses")
     params = dict(model.named_parameters())
     for name in worker.CHECKED:
-        assert_close_rel(sharded[name], params[name].grad, rel=1e-5, what=name)
+        assert_close_rel(sharded[name], params[name].grad, rel=1e-4, what=name)
