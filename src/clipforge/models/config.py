@@ -498,6 +498,10 @@ _POSITIVE_FIELDS = frozenset(
     }
 )
 
+# Blocks per tower (summed over stages): a file saying `"num_hidden_layers": 1000000` would otherwise spend hours
+# building the meta-device skeleton that its weights are checked against (about 3 ms per block).
+MAX_LAYERS = 512
+
 
 @functools.cache
 def _field_hints(cls: type) -> dict[str, Any]:
@@ -557,4 +561,11 @@ def _check_types(config: Any, where: str) -> None:
             _check(
                 all(math.isfinite(v) and v > 0 for v in numbers),
                 f"{where}.{f.name}={value!r} must be positive and finite",
+            )
+        if f.name == "layers" and value is not None:  # each block costs time even on the meta device
+            depth = sum(value) if isinstance(value, (tuple, list)) else value
+            _check(
+                depth <= MAX_LAYERS,
+                f"{where}.layers={value!r}: {depth} blocks is over the limit of {MAX_LAYERS} (the deepest published "
+                "CLIP towers have 48); the config file is corrupt or not a CLIP config",
             )

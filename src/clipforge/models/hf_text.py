@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ConfigError, TextConfig
+from .config import MAX_LAYERS, ConfigError, TextConfig
 
 # Which config attribute holds the hidden width, per architecture family (open_clip's hf_configs.arch_dict).
 _WIDTH_FIELD = {
@@ -51,6 +51,8 @@ _LOCK_GROUPS = {
 }
 _RELATIVE_POSITIONS = ("mt5", "t5")  # relative position buckets: no position table, any length runs
 SUPPORTED_MODEL_TYPES = tuple(sorted(_WIDTH_FIELD))
+# Layer counts of the encoder per family (BERT-likes, M2M100, T5/mT5).
+_DEPTH_FIELDS = ("num_hidden_layers", "encoder_layers", "num_layers")
 
 
 def import_transformers():
@@ -76,6 +78,16 @@ def hf_architecture_config(cfg: TextConfig):
         )
     for key in ("architectures", "transformers_version", "_name_or_path", "torch_dtype", "dtype"):
         fields.pop(key, None)  # bookkeeping fields of a saved config.json, not architecture
+    if "auto_map" in fields:  # only transformers' own classes are built: never code named by a config
+        raise ConfigError(
+            f"text.hf_config has an auto_map ({fields['auto_map']!r}): that names custom model code, which clipforge "
+            f"never runs; supported are transformers' own {list(SUPPORTED_MODEL_TYPES)} (remove auto_map if the model "
+            "is one of them)"
+        )
+    for key in _DEPTH_FIELDS:  # each layer costs time even on the meta device (see config.MAX_LAYERS)
+        depth = fields.get(key)
+        if depth is not None and not (type(depth) is int and 0 < depth <= MAX_LAYERS):
+            raise ConfigError(f"text.hf_config.{key}={depth!r} must be a positive int of at most {MAX_LAYERS}")
     transformers = import_transformers()
     try:
         return transformers.AutoConfig.for_model(model_type, **fields)

@@ -19,6 +19,7 @@ Arrays are read with `numpy.load(allow_pickle=False)`: an object array in the fi
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import zipfile
@@ -81,6 +82,10 @@ _PLAIN = {
 }
 _MAP_QKV = "img/MAPHead_0/MultiHeadDotProductAttention_0/"
 MARKER_KEYS = ("params/img/embedding/kernel", "img/embedding/kernel")
+# A deflated member expanding more than this is refused (float weights compress to ~90%; zeros ~1000x), above a
+# size where it matters.
+_MAX_DEFLATE_RATIO = 100
+_BOMB_MIN_BYTES = 16 * 2**20
 
 
 def is_big_vision_names(names: list[str]) -> bool:
@@ -89,9 +94,62 @@ def is_big_vision_names(names: list[str]) -> bool:
     return any(m in stems for m in MARKER_KEYS)
 
 
+def _check_members(path: Path) -> None:
+    """Refuse, before numpy allocates anything, a member whose `.npy` header declares more (or less) data than the
+    member holds, an object array, or a compressed member that expands over `_MAX_DEFLATE_RATIO` times.
+
+    numpy allocates an array of the header's shape first and only then reads the data, so a 100-byte member
+    declaring (10**6, 10**6) floats asks for 4 TB; and a deflated member of zeros (a zip bomb) holds gigabytes in
+    kilobytes. The member's size comes from the zip directory, which zipfile enforces while reading.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if (
+                    info.compress_type != zipfile.ZIP_STORED
+                    and info.file_size > _BOMB_MIN_BYTES
+                    and info.file_size > _MAX_DEFLATE_RATIO * max(info.compress_size, 1)
+                ):
+                    raise CheckpointError(
+                        f"{path}: member {info.filename!r} expands from {info.compress_size:,} to {info.file_size:,} "
+                        f"bytes (over {_MAX_DEFLATE_RATIO}x): weights do not compress like that; the file is a zip "
+                        "bomb or not a checkpoint"
+                    )
+                if info.filename.endswith(".npy"):
+                    with archive.open(info) as member:
+                        _check_npy_header(path, info, member)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise CheckpointError(f"{path}: cannot read this .npz ({type(exc).__name__}: {exc}); re-download it") from exc
+
+
+def _check_npy_header(path: Path, info: zipfile.ZipInfo, member: Any) -> None:
+    name = info.filename.removesuffix(".npy")
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        version = np.lib.format.read_magic(member)
+        if version not in readers:
+            raise ValueError(f"npy format version {version} (numpy writes 1.0 or 2.0 for numeric arrays)")
+        shape, _, dtype = readers[version](member)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: array {name!r} has no valid .npy header ({exc}); the file is damaged") from exc
+    if dtype.hasobject:
+        raise CheckpointError(
+            f"{path}: array {name!r} is an object array, which needs unpickling; clipforge never unpickles, and "
+            "big_vision checkpoints hold only numeric arrays: the file is not a big_vision checkpoint or is damaged"
+        )
+    declared = math.prod(shape) * dtype.itemsize
+    held = info.file_size - member.tell()
+    if declared != held:
+        raise CheckpointError(
+            f"{path}: array {name!r} declares shape {tuple(shape)} {dtype} ({declared:,} bytes) but its member holds "
+            f"{held:,} bytes of data; the file is truncated or crafted"
+        )
+
+
 def read_npz_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Every array of an `.npz` by name, read with allow_pickle=False; a CheckpointError names what is wrong."""
     path = Path(path)
+    _check_members(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}

@@ -255,7 +255,7 @@ def _refused_global(message: str) -> str | None:
 
 
 def _weights_only_reason(message: str) -> str:
-    match = re.search(r"WeightsUnpickler error: ([^\n]+)", message)
+    match = re.search(r"WeightsUnpickler error:\s*([^\n]+)", message)  # the reason may start a line below
     if match:
         return match.group(1).strip()
     lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
@@ -277,7 +277,16 @@ def _load_pickle(path: Path, allow_unsafe_pickle: bool) -> Any:
         refused = _refused_global(message)
         if refused is not None and _is_cut_name(refused):
             raise _corrupt(path, f"the pickle names {refused}, which does not exist: the data ends mid-name") from exc
-        if "Weights only load failed" not in message or refused is None:
+        operand = re.search(r"Unsupported operand (\d+)", message)
+        if operand is not None and not allow_unsafe_pickle:  # pickle.dump's protocol 4/5 (FRAME), not torch.save's 2
+            raise UnsafeCheckpointError(
+                f"{path}: refused as unsafe: the pickle uses instruction {operand.group(1)} (pickle protocol 4 or 5, as"
+                " pickle.dump writes; torch.save uses 2 by default), which torch.load(weights_only=True) cannot read, so only "
+                "a full unpickle, which can run code from the file, could load it (or the file is damaged). If you "
+                "trust this file, pass allow_unsafe_pickle=True (CLI: --allow-unsafe-pickle), then re-save it as "
+                "safetensors."
+            ) from None
+        if operand is None and ("Weights only load failed" not in message or refused is None):
             raise _corrupt(path, _weights_only_reason(message)) from exc
         if not allow_unsafe_pickle:
             raise UnsafeCheckpointError(

@@ -28,6 +28,7 @@ import torch
 from ..atomic import atomic_write_bytes
 from ..models.clip import CLIP
 from ..models.config import CLIPConfig, ConfigError, TextConfig, VisionConfig
+from ..safeio import read_text_file
 from .formats import CheckpointError, raise_on_mismatch, read_tensors, reading_config
 from .hf_processor import read_preprocessor_config
 from .native import atomic_save_safetensors
@@ -461,7 +462,11 @@ def read_hf_dir(path: str | os.PathLike) -> tuple[CLIPConfig, dict[str, torch.Te
 def read_hf_config(config_path: Path) -> CLIPConfig:
     """The clipforge config of a transformers config.json; a CheckpointConfigError names the file and field."""
     with reading_config(config_path):
-        hf_config = json.loads(config_path.read_text(encoding="utf-8"))
+        try:  # a FIFO, a device or a huge file is refused, naming it, before anything is read
+            text = read_text_file(config_path, what="config.json")
+        except OSError as exc:
+            raise CheckpointError(str(exc)) from exc
+        hf_config = json.loads(text)
         if not isinstance(hf_config, dict):
             raise ConfigError(f"expected a JSON object, got a {type(hf_config).__name__}")
         if hf_config.get("model_type") == "siglip2":
