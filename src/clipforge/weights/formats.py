@@ -281,10 +281,10 @@ def _load_pickle(path: Path, allow_unsafe_pickle: bool) -> Any:
         if operand is not None and not allow_unsafe_pickle:  # pickle.dump's protocol 4/5 (FRAME), not torch.save's 2
             raise UnsafeCheckpointError(
                 f"{path}: refused as unsafe: the pickle uses instruction {operand.group(1)} (pickle protocol 4 or 5, as"
-                " pickle.dump writes; torch.save uses 2 by default), which torch.load(weights_only=True) cannot read, so only "
-                "a full unpickle, which can run code from the file, could load it (or the file is damaged). If you "
-                "trust this file, pass allow_unsafe_pickle=True (CLI: --allow-unsafe-pickle), then re-save it as "
-                "safetensors."
+                " pickle.dump writes; torch.save uses 2 by default), which torch.load(weights_only=True) cannot read, "
+                "so only a full unpickle, which can run code from the file, could load it (or the file is damaged). "
+                "If you trust this file, pass allow_unsafe_pickle=True (CLI: --allow-unsafe-pickle), then re-save it "
+                "as safetensors."
             ) from None
         if operand is None and ("Weights only load failed" not in message or refused is None):
             raise _corrupt(path, _weights_only_reason(message)) from exc
