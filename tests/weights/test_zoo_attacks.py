@@ -323,3 +323,14 @@ def test_huge_config_json_is_refused_before_reading(folders, tmp_path):
         f.truncate(4 * 2**30)
     exc = _finishes(lambda: read_config(folder), 10)
     assert isinstance(exc, CheckpointError) and "over the limit" in str(exc)
+
+
+def test_convert_help_lists_the_zoo_readers_and_only_the_refused_families():
+    """A newcomer reads `clipforge convert --help` to learn what it reads: every zoo folder kind, and as refused
+    only what families.py still refuses (SigLIP 2 and training-form MobileCLIP are read now)."""
+    from clipforge.cli.convert import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    for reader in ("SiglipModel", "Siglip2Model", "AltCLIPModel", "ChineseCLIPModel", "big_vision SigLIP .npz"):
+        assert reader in text
+    assert "NaFlex SigLIP 2" in text and "reparameterised MobileCLIP" in text

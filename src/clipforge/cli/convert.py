@@ -13,12 +13,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = CliParser(
         prog="clipforge convert",
         description="Read any checkpoint clipforge loads (OpenAI .pt/TorchScript, OpenCLIP .pt/.bin/.safetensors "
-        "or hub folder, HF CLIPModel / SiglipModel folder, big_vision SigLIP .npz, clipforge folder) and write it "
+        "or hub folder, HF CLIPModel / SiglipModel / Siglip2Model / AltCLIPModel / ChineseCLIPModel folder, "
+        "big_vision SigLIP .npz, clipforge folder) and write it "
         "as a folder in another format. A format that cannot hold the model is refused before anything is written "
         "(EVA02 / ConvNeXt as hf, a SigLIP or EVA02 no timm model has as openclip); SigLIP and EVA02 go to "
         "openclip, AltCLIP and Chinese-CLIP to hf (AltCLIPModel / ChineseCLIPModel); unsupported families (CoCa, "
-        "MobileCLIP, BLIP, "
-        "ALIGN, SigLIP 2) are named with the closest supported one.",
+        "reparameterised MobileCLIP, BLIP, ALIGN, NaFlex SigLIP 2) are named with the closest supported one.",
         epilog="examples: clipforge convert ViT-B-32.pt vitb32-hf --to hf; "
         "clipforge convert webli_en_b16_224_63724782.npz siglip-b16-hf --to hf",
     )
