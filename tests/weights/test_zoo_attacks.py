@@ -334,3 +334,14 @@ def test_convert_help_lists_the_zoo_readers_and_only_the_refused_families():
     for reader in ("SiglipModel", "Siglip2Model", "AltCLIPModel", "ChineseCLIPModel", "big_vision SigLIP .npz"):
         assert reader in text
     assert "NaFlex SigLIP 2" in text and "reparameterised MobileCLIP" in text
+
+
+@pytest.mark.parametrize("name", ["open_clip_config.json", "clipforge_config.json"])
+def test_fifo_config_of_an_openclip_or_clipforge_folder_never_blocks(tmp_path, name):
+    folder = tmp_path / "cfg"
+    folder.mkdir()
+    os.mkfifo(folder / name)
+    exc = _finishes(lambda: read_config(folder), 10)
+    assert isinstance(exc, CheckpointError) and "FIFO" in str(exc) and name in str(exc)
+    exc = _finishes(lambda: clipforge.load_model(folder), 10)
+    assert isinstance(exc, CheckpointError) and str(folder) in str(exc)

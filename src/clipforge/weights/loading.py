@@ -353,7 +353,7 @@ def _read_dir(folder: Path, arch: str | None, allow_unsafe_pickle: bool):
 
 def _openclip_json_config(path: Path) -> CLIPConfig:
     with reading_config(path):
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(native.config_text(path))
         if not isinstance(data, dict):
             raise ConfigError(f"expected a JSON object, got a {type(data).__name__}")
         model_cfg, preprocess_cfg = data.get("model_cfg", data), data.get("preprocess_cfg")
@@ -377,7 +377,7 @@ def _openclip_json_config(path: Path) -> CLIPConfig:
 def _config_in_dir(folder: Path) -> CLIPConfig | None:
     """The model config a checkpoint folder declares, without reading its weights; None when it has none."""
     if (folder / native.CONFIG_NAME).exists():
-        return native.parse_config_json((folder / native.CONFIG_NAME).read_text(), str(folder / native.CONFIG_NAME))
+        return native.read_native_dir(folder)[0]
     if (folder / openclip.CONFIG_NAME).exists():
         return _openclip_json_config(folder / openclip.CONFIG_NAME)
     if (folder / hf.CONFIG_NAME).exists():

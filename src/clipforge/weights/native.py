@@ -18,6 +18,8 @@ from safetensors.torch import save
 
 from ..atomic import atomic_write_bytes
 from ..models.config import CLIPConfig
+from ..safeio import read_text_file
+from .formats import CheckpointError
 
 CONFIG_NAME = "clipforge_config.json"
 WEIGHTS_NAME = "clipforge_model.safetensors"
@@ -66,8 +68,17 @@ def embedded_config(path: str | Path) -> CLIPConfig | None:
     return parse_config_json(text, str(path)) if text else None
 
 
+def config_text(path: Path) -> str:
+    """A checkpoint's JSON config file as text, read under safeio's guards: a FIFO, a device or a file over 16 MiB is
+    a CheckpointError naming it (a plain read_text blocks on a FIFO forever and reads /dev/zero until memory ends)."""
+    try:
+        return read_text_file(path, what=path.name)
+    except OSError as exc:
+        raise CheckpointError(str(exc)) from exc
+
+
 def read_native_dir(folder: str | Path) -> tuple[CLIPConfig, Path]:
     """The config of a clipforge folder and the path of its weights file."""
     folder = Path(folder)
-    config = parse_config_json((folder / CONFIG_NAME).read_text(), str(folder / CONFIG_NAME))
+    config = parse_config_json(config_text(folder / CONFIG_NAME), str(folder / CONFIG_NAME))
     return config, folder / WEIGHTS_NAME
