@@ -239,7 +239,7 @@ def test_hf_config_with_auto_map_is_refused_naming_it():
 def test_arbitrary_hf_text_model_types_are_refused(model_type):
     base = get_model_config("ViT-B-32")
     text = TextConfig(hf_config={"model_type": model_type or "", "hidden_size": 32}, width=32, heads=2, layers=1)
-    with pytest.raises(ConfigError, match="is not a supported Hugging Face text architecture"):
+    with torch.device("meta"), pytest.raises(ConfigError, match="is not a supported Hugging Face text architecture"):
         CLIP(base.replace(text=text))
 
 
