@@ -52,7 +52,10 @@ def test_models_lists_architectures_and_tags(capsys):
     towers = {name: rows[name]["image"] for name in ("ViT-B-32", "RN50", "convnext_base", "EVA02-B-16")}
     assert towers == {"ViT-B-32": "ViT/32", "RN50": "ModifiedResNet", "convnext_base": "ConvNeXt",
                       "EVA02-B-16": "EVA-ViT/16"}  # fmt: skip
-    assert rows["xlm-roberta-base-ViT-B-32"]["image"] == "ViT/32+HF text"
+    texts = {name: rows[name]["text"] for name in ("ViT-B-32", "ViT-B-16-SigLIP2", "xlm-roberta-base-ViT-B-32")}
+    assert texts == {"ViT-B-32": "causal/77 CLIP-BPE", "ViT-B-16-SigLIP2": "bidir/64 vocab 256000",
+                     "xlm-roberta-base-ViT-B-32": "HF xlm-roberta"}  # fmt: skip
+    assert rows["MobileCLIP2-S3"]["image"] == "FastViT-MCi/5st"
     assert cli(["models", "--pretrained", "--json"]) == 0
     tags = json.loads(capsys.readouterr().out)
     assert sum(row["tag"] == "openai" for row in tags) == 9

@@ -12,7 +12,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The `clipforge models` argument parser (also the source of its --help)."""
     parser = CliParser(
         prog="clipforge models",
-        description="List model architectures (for --model) and pretrained tags (for --pretrained).",
+        description="List model architectures (for --model): image tower, input size, embedding width and text tower "
+        "(causal or bidirectional attention / context length / vocabulary, or the Hugging Face encoder), or with "
+        "--pretrained the (architecture, tag) pairs that have published weights.",
     )
     parser.add_argument("--pretrained", action="store_true", help="list (architecture, tag) pairs with weights")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -30,7 +32,18 @@ def _tower_name(cfg) -> str:
     if cfg.vision.is_resnet:
         return "ModifiedResNet"
     kind = "EVA-ViT" if cfg.vision.rope else "MCi-ViT" if cfg.vision.conv_stem else "ViT"
-    return f"{kind}/{cfg.vision.patch_size}" + ("+HF text" if cfg.text.is_hf else "")
+    return f"{kind}/{cfg.vision.patch_size}"
+
+
+def _text_name(cfg) -> str:
+    """The text tower and its tokenizer in a few words, so a newcomer sees which family a name belongs to:
+    `HF xlm-roberta`, `causal/77 CLIP-BPE`, `bidir/64 vocab 256000` (SentencePiece / tokenizer.json vocabularies)."""
+    text = cfg.text
+    if text.is_hf:
+        return f"HF {text.hf_config.get('model_type', '?')}"
+    attention = "causal" if text.causal_mask else "bidir"
+    vocab = "CLIP-BPE" if text.vocab_size == 49408 else f"vocab {text.vocab_size}"
+    return f"{attention}/{text.context_length} {vocab}"
 
 
 @command("clipforge models")
@@ -52,10 +65,18 @@ def main(argv: list[str] | None = None) -> int:
     for name in list_models():
         cfg = get_model_config(name)
         tower = _tower_name(cfg)
-        rows.append({"model": name, "image": tower, "image_size": cfg.vision.image_size, "embed_dim": cfg.embed_dim})
+        rows.append(
+            {
+                "model": name, "image": tower, "text": _text_name(cfg), "image_size": cfg.vision.image_size,
+                "embed_dim": cfg.embed_dim,
+            }
+        )
     if args.json:
         print_json(rows, None)
     else:
         for row in rows:
-            print(f"{row['model']:<26} {row['image']:<16} {row['image_size']:>4}px  dim {row['embed_dim']}")
+            print(
+                f"{row['model']:<30} {row['image']:<16} {row['image_size']:>4}px  dim {row['embed_dim']:<5} "
+                f"text {row['text']}"
+            )
     return 0
