@@ -61,6 +61,7 @@ class ConvNorm(nn.Module):
         self.bn = nn.BatchNorm2d(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, Cin, H, W) -> (B, Cout, H / stride, W / stride)."""
         return self.bn(self.conv(x))
 
     def fused(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,6 +140,7 @@ class MobileOneBlock(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, Cin, H, W) -> (B, Cout, H / stride, W / stride): branch sum (or the fused conv), SE, activation."""
         return self.act(self.se(self.branches(x)))
 
     def fused(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,6 +215,7 @@ class PatchEmbed(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, Cin, H, W) -> (B, Cout, H / 2, W / 2)."""
         return self.proj(x)
 
 
@@ -224,6 +227,7 @@ class LayerScale2d(nn.Module):
         self.gamma = nn.Parameter(LAYER_SCALE_INIT * torch.ones(dim, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) scaled per channel."""
         return x * self.gamma
 
 
@@ -272,6 +276,7 @@ class ConvMlp(nn.Module):
         self.fc2 = nn.Conv2d(hidden, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W)."""
         return self.fc2(self.act(self.fc1(self.conv(x))))
 
     @torch.no_grad()
@@ -293,12 +298,14 @@ class RepConditionalPosEnc(nn.Module):
         self.pos_enc: nn.Conv2d | None = nn.Conv2d(dim, dim, kernel, padding=kernel // 2, groups=dim, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W): the map plus its depthwise-conv positional term."""
         if self.reparam_conv is not None:
             return self.reparam_conv(x)
         return self.pos_enc(x) + x
 
     @torch.no_grad()
     def reparameterize(self) -> None:
+        """Fold the residual into the depthwise kernel (an identity tap at its centre): one conv, same output."""
         if self.reparam_conv is not None:
             return
         weight = self.pos_enc.weight + _identity_kernel(self.dim, self.dim, self.kernel, self.pos_enc.weight)
@@ -317,6 +324,7 @@ class RepMixerBlock(nn.Module):
         self.rate = rate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W)."""
         x = self.token_mixer(x)
         return x + drop_path(self.layer_scale(self.mlp(x)), self.rate, self.training)
 
@@ -353,6 +361,7 @@ class AttentionBlock(nn.Module):
         self.rate = rate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W)."""
         x = x + drop_path(self.layer_scale_1(self.token_mixer(self.norm(x))), self.rate, self.training)
         return x + drop_path(self.layer_scale_2(self.mlp(x)), self.rate, self.training)
 
@@ -377,6 +386,7 @@ class FastVitStage(nn.Module):
         self.blocks = nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, Cin, H, W) -> (B, Cout, H', W') with H' = H / 2 after a downsample."""
         return self.blocks(self.pos_emb(self.downsample(x)))
 
 
