@@ -16,6 +16,7 @@ Issue 11 families (same batch and modes; `--model` picks them):
     .venv/bin/python benchmarks/inference.py --model EVA02-B-16 --iters 1    # clipforge vs open_clip (timm EVA)
     .venv/bin/python benchmarks/inference.py --model convnext_base --iters 1  # clipforge vs open_clip (timm ConvNeXt)
     .venv/bin/python benchmarks/inference.py --model MobileCLIP-B --iters 1  # clipforge vs open_clip (timm MCi ViT)
+    .venv/bin/python benchmarks/inference.py --model MobileCLIP-S2 --iters 1  # FastViT MCi2, both reparameterised
     .venv/bin/python benchmarks/inference.py --model SigLIP-B-16 --modes bf16 --batch 8 --iters 1   # bf16 only
 
 SigLIP B/16 is transformers' default SiglipConfig (siglip-base-patch16-224) with clipforge's weights exported to
@@ -53,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 # Issue 11 rows (run_family); other names go through `run`. The open_clip-built families are loaded into clipforge
 # from open_clip's random weights (build_openclip_family); SigLIP also runs transformers' SiglipModel.
-OPENCLIP_FAMILIES = ("EVA02-B-16", "convnext_base", "MobileCLIP-B")
+OPENCLIP_FAMILIES = ("EVA02-B-16", "convnext_base", "MobileCLIP-B", "MobileCLIP-S2")
 FAMILIES = ("SigLIP-B-16", *OPENCLIP_FAMILIES)
 
 CAPTIONS = [
@@ -136,6 +137,11 @@ def build_openclip_family(name: str = "EVA02-B-16"):
             p.add_(torch.randn_like(p) * 0.02)
     ours = clipforge.create_model(name).eval()
     ours.load_state_dict(openclip_to_clipforge_keys(oc.state_dict()), strict=True)
+    if ours.config.vision.fastvit is not None:  # FastViT runs fused at inference in both libraries
+        from timm.utils.model import reparameterize_model
+
+        ours.visual.reparameterize()
+        oc = reparameterize_model(oc)
     return ours, oc
 
 
