@@ -23,6 +23,7 @@ from .weights.loading import LOCAL_DIR_PREFIX, read_config
 
 ModelLike = CLIP | CLIPConfig | str
 _HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # huggingface_hub's org/name form
+_HUB_TOKENIZER_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # org/name, or a legacy "roberta-base"
 
 
 def _config(name_or_model: ModelLike, cache_dir: str | None = None) -> CLIPConfig:
@@ -131,7 +132,24 @@ def _hf_tokenizer(config: CLIPConfig, context_length: int | None, cache_dir: str
             "build one with clipforge.text.hf_tokenizer.HFTokenizer(folder_with_tokenizer_json)"
         )
     length = context_length or config.text.context_length
+    if not os.path.exists(source):  # a hub name ("xlm-roberta-base", "facebook/nllb-200-distilled-600M")
+        source = os.fspath(_download_hf_text_tokenizer(source, cache_dir))
     return HFTokenizer(source, length, cache_dir=cache_dir, clean=config.text.tokenizer_clean, language=language)
+
+
+def _download_hf_text_tokenizer(source: str, cache_dir: str | None):
+    """The local snapshot folder of a hub tokenizer, through weights/hub.py (huggingface_hub's cache, HF_ENDPOINT
+    and HF_HUB_OFFLINE respected, a `HubDownloadError` naming the repository and what to do when it cannot be had),
+    so the ids are those of the files transformers' AutoTokenizer would fetch, never its raw OSError offline."""
+    if not _HUB_TOKENIZER_NAME.fullmatch(source):
+        raise ValueError(
+            f"this model's tokenizer is {source!r}, which is neither a local folder nor a hub repository id "
+            "(org/name or a legacy name such as 'xlm-roberta-base'); set text.hf_tokenizer_name to the folder "
+            "holding its tokenizer.json"
+        )
+    from .weights.hub import download_hf_text_tokenizer
+
+    return download_hf_text_tokenizer(source, what=f"tokenizer {source!r} (text.hf_tokenizer_name)", cache=cache_dir)
 
 
 def get_preprocess(name_or_model: ModelLike | PreprocessConfig = "ViT-B-32", train: bool = False, **train_options):

@@ -163,27 +163,55 @@ def download_first(
 # (SigLIP 2's Gemma vocabulary); and the files beside it that say its special tokens.
 TOKENIZER_FILES = ("spiece.model", "tokenizer.json")
 TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json")
+# A Hugging Face text tower's tokenizer (XLM-R, RoBERTa, mT5, NLLB, XLM-V): `tokenizer.json` first (read by
+# text/hf_tokenizer.py with `tokenizers`: tokenizer_config.json says NLLB and its language settings,
+# special_tokens_map.json the pad token), else a slow tokenizer's vocabulary (mT5's hub repos have only
+# spiece.model), which transformers' AutoTokenizer reads from the snapshot folder with the side files below
+# (config.json tells it the model type when tokenizer_config.json names no class; merges.txt is RoBERTa's).
+HF_TEXT_TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "spiece.model", "vocab.json", "vocab.txt")
+HF_TEXT_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json")
+HF_TEXT_SLOW_SIDE_FILES = ("config.json", "added_tokens.json", "merges.txt")
 
 
 def download_tokenizer(
-    repo_id: str, *, what: str, revision: str | None = None, cache: str | Path | None = None
+    repo_id: str,
+    *,
+    what: str,
+    revision: str | None = None,
+    cache: str | Path | None = None,
+    files: tuple[str, ...] = TOKENIZER_FILES,
+    side_files: tuple[str, ...] = TOKENIZER_SIDE_FILES,
 ) -> Path:
     """The local folder (huggingface_hub's snapshot of `repo_id`) holding the repository's tokenizer files.
 
-    The first of `TOKENIZER_FILES` the repository has is downloaded with the `TOKENIZER_SIDE_FILES` it has (one
-    snapshot folder, so they lie together as the tokenizer readers expect); the weights are not. Offline
-    (HF_HUB_OFFLINE=1, or the hub unreachable) the cache serves; a miss is a `HubDownloadError` naming the
-    repository and what to do.
+    The first of `files` the repository has is downloaded with the `side_files` it has (one snapshot folder, so
+    they lie together as the tokenizer readers expect); the weights are not. Offline (HF_HUB_OFFLINE=1, or the
+    hub unreachable) the cache serves; a miss is a `HubDownloadError` naming the repository and what to do.
+    The defaults are SigLIP's file set; `download_hf_text_tokenizer` asks for a Hugging Face text tower's.
     """
     try:
-        main = download_first(repo_id, list(TOKENIZER_FILES), what=what, revision=revision, cache=cache)
+        main = download_first(repo_id, list(files), what=what, revision=revision, cache=cache)
     except HubDownloadError as exc:
         if not hf_constants.HF_HUB_OFFLINE:  # download_first already says what to do when the hub is unreachable
             raise
         raise HubDownloadError(f"{exc}. {offline_note()}") from exc
-    for name in TOKENIZER_SIDE_FILES:
+    for name in side_files:
         download_optional(repo_id, name, revision, cache)
     return main.parent
+
+
+def download_hf_text_tokenizer(
+    repo_id: str, *, what: str, revision: str | None = None, cache: str | Path | None = None
+) -> Path:
+    """The snapshot folder of a Hugging Face text tower's tokenizer (`HF_TEXT_TOKENIZER_FILES`), as
+    `download_tokenizer`; a repository without `tokenizer.json` also gets the slow tokenizer's side files."""
+    folder = download_tokenizer(
+        repo_id, what=what, revision=revision, cache=cache, files=HF_TEXT_TOKENIZER_FILES, side_files=HF_TEXT_SIDE_FILES
+    )
+    if not (folder / "tokenizer.json").is_file():
+        for name in HF_TEXT_SLOW_SIDE_FILES:
+            download_optional(repo_id, name, revision, cache)
+    return folder
 
 
 def download_optional(repo_id: str, filename: str, revision: str | None = None, cache: str | Path | None = None):
