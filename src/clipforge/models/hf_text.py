@@ -112,6 +112,20 @@ def build_encoder(config, with_pooler: bool) -> nn.Module:
     return cls(config)
 
 
+def _own_view_outputs(module: nn.Module, args: Any, output: Any) -> Any:
+    """Forward hook of each encoder layer: a returned tensor that is a view is replaced by its copy.
+
+    (m)T5's first block returns its relative position bias as a permuted view (1, heads, L, L) of the bias table's
+    lookup; FSDP2 warns of a unit returning a view, since an in-place op on it would skip the unit's all-gather. The
+    copy is small (no batch dimension) and leaves the numbers unchanged; other families return no views (no copy).
+    """
+    if isinstance(output, torch.Tensor):
+        return output.clone() if output._base is not None else None
+    if isinstance(output, tuple) and any(isinstance(t, torch.Tensor) and t._base is not None for t in output):
+        return tuple(t.clone() if isinstance(t, torch.Tensor) and t._base is not None else t for t in output)
+    return None
+
+
 class HFTextTower(nn.Module):
     """Token ids (B, L) -> text embeddings (B, output_dim) through a Hugging Face encoder.
 
@@ -130,6 +144,8 @@ class HFTextTower(nn.Module):
         self.output_dim = output_dim
         self.hf_config = hf_architecture_config(cfg)
         self.transformer = build_encoder(self.hf_config, with_pooler=cfg.hf_pooler_type == "cls_pooler")
+        for unit in self.shard_units():  # FSDP2's units return no views (see _own_view_outputs)
+            unit.register_forward_hook(_own_view_outputs)
         self.pad_id = int(self.hf_config.pad_token_id if self.hf_config.pad_token_id is not None else 0)
         width = int(getattr(self.hf_config, _WIDTH_FIELD[self.hf_config.model_type]))
         self.width = width

@@ -33,6 +33,8 @@ class MAPHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens (B, N, width), already through ln_post -> pooled feature (B, width)."""
         probe = self.probe.to(x.dtype).expand(x.shape[0], -1, -1)  # (B, 1, width)
-        pooled = self.attention(probe, x, x, need_weights=False)[0]  # (B, 1, width)
-        pooled = pooled + self.mlp(self.layernorm(pooled))  # residual MLP, pre-norm
-        return pooled[:, 0]
+        pooled = self.attention(probe, x, x, need_weights=False)[0][:, 0]  # (B, width)
+        # Residual MLP, pre-norm, on the one probe token (per-token ops: the same numbers as on (B, 1, width)). The
+        # sum is a fresh tensor, not a view of the attention output: FSDP2 warns of a tower returning a view
+        # (an in-place op on it would skip its all-gather), and a SigLIP tower without projection returns this.
+        return pooled + self.mlp(self.layernorm(pooled))
