@@ -310,11 +310,36 @@ def big_vision_to_hf_siglip(arrays: Mapping[str, np.ndarray], path: Path) -> dic
     return out
 
 
-def read_big_vision_npz(path: str | os.PathLike) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
-    """(config, clipforge state dict) of a big_vision SigLIP `.npz`; every problem is a CheckpointError."""
+def _with_image_size(hf_config: dict[str, Any], image_size: Any, path: Path) -> dict[str, Any]:
+    """`hf_config` at the explicit `image_size`, which must floor to the arrays' grid (grid = image // patch)."""
+    vision = hf_config["vision_config"]
+    patch, grid = vision["patch_size"], vision["image_size"] // vision["patch_size"]
+    if type(image_size) is not int or image_size <= 0:
+        raise CheckpointError(f"{path}: image_size={image_size!r} must be a positive int (pixels a side)")
+    if image_size // patch != grid:
+        raise CheckpointError(
+            f"{path}: image_size={image_size} does not fit this checkpoint: its position grid is {grid}x{grid} "
+            f"patches of {patch} pixels, so the image side must be in [{grid * patch}, {(grid + 1) * patch - 1}] "
+            f"(floor(image_size / {patch}) == {grid})"
+        )
+    return {**hf_config, "vision_config": {**vision, "image_size": image_size}}
+
+
+def read_big_vision_npz(
+    path: str | os.PathLike, *, image_size: int | None = None
+) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
+    """(config, clipforge state dict) of a big_vision SigLIP `.npz`; every problem is a CheckpointError.
+
+    A `.npz` holds no image size, only the position grid, so by default the side is grid x patch (So400m/14 with a
+    27x27 grid: 378 px). A tower trained at a side that is not a whole number of patches (So400m/14 at 384 px: the
+    ViT floors 384 / 14 to 27 and ignores the last 6 pixel rows and columns) needs `image_size=384`; it must floor
+    to the file's grid, and it also sets the preprocessing size, so images are resized as in training.
+    """
     path = Path(path)
     arrays = _unscan(_strip_prefix(read_npz_arrays(path), path))
     hf_config = hf_config_from_big_vision(arrays, path)
+    if image_size is not None:
+        hf_config = _with_image_size(hf_config, image_size, path)
     try:
         cfg = config_from_hf_siglip(hf_config)
     except ConfigError as exc:

@@ -398,10 +398,14 @@ def clipforge_to_hf(sd: Mapping[str, torch.Tensor], cfg: CLIPConfig) -> dict[str
 # ---------------------------------------------------------------------------------------------- files
 
 
-def _load_sharded(index_path: Path) -> dict[str, torch.Tensor]:
+def _load_sharded(index_path: Path, allow_unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
     try:
         with reading_config(index_path):
-            weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+            try:  # under safeio's guards: a FIFO, a device or a huge index is refused, naming it
+                index_text = read_text_file(index_path, what=index_path.name)
+            except OSError as exc:
+                raise CheckpointError(str(exc)) from exc
+            weight_map = json.loads(index_text)["weight_map"]
             if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
                 raise ConfigError("weight_map must map tensor names to shard file names")
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
@@ -411,30 +415,38 @@ def _load_sharded(index_path: Path) -> dict[str, torch.Tensor]:
         shard_path = index_path.parent / shard
         if not shard_path.is_file():
             raise CheckpointError(f"{index_path} names shard {shard!r}, which is not in {index_path.parent}")
-        sd.update(read_tensors(shard_path))
+        sd.update(read_tensors(shard_path, allow_unsafe_pickle=allow_unsafe_pickle))
     absent = sorted(k for k in weight_map if k not in sd)
     if absent:
         raise CheckpointError(f"{index_path}: key(s) listed in the index are absent from their shards: {_list(absent)}")
     return sd
 
 
-def read_hf_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_hf_state_dict(path: str | os.PathLike, *, allow_unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
     """The raw (HF-named) tensors of a transformers checkpoint directory, from its preferred weights file.
 
-    Files are read through `formats.read_tensors`: safetensors as stored, pickles with `weights_only=True`.
+    Files are read through `formats.read_tensors`: safetensors as stored, pickles with `weights_only=True` unless
+    `allow_unsafe_pickle` (the caller's opt-in for a trusted legacy `pytorch_model.bin`).
     """
     folder = Path(path)
     for name in WEIGHT_FILES:
         candidate = folder / name
-        if candidate.is_file():
-            return _load_sharded(candidate) if name.endswith(".index.json") else read_tensors(candidate)
+        is_index = name.endswith(".index.json")
+        # an index that exists but is no regular file (a FIFO) is read, and refused naming it, not skipped
+        if candidate.is_file() or (is_index and candidate.exists()):
+            if is_index:
+                return _load_sharded(candidate, allow_unsafe_pickle)
+            return read_tensors(candidate, allow_unsafe_pickle=allow_unsafe_pickle)
     raise CheckpointError(f"no weights file in {folder}: looked for {', '.join(WEIGHT_FILES)}")
 
 
-def read_hf_dir(path: str | os.PathLike) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
+def read_hf_dir(
+    path: str | os.PathLike, *, allow_unsafe_pickle: bool = False
+) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
     """Read a transformers `CLIPModel` directory -> (config, clipforge state dict) ready for `CLIP.load_state_dict`.
 
     The config's `preprocess` comes from the folder's preprocessor_config.json (hf_processor.py) when it has one.
+    `allow_unsafe_pickle` lets a trusted `pytorch_model.bin` that `weights_only` refuses load (every family).
     """
     folder = Path(path)
     config_path = folder / CONFIG_NAME
@@ -443,20 +455,20 @@ def read_hf_dir(path: str | os.PathLike) -> tuple[CLIPConfig, dict[str, torch.Te
     from . import hf_siglip2  # fixed-resolution Siglip2Model folders (hf_siglip2 imports this module)
 
     if hf_siglip2.is_siglip2_folder(folder):
-        return hf_siglip2.read_hf_siglip2_dir(folder)
+        return hf_siglip2.read_hf_siglip2_dir(folder, allow_unsafe_pickle=allow_unsafe_pickle)
     cfg = read_hf_config(config_path)
     from . import hf_siglip  # SiglipModel folders share this layout (hf_siglip imports this module)
 
     if hf_siglip.is_siglip(cfg):
-        return hf_siglip.read_hf_siglip_dir(folder)
+        return hf_siglip.read_hf_siglip_dir(folder, allow_unsafe_pickle=allow_unsafe_pickle)
     if cfg.text.is_hf:  # AltCLIPModel / ChineseCLIPModel: CLIP's ViT with a transformers text encoder
         from .hf_chinese_clip import read_hf_text_tower_dir
 
-        return read_hf_text_tower_dir(folder, cfg)
+        return read_hf_text_tower_dir(folder, cfg, allow_unsafe_pickle=allow_unsafe_pickle)
     # The image processor config beside it (if any) says how images are prepared; without one, the defaults.
     with reading_config(folder / "preprocessor_config.json"):
         cfg = cfg.replace(preprocess=read_preprocessor_config(folder, cfg.vision.image_size))
-    return cfg, hf_to_clipforge(read_hf_state_dict(folder), cfg)
+    return cfg, hf_to_clipforge(read_hf_state_dict(folder, allow_unsafe_pickle=allow_unsafe_pickle), cfg)
 
 
 def read_hf_config(config_path: Path) -> CLIPConfig:

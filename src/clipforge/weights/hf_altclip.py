@@ -33,6 +33,7 @@ from ..models.config import CLIPConfig, ConfigError, TextConfig
 from . import hf
 from .formats import CheckpointError, reading_config
 from .hf_chinese_clip import encoder_fields, hf_two_tower_to_clipforge, read_hf_text_tower_dir, two_tower_config
+from .native import config_text
 
 MODEL_TYPE = "altclip"
 
@@ -101,15 +102,19 @@ def hf_altclip_to_clipforge(sd: Mapping[str, torch.Tensor], cfg: CLIPConfig) -> 
     return hf_two_tower_to_clipforge(sd, cfg, _altclip_text_key, "HF AltCLIP")
 
 
-def read_hf_altclip_dir(path: str | os.PathLike) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
-    """Read a transformers `AltCLIPModel` folder -> (config, clipforge state dict) for `CLIP.load_state_dict`."""
+def read_hf_altclip_dir(
+    path: str | os.PathLike, *, allow_unsafe_pickle: bool = False
+) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
+    """Read a transformers `AltCLIPModel` folder -> (config, clipforge state dict) for `CLIP.load_state_dict`.
+
+    `allow_unsafe_pickle` is the opt-in for a trusted `pytorch_model.bin` that `weights_only` refuses."""
     folder = Path(path)
     config_path = folder / hf.CONFIG_NAME
-    if not config_path.is_file():
+    if not config_path.exists():  # present but not a regular file (a FIFO): refused by the safe read, naming it
         raise CheckpointError(f"no {hf.CONFIG_NAME} in {folder}: a transformers AltCLIPModel folder needs one")
     with reading_config(config_path):
-        cfg = config_from_hf_altclip(json.loads(config_path.read_text(encoding="utf-8")))
-    return read_hf_text_tower_dir(folder, cfg)
+        cfg = config_from_hf_altclip(json.loads(config_text(config_path)))
+    return read_hf_text_tower_dir(folder, cfg, allow_unsafe_pickle=allow_unsafe_pickle)
 
 
 # ---------------------------------------------------------------------------------------------- writing

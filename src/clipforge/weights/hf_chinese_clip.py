@@ -30,6 +30,7 @@ from ..models.config import CLIPConfig, ConfigError, TextConfig
 from . import hf
 from .formats import CheckpointError, raise_on_mismatch, reading_config
 from .hf_processor import read_preprocessor_config
+from .native import config_text
 
 MODEL_TYPE = "chinese_clip"
 
@@ -179,44 +180,53 @@ def _tokenizer_settings(folder: Path, text: TextConfig, positions: int) -> TextC
         return text
     length = positions
     tok_config = folder / "tokenizer_config.json"
-    if tok_config.is_file():
+    if tok_config.exists():  # a FIFO / device there is refused by the safe read, naming it, not skipped
         with reading_config(tok_config):
-            data = json.loads(tok_config.read_text(encoding="utf-8"))
+            data = json.loads(config_text(tok_config))
             limit = data.get("model_max_length") if isinstance(data, dict) else None
             if type(limit) is int and 2 <= limit < length:  # transformers writes a huge sentinel when unset
                 length = limit
     return dataclasses.replace(text, hf_tokenizer_name=str(folder), context_length=length)
 
 
-def read_hf_text_tower_dir(folder: Path, cfg: CLIPConfig) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
+def read_hf_text_tower_dir(
+    folder: Path, cfg: CLIPConfig, *, allow_unsafe_pickle: bool = False
+) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
     """Read a ChineseCLIPModel or AltCLIPModel folder whose config.json gave `cfg` -> (config, clipforge state dict).
 
     The folder's tokenizer (when present) becomes the model's (`text.hf_tokenizer_name`), with the context length
     capped by its `model_max_length`; the image processor config, when present, gives `preprocess`.
+    `allow_unsafe_pickle` is the opt-in for a trusted `pytorch_model.bin` that `weights_only` refuses.
     """
     from ..models.hf_text import HFTextTower
 
-    with torch.device("meta"):
+    # the text encoder's fields are checked as it is built (depth, heads, ...): an error there is config.json's
+    with reading_config(folder / hf.CONFIG_NAME), torch.device("meta"):
         positions = HFTextTower(cfg.text, cfg.embed_dim).max_length
     cfg = cfg.replace(text=_tokenizer_settings(folder, cfg.text, positions))
     with reading_config(folder / "preprocessor_config.json"):
         cfg = cfg.replace(preprocess=read_preprocessor_config(folder, cfg.vision.image_size))
+    tensors = hf.read_hf_state_dict(folder, allow_unsafe_pickle=allow_unsafe_pickle)
     if cfg.text.hf_proj_type == "altclip":
         from .hf_altclip import hf_altclip_to_clipforge
 
-        return cfg, hf_altclip_to_clipforge(hf.read_hf_state_dict(folder), cfg)
-    return cfg, hf_chinese_clip_to_clipforge(hf.read_hf_state_dict(folder), cfg)
+        return cfg, hf_altclip_to_clipforge(tensors, cfg)
+    return cfg, hf_chinese_clip_to_clipforge(tensors, cfg)
 
 
-def read_hf_chinese_clip_dir(path: str | os.PathLike) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
-    """Read a transformers `ChineseCLIPModel` folder -> (config, clipforge state dict) for `CLIP.load_state_dict`."""
+def read_hf_chinese_clip_dir(
+    path: str | os.PathLike, *, allow_unsafe_pickle: bool = False
+) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
+    """Read a transformers `ChineseCLIPModel` folder -> (config, clipforge state dict) for `CLIP.load_state_dict`.
+
+    `allow_unsafe_pickle` is the opt-in for a trusted `pytorch_model.bin` that `weights_only` refuses."""
     folder = Path(path)
     config_path = folder / hf.CONFIG_NAME
-    if not config_path.is_file():
+    if not config_path.exists():  # present but not a regular file (a FIFO): refused by the safe read, naming it
         raise CheckpointError(f"no {hf.CONFIG_NAME} in {folder}: a transformers ChineseCLIPModel folder needs one")
     with reading_config(config_path):
-        cfg = config_from_hf_chinese_clip(json.loads(config_path.read_text(encoding="utf-8")))
-    return read_hf_text_tower_dir(folder, cfg)
+        cfg = config_from_hf_chinese_clip(json.loads(config_text(config_path)))
+    return read_hf_text_tower_dir(folder, cfg, allow_unsafe_pickle=allow_unsafe_pickle)
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -257,9 +267,10 @@ def _chinese_clip_refusal(cfg: CLIPConfig) -> str | None:
     return None
 
 
-def copy_tokenizer_files(text: TextConfig, folder: Path) -> list[Path]:
+def copy_tokenizer_files(text: TextConfig, folder: Path, names: tuple[str, ...] | None = None) -> list[Path]:
     """Copy the tokenizer files of the folder the model was read from (`text.hf_tokenizer_name`, when it is a
-    local folder) into `folder`, so the written folder tokenizes the same without the original; [] when none."""
+    local folder) into `folder`, so the written folder tokenizes the same without the original; [] when none.
+    `names` are the files looked for (default: those of an HF text encoder's tokenizer)."""
     from ..atomic import atomic_write_bytes
     from ..safeio import read_regular_file
     from .openclip_hftext import TOKENIZER_FILES as ALL_TOKENIZER_FILES
@@ -268,7 +279,7 @@ def copy_tokenizer_files(text: TextConfig, folder: Path) -> list[Path]:
     if source is None or not source.is_dir() or source.resolve() == folder.resolve():
         return []
     written = []
-    for name in ALL_TOKENIZER_FILES:
+    for name in names or ALL_TOKENIZER_FILES:
         if (source / name).is_file():
             data = read_regular_file(source / name, _TOKENIZER_MAX_BYTES, what=f"tokenizer file {name}")
             atomic_write_bytes(folder / name, data)

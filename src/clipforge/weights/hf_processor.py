@@ -40,6 +40,7 @@ from ..atomic import atomic_write_bytes
 from ..models.config import OPENAI_MEAN, OPENAI_STD, CLIPConfig, ConfigError, Interpolation, PreprocessConfig
 from ..text.vocab import END_OF_WORD, EOT_TOKEN, SOT_TOKEN, load_vocab
 from .formats import CheckpointError
+from .native import config_text
 
 PREPROCESSOR_NAME = "preprocessor_config.json"
 VOCAB_NAME = "vocab.json"
@@ -246,11 +247,13 @@ def preprocess_from_hf(data: Mapping[str, Any], image_size: int, where: str = PR
 def read_preprocessor_config(folder: str | os.PathLike, image_size: int) -> PreprocessConfig:
     """The folder's preprocessor_config.json as a `PreprocessConfig`; clipforge's default when it has none."""
     path = Path(folder) / PREPROCESSOR_NAME
-    if not path.is_file():
+    if not path.exists():  # one that exists but is no regular file (a FIFO) is refused below, naming it
         return PreprocessConfig(size=image_size)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    try:  # safeio: a FIFO, a device or a huge file is a CheckpointError naming it (read_text would block)
+        data = json.loads(config_text(path))
+    except CheckpointError:
+        raise
+    except ValueError as exc:  # invalid JSON, or bytes that are not UTF-8
         raise CheckpointError(f"{path} is not valid JSON: {exc}; fix or delete it (defaults apply without it)") from exc
     return preprocess_from_hf(data, image_size, where=str(path))
 

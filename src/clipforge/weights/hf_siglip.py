@@ -46,7 +46,7 @@ from .hf import (
     read_hf_state_dict,
 )
 from .hf_processor import PREPROCESSOR_NAME, read_preprocessor_config
-from .native import atomic_save_safetensors
+from .native import atomic_save_safetensors, config_text
 
 MODEL_TYPE = "siglip"
 
@@ -314,23 +314,27 @@ def clipforge_to_hf_siglip(sd: Mapping[str, torch.Tensor], cfg: CLIPConfig) -> d
 def read_hf_siglip_config(config_path: Path) -> CLIPConfig:
     """The clipforge config of a SiglipModel config.json; a CheckpointConfigError names the file and field."""
     with reading_config(config_path):
-        hf_config = json.loads(config_path.read_text(encoding="utf-8"))
+        hf_config = json.loads(config_text(config_path))  # safeio: a FIFO / device / huge file is refused, named
         if not isinstance(hf_config, dict):
             raise ConfigError(f"expected a JSON object, got a {type(hf_config).__name__}")
         return config_from_hf_siglip(hf_config)
 
 
-def read_hf_siglip_dir(path: str | os.PathLike) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
-    """Read a transformers `SiglipModel` folder -> (config, clipforge state dict) for `CLIP.load_state_dict`."""
+def read_hf_siglip_dir(
+    path: str | os.PathLike, *, allow_unsafe_pickle: bool = False
+) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
+    """Read a transformers `SiglipModel` folder -> (config, clipforge state dict) for `CLIP.load_state_dict`.
+
+    `allow_unsafe_pickle` is the opt-in for a trusted `pytorch_model.bin` that `weights_only` refuses."""
     folder = Path(path)
     config_path = folder / CONFIG_NAME
-    if not config_path.is_file():
+    if not config_path.exists():  # present but not a regular file (a FIFO): refused by the safe read, naming it
         raise CheckpointError(f"no {CONFIG_NAME} in {folder}: a transformers SiglipModel folder needs one")
     cfg = read_hf_siglip_config(config_path)
     if (folder / PREPROCESSOR_NAME).is_file():  # SiglipImageProcessor settings, when the folder has them
         with reading_config(folder / PREPROCESSOR_NAME):
             cfg = cfg.replace(preprocess=read_preprocessor_config(folder, cfg.vision.image_size))
-    return cfg, hf_siglip_to_clipforge(read_hf_state_dict(folder), cfg)
+    return cfg, hf_siglip_to_clipforge(read_hf_state_dict(folder, allow_unsafe_pickle=allow_unsafe_pickle), cfg)
 
 
 def write_hf_siglip_dir(model: CLIP | tuple[CLIPConfig, Mapping[str, torch.Tensor]], path: str | os.PathLike) -> Path:

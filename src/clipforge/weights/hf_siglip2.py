@@ -30,6 +30,7 @@ Reference: transformers `models/siglip2/modeling_siglip2.py` (Siglip2VisionEmbed
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -45,6 +46,7 @@ from ..models.config import CLIPConfig, ConfigError, PreprocessConfig
 from ..safeio import read_text_file
 from .formats import CheckpointError, reading_config
 from .hf import CONFIG_NAME, SAFE_WEIGHTS_NAME, _number, _sub_config, read_hf_state_dict
+from .hf_chinese_clip import copy_tokenizer_files
 from .hf_processor import PIL_RESAMPLE, PREPROCESSOR_NAME, _interpolation
 from .hf_siglip import (
     SIGLIP_PREPROCESS,
@@ -58,6 +60,10 @@ from .hf_siglip import (
 from .native import atomic_save_safetensors
 
 MODEL_TYPE = "siglip2"
+# What transformers' GemmaTokenizer(Fast) saves beside a Siglip2Model (spiece.model: a SentencePiece-only folder).
+SIGLIP2_TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "spiece.model",
+)
 PATCH_KEY = "vision_model.embeddings.patch_embedding.weight"
 # transformers' Siglip2VisionConfig defaults (5.x) that differ from SigLIP's.
 VISION_DEFAULTS: dict[str, Any] = {"num_patches": 256, "patch_size": 16, "num_channels": 3}
@@ -176,15 +182,24 @@ def read_hf_siglip2_config(config_path: Path) -> CLIPConfig:
         return config_from_hf_siglip2(hf_config)
 
 
-def read_hf_siglip2_dir(path: str | os.PathLike) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
-    """Read a fixed-resolution transformers `Siglip2Model` folder -> (config, clipforge state dict)."""
+def read_hf_siglip2_dir(
+    path: str | os.PathLike, *, allow_unsafe_pickle: bool = False
+) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
+    """Read a fixed-resolution transformers `Siglip2Model` folder -> (config, clipforge state dict).
+
+    `allow_unsafe_pickle` is the opt-in for a trusted `pytorch_model.bin` that `weights_only` refuses; a tokenizer
+    in the folder (tokenizer.json / spiece.model) becomes the model's `text.hf_tokenizer_name`."""
     folder = Path(path)
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
         raise CheckpointError(f"no {CONFIG_NAME} in {folder}: a transformers Siglip2Model folder needs one")
     cfg = read_hf_siglip2_config(config_path)
     cfg = cfg.replace(preprocess=_preprocess(folder, cfg))
-    return cfg, hf_siglip2_to_clipforge(read_hf_state_dict(folder), cfg)
+    if any((folder / name).is_file() for name in ("tokenizer.json", "spiece.model")):
+        # the folder's own (Gemma) tokenizer becomes the model's: get_tokenizer(model) reads it, and a Siglip2Model
+        # folder written from this model carries a copy of it (write_hf_siglip2_dir)
+        cfg = cfg.replace(text=dataclasses.replace(cfg.text, hf_tokenizer_name=str(folder)))
+    return cfg, hf_siglip2_to_clipforge(read_hf_state_dict(folder, allow_unsafe_pickle=allow_unsafe_pickle), cfg)
 
 
 # ---------------------------------------------------------------------------------------------- write
@@ -258,7 +273,9 @@ def preprocessor_to_hf_siglip2(cfg: CLIPConfig) -> dict[str, Any]:
 
 def write_hf_siglip2_dir(model: CLIP | tuple[CLIPConfig, Mapping[str, torch.Tensor]], path: str | os.PathLike) -> Path:
     """Write config.json + model.safetensors + preprocessor_config.json that transformers' `Siglip2Model` and
-    `Siglip2ImageProcessor` load; the model's own tokenizer files are not written (clipforge holds none).
+    `Siglip2ImageProcessor` load, and the tokenizer files of the folder the model was read from (its
+    `text.hf_tokenizer_name`, when that is a local folder: size-capped reads, atomic writes), so `AutoTokenizer` /
+    `get_tokenizer` on the written folder give the same ids; a model with no local tokenizer gets none.
 
     Every file goes to a temporary name and is renamed into place, weights first, so an interrupted write leaves
     no partial file. A model Siglip2Model cannot express is refused (ConfigError naming what) before anything is
@@ -275,6 +292,7 @@ def write_hf_siglip2_dir(model: CLIP | tuple[CLIPConfig, Mapping[str, torch.Tens
     atomic_write_bytes(folder / CONFIG_NAME, (json.dumps(hf_config, indent=2, sort_keys=True) + "\n").encode())
     processor = json.dumps(preprocessor_to_hf_siglip2(cfg), indent=2, sort_keys=True) + "\n"
     atomic_write_bytes(folder / PREPROCESSOR_NAME, processor.encode())
+    copy_tokenizer_files(cfg.text, folder, SIGLIP2_TOKENIZER_FILES)
     return folder
 
 

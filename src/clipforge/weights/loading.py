@@ -343,7 +343,7 @@ def _read_dir(folder: Path, arch: str | None, allow_unsafe_pickle: bool):
         return _read_file(weights, arch, allow_unsafe_pickle)
     if (folder / "config.json").exists():
         families.refuse_hf_config_file(folder / "config.json")  # BLIP, ALIGN, SigLIP 2, ...: named, not mis-read
-        config, state_dict = hf.read_hf_dir(folder)
+        config, state_dict = hf.read_hf_dir(folder, allow_unsafe_pickle=allow_unsafe_pickle)
         return config, state_dict, str(folder)
     raise CheckpointError(
         f"{folder} is a folder but holds no known checkpoint layout: expected {native.CONFIG_NAME} (clipforge), "
@@ -438,7 +438,7 @@ def _read_file(path: Path, arch: str | None, allow_unsafe_pickle: bool):
     families.refuse_state_dict(tensors, str(path))  # CoCa, MobileCLIP, BLIP, ALIGN, ...: named, not mis-read
     if any(k.startswith(("vision_model.", "text_model.")) for k in tensors):
         if (path.parent / "config.json").exists():
-            config, state_dict = hf.read_hf_dir(path.parent)
+            config, state_dict = hf.read_hf_dir(path.parent, allow_unsafe_pickle=allow_unsafe_pickle)
             return config, state_dict, str(path)
         raise CheckpointError(
             f"{path} holds Hugging Face CLIPModel weights; load the folder that also has its config.json"
