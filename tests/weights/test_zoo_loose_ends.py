@@ -188,6 +188,8 @@ FIFO_CASES = [  # (family folder, what is made a FIFO and read, the file the err
     ("altclip", _tokenizer_config, "tokenizer_config.json"),
     ("chinese_clip", _preprocessor_config, "preprocessor_config.json"),
     ("clip", _preprocessor_config, "preprocessor_config.json"),
+    ("siglip", _preprocessor_config, "preprocessor_config.json"),
+    ("siglip2", _preprocessor_config, "preprocessor_config.json"),
     ("clip", _shard_index, hf.SAFE_INDEX_NAME),
 ]
 

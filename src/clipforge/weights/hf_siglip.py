@@ -331,7 +331,7 @@ def read_hf_siglip_dir(
     if not config_path.exists():  # present but not a regular file (a FIFO): refused by the safe read, naming it
         raise CheckpointError(f"no {CONFIG_NAME} in {folder}: a transformers SiglipModel folder needs one")
     cfg = read_hf_siglip_config(config_path)
-    if (folder / PREPROCESSOR_NAME).is_file():  # SiglipImageProcessor settings, when the folder has them
+    if (folder / PREPROCESSOR_NAME).exists():  # SiglipImageProcessor settings (a FIFO there: refused, named)
         with reading_config(folder / PREPROCESSOR_NAME):
             cfg = cfg.replace(preprocess=read_preprocessor_config(folder, cfg.vision.image_size))
     return cfg, hf_siglip_to_clipforge(read_hf_state_dict(folder, allow_unsafe_pickle=allow_unsafe_pickle), cfg)

@@ -57,7 +57,7 @@ from .hf_siglip import (
     hf_siglip_to_clipforge,
     is_siglip,
 )
-from .native import atomic_save_safetensors
+from .native import atomic_save_safetensors, config_text
 
 MODEL_TYPE = "siglip2"
 # What transformers' GemmaTokenizer(Fast) saves beside a Siglip2Model (spiece.model: a SentencePiece-only folder).
@@ -106,10 +106,10 @@ def _preprocess(folder: Path, cfg: CLIPConfig) -> PreprocessConfig:
     """The folder's Siglip2ImageProcessor settings as a fixed-size `PreprocessConfig`; NaFlex use is refused."""
     path = folder / PREPROCESSOR_NAME
     base = PreprocessConfig(size=cfg.vision.image_size, **SIGLIP_PREPROCESS)
-    if not path.is_file():
+    if not path.exists():  # one that is there but no regular file (a FIFO) is refused by config_text, naming it
         return base
     with reading_config(path):
-        data = json.loads(read_text_file(path, what=PREPROCESSOR_NAME))
+        data = json.loads(config_text(path))
         if not isinstance(data, dict):
             raise ConfigError(f"expected a JSON object, got a {type(data).__name__}")
         grid = cfg.vision.image_size // cfg.vision.patch_size
