@@ -15,6 +15,9 @@ so open_clip always gives the default; clipforge's `language` gives what `tokeni
 Sources: a folder holding `tokenizer.json` (the checkpoint's own file) is read with the Rust `tokenizers`
 library, under the size cap of clipforge.safeio; anything else (a hub name such as "xlm-roberta-base", or a
 folder with only slow-tokenizer files) goes through transformers' `AutoTokenizer`, which may download it.
+`clipforge.get_tokenizer` never hands it a hub name: it first fetches the repository's tokenizer files through
+weights/hub.py (`download_hf_text_tokenizer`: huggingface_hub's cache, HF_HUB_OFFLINE, a `HubDownloadError`
+naming the repository when offline or unreachable) and reads the snapshot folder.
 """
 
 from __future__ import annotations
