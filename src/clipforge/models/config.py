@@ -298,7 +298,9 @@ class TextConfig:
         hf_config: a Hugging Face encoder's config.json fields (with "model_type"); set, it replaces the CLIP text
             transformer by that encoder (models/hf_text.py) and the fields above except context_length are unused.
         hf_model_name: the Hugging Face model the tower comes from (e.g. "xlm-roberta-base"); the default tokenizer.
-        hf_tokenizer_name: a hub name or local folder of the tokenizer when it differs from hf_model_name.
+        hf_tokenizer_name: a hub name or local folder of the tokenizer when it differs from hf_model_name. In a
+            written config "." means "the folder this config is in": writers copy a local tokenizer's files beside
+            the weights (never an absolute source path), readers resolve "." to that folder's path.
         hf_pooler_type: "mean_pooler" (mean over non-padding tokens), "cls_pooler" (the encoder's pooler output)
             or "cls_last_hidden_state_pooler" (the first token's last hidden state).
         hf_proj_type: "mlp" (Linear, GELU, Linear; open_clip's default), "linear", "none", or "altclip" (AltCLIP's

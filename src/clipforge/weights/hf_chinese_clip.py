@@ -189,6 +189,17 @@ def _tokenizer_settings(folder: Path, text: TextConfig, positions: int) -> TextC
     return dataclasses.replace(text, hf_tokenizer_name=str(folder), context_length=length)
 
 
+def with_folder_tokenizer(folder: Path, cfg: CLIPConfig) -> CLIPConfig:
+    """`cfg` (an AltCLIPModel / ChineseCLIPModel config.json's) with the folder's tokenizer and the context length
+    it allows: what load_model records, so get_tokenizer("local-dir:FOLDER") reads the same tokenizer."""
+    from ..models.hf_text import HFTextTower
+
+    # the text encoder's fields are checked as it is built (depth, heads, ...): an error there is config.json's
+    with reading_config(folder / hf.CONFIG_NAME), torch.device("meta"):
+        positions = HFTextTower(cfg.text, cfg.embed_dim).max_length
+    return cfg.replace(text=_tokenizer_settings(folder, cfg.text, positions))
+
+
 def read_hf_text_tower_dir(
     folder: Path, cfg: CLIPConfig, *, allow_unsafe_pickle: bool = False
 ) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
@@ -198,12 +209,7 @@ def read_hf_text_tower_dir(
     capped by its `model_max_length`; the image processor config, when present, gives `preprocess`.
     `allow_unsafe_pickle` is the opt-in for a trusted `pytorch_model.bin` that `weights_only` refuses.
     """
-    from ..models.hf_text import HFTextTower
-
-    # the text encoder's fields are checked as it is built (depth, heads, ...): an error there is config.json's
-    with reading_config(folder / hf.CONFIG_NAME), torch.device("meta"):
-        positions = HFTextTower(cfg.text, cfg.embed_dim).max_length
-    cfg = cfg.replace(text=_tokenizer_settings(folder, cfg.text, positions))
+    cfg = with_folder_tokenizer(folder, cfg)
     with reading_config(folder / "preprocessor_config.json"):
         cfg = cfg.replace(preprocess=read_preprocessor_config(folder, cfg.vision.image_size))
     tensors = hf.read_hf_state_dict(folder, allow_unsafe_pickle=allow_unsafe_pickle)

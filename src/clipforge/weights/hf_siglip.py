@@ -325,12 +325,18 @@ def read_hf_siglip_dir(
 ) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
     """Read a transformers `SiglipModel` folder -> (config, clipforge state dict) for `CLIP.load_state_dict`.
 
-    `allow_unsafe_pickle` is the opt-in for a trusted `pytorch_model.bin` that `weights_only` refuses."""
+    `allow_unsafe_pickle` is the opt-in for a trusted `pytorch_model.bin` that `weights_only` refuses; a tokenizer
+    in the folder (spiece.model / tokenizer.json) becomes the model's `text.hf_tokenizer_name`, so
+    get_tokenizer(model) reads it and every folder written from the model carries a copy."""
+    import dataclasses
+
     folder = Path(path)
     config_path = folder / CONFIG_NAME
     if not config_path.exists():  # present but not a regular file (a FIFO): refused by the safe read, naming it
         raise CheckpointError(f"no {CONFIG_NAME} in {folder}: a transformers SiglipModel folder needs one")
     cfg = read_hf_siglip_config(config_path)
+    if any((folder / name).is_file() for name in ("spiece.model", "tokenizer.json")):
+        cfg = cfg.replace(text=dataclasses.replace(cfg.text, hf_tokenizer_name=str(folder.resolve())))
     if (folder / PREPROCESSOR_NAME).exists():  # SiglipImageProcessor settings (a FIFO there: refused, named)
         with reading_config(folder / PREPROCESSOR_NAME):
             cfg = cfg.replace(preprocess=read_preprocessor_config(folder, cfg.vision.image_size))
@@ -338,10 +344,13 @@ def read_hf_siglip_dir(
 
 
 def write_hf_siglip_dir(model: CLIP | tuple[CLIPConfig, Mapping[str, torch.Tensor]], path: str | os.PathLike) -> Path:
-    """Write config.json + model.safetensors that `transformers.SiglipModel.from_pretrained(path)` loads.
+    """Write config.json + model.safetensors that `transformers.SiglipModel.from_pretrained(path)` loads, and the
+    tokenizer files of the folder the model was read from (its local `text.hf_tokenizer_name`; size-capped reads).
 
     Weights go first and each file is renamed into place, so an interrupted write leaves no partial file.
     """
+    from .native import carry_tokenizer
+
     cfg, sd = (model.config, model.state_dict()) if isinstance(model, CLIP) else model
     hf_config = config_to_hf_siglip(cfg)
     tensors = clipforge_to_hf_siglip(sd, cfg)
@@ -351,4 +360,5 @@ def write_hf_siglip_dir(model: CLIP | tuple[CLIPConfig, Mapping[str, torch.Tenso
     folder = Path(path)
     atomic_save_safetensors(tensors, folder / SAFE_WEIGHTS_NAME, metadata={"format": "pt"})
     atomic_write_bytes(folder / CONFIG_NAME, (json.dumps(hf_config, indent=2, sort_keys=True) + "\n").encode())
+    carry_tokenizer(cfg.text, folder)
     return folder

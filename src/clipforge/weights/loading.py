@@ -371,7 +371,7 @@ def _openclip_json_config(path: Path) -> CLIPConfig:
         config = openclip.config_from_openclip(model_cfg, preprocess_cfg, hf_text)
         if config.text.is_hf and openclip_hftext.has_tokenizer(path.parent):  # open_clip's hub folders carry it
             config = config.replace(text=dataclasses.replace(config.text, hf_tokenizer_name=str(path.parent)))
-        return config
+        return native.resolve_tokenizer(config, path.parent)  # "." (native.THIS_FOLDER): this folder's files
 
 
 def _config_in_dir(folder: Path) -> CLIPConfig | None:
@@ -381,7 +381,12 @@ def _config_in_dir(folder: Path) -> CLIPConfig | None:
     if (folder / openclip.CONFIG_NAME).exists():
         return _openclip_json_config(folder / openclip.CONFIG_NAME)
     if (folder / hf.CONFIG_NAME).exists():
-        return hf.read_hf_config(folder / hf.CONFIG_NAME)
+        config = hf.read_hf_config(folder / hf.CONFIG_NAME)
+        if config.text.is_hf:  # AltCLIPModel / ChineseCLIPModel: the folder's own tokenizer, as load_model reads it
+            from .hf_chinese_clip import with_folder_tokenizer
+
+            config = with_folder_tokenizer(folder, config)
+        return config
     return None
 
 
@@ -545,12 +550,13 @@ def save_model(model: CLIP, path: str | Path, format: SaveFormat = "clipforge") 
     if format == "clipforge":
         return native.write_native(model.config, state_dict, folder)
     if format == "openclip":
-        cfg = openclip.config_to_openclip(model.config)
         native.atomic_save_safetensors(
             openclip.openclip_state_dict(model.config, state_dict),
             folder / openclip.SAFE_WEIGHTS_NAME,
             None,
         )
+        # the tokenizer files travel with the folder; its config names them relatively (native.THIS_FOLDER)
+        cfg = openclip.config_to_openclip(model.config.replace(text=native.carry_tokenizer(model.config.text, folder)))
         native.atomic_write_bytes(folder / openclip.CONFIG_NAME, (json.dumps(cfg, indent=2) + "\n").encode())
         return folder
     if format == "hf":

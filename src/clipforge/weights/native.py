@@ -9,6 +9,7 @@ where a good one was.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from ..atomic import atomic_write_bytes
-from ..models.config import CLIPConfig
+from ..models.config import CLIPConfig, TextConfig
 from ..safeio import read_text_file
 from .formats import CheckpointError
 
@@ -25,6 +26,14 @@ CONFIG_NAME = "clipforge_config.json"
 WEIGHTS_NAME = "clipforge_model.safetensors"
 METADATA_KEY = "clipforge_config"
 FORMAT_VERSION = 1
+# `text.hf_tokenizer_name` in a written config: the tokenizer files lie in the folder of that config (a relative
+# reference, so the folder can be moved or shared); readers turn it back into that folder's path.
+THIS_FOLDER = "."
+# Every tokenizer file a local tokenizer folder may hold (SigLIP's spiece.model, Gemma / XLM-R / BERT / NLLB ...).
+LOCAL_TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model", "tokenizer.model",
+    "sentencepiece.bpe.model", "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json",
+)
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None) -> None:
@@ -51,9 +60,39 @@ def parse_config_json(text: str, source: str) -> CLIPConfig:
         return CLIPConfig.from_dict(data["model"])
 
 
+def is_local_tokenizer(name: str | None) -> bool:
+    """Whether `hf_tokenizer_name` names a local folder (one a reader recorded), not a hub id nor THIS_FOLDER."""
+    return bool(name) and name != THIS_FOLDER and Path(name).expanduser().is_dir()
+
+
+def carry_tokenizer(text: TextConfig, folder: Path) -> TextConfig:
+    """Copy the model's local tokenizer files into `folder` (size-capped reads, atomic writes) and point the text
+    config at them with THIS_FOLDER, so a written config never names the source folder (moved or deleted later).
+    Hub ids ("timm/ViT-B-16-SigLIP2") and configs without a local tokenizer are returned unchanged."""
+    from .hf_chinese_clip import copy_tokenizer_files
+
+    if not is_local_tokenizer(text.hf_tokenizer_name):
+        return text
+    if Path(text.hf_tokenizer_name).expanduser().resolve() != folder.resolve():
+        if not copy_tokenizer_files(text, folder, LOCAL_TOKENIZER_FILES):
+            return text  # a folder without tokenizer files: nothing to carry, the reference stays as given
+    return dataclasses.replace(text, hf_tokenizer_name=THIS_FOLDER)
+
+
+def resolve_tokenizer(config: CLIPConfig, folder: Path) -> CLIPConfig:
+    """`config` with a relative `text.hf_tokenizer_name` (THIS_FOLDER, "./sub") made the path under `folder`, the
+    folder its config was read from; other values unchanged."""
+    name = config.text.hf_tokenizer_name
+    if not name or not (name == THIS_FOLDER or name.startswith(("./", ".\\"))):
+        return config
+    return config.replace(text=dataclasses.replace(config.text, hf_tokenizer_name=str((folder / name).resolve())))
+
+
 def write_native(config: CLIPConfig, state_dict: dict[str, torch.Tensor], folder: str | Path) -> Path:
-    """Write a clipforge folder: safetensors weights (config in the header too) and the config JSON."""
+    """Write a clipforge folder: safetensors weights (config in the header too), the model's local tokenizer files
+    (carry_tokenizer) and the config JSON."""
     folder = Path(folder)
+    config = config.replace(text=carry_tokenizer(config.text, folder))
     text = config_json(config)
     atomic_save_safetensors(state_dict, folder / WEIGHTS_NAME, metadata={METADATA_KEY: text})
     atomic_write_bytes(folder / CONFIG_NAME, (text + "\n").encode())
@@ -65,7 +104,7 @@ def embedded_config(path: str | Path) -> CLIPConfig | None:
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
     text = metadata.get(METADATA_KEY)
-    return parse_config_json(text, str(path)) if text else None
+    return resolve_tokenizer(parse_config_json(text, str(path)), Path(path).parent) if text else None
 
 
 def config_text(path: Path) -> str:
@@ -81,4 +120,4 @@ def read_native_dir(folder: str | Path) -> tuple[CLIPConfig, Path]:
     """The config of a clipforge folder and the path of its weights file."""
     folder = Path(folder)
     config = parse_config_json(config_text(folder / CONFIG_NAME), str(folder / CONFIG_NAME))
-    return config, folder / WEIGHTS_NAME
+    return resolve_tokenizer(config, folder), folder / WEIGHTS_NAME

@@ -63,9 +63,14 @@ def text_cfg_to_openclip(text: TextConfig) -> dict[str, Any]:
             "open_clip names a Hugging Face text encoder by text_cfg.hf_model_name (a hub name or local folder), "
             "and this config has none: set text.hf_model_name (e.g. \"xlm-roberta-base\") before exporting"
         )
+    tokenizer = text.hf_tokenizer_name or text.hf_model_name
+    if tokenizer == "." and not Path(text.hf_model_name).expanduser().is_absolute():
+        # the tokenizer files lie beside this config (weights/native.py THIS_FOLDER): open_clip reads a local-dir:
+        # folder's own files whatever this names, and a hub copy (hf-hub:) needs a hub id here, never "."
+        tokenizer = text.hf_model_name
     cfg: dict[str, Any] = {
         "hf_model_name": text.hf_model_name,
-        "hf_tokenizer_name": text.hf_tokenizer_name or text.hf_model_name,
+        "hf_tokenizer_name": tokenizer,
         "hf_model_pretrained": False,  # the checkpoint holds the encoder's weights; nothing to fetch
         "hf_pooler_type": text.hf_pooler_type,
         "hf_proj_type": text.hf_proj_type,
