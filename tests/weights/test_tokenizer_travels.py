@@ -154,6 +154,19 @@ def test_written_folder_carries_its_tokenizer(tmp_path, family, fmt):
     assert reloaded.config.text.hf_tokenizer_name == str(moved.resolve())
     assert torch.equal(clipforge.get_tokenizer(reloaded)(TEXTS), expected)
     assert torch.equal(clipforge.get_tokenizer(f"local-dir:{moved}")(TEXTS), expected_local)
+    if fmt == "openclip":  # open_clip reads a local-dir: folder's own tokenizer files (its get_tokenizer)
+        open_clip = pytest.importorskip("open_clip")
+        assert torch.equal(open_clip.get_tokenizer(f"local-dir:{moved}")(TEXTS), expected)
+
+
+def test_convert_carries_the_tokenizer(tmp_path):
+    """clipforge.convert (what `clipforge convert` runs) from a Chinese-CLIP folder, then the source deleted."""
+    source = _chinese_clip(tmp_path / "src")
+    expected = clipforge.get_tokenizer(clipforge.load_model(str(source)))(TEXTS)
+    out = clipforge.convert(str(source), tmp_path / "out")
+    shutil.rmtree(tmp_path / "src")
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".txt") == ["vocab.txt"]
+    assert torch.equal(clipforge.get_tokenizer(clipforge.load_model(str(out)))(TEXTS), expected)
 
 
 def test_hub_ids_stay_and_nothing_is_copied(tmp_path):
@@ -181,3 +194,39 @@ def test_unresolved_relative_reference_is_refused_not_read_from_the_working_dire
     assert is_siglip(cfg)
     with pytest.raises(ValueError, match=r"hf_tokenizer_name.*'\.'.*folder"):
         clipforge.get_tokenizer(cfg)
+
+
+HUB_CODE = """
+import json, sys, torch, clipforge
+texts, repos = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+got = {}
+for repo in repos:  # get_tokenizer of the loaded model, and of the hub name alone (its config only)
+    model = clipforge.load_model(f"hf-hub:{repo}")
+    got[repo] = clipforge.get_tokenizer(model)(texts), clipforge.get_tokenizer(f"hf-hub:{repo}")(texts)
+torch.save({repo: torch.stack(pair) for repo, pair in got.items()}, sys.argv[3])
+"""
+
+
+def test_pushed_folder_tokenizes_from_the_hub(tmp_path):
+    """A folder written with "." and served as a hub repository: the tokenizer comes from that repository."""
+    import os
+    import subprocess
+    import sys
+
+    from support.hubserver import FakeHub
+
+    repos, expected = {}, {}
+    for family, fmt in (("siglip", "clipforge"), ("metaclip2", "clipforge"), ("metaclip2", "openclip")):
+        model = clipforge.load_model(str(SOURCES[family](tmp_path / f"src_{family}_{fmt}")))
+        expected[f"org/{family}-{fmt}"] = clipforge.get_tokenizer(model)(TEXTS)
+        repos[f"org/{family}-{fmt}"] = clipforge.save_model(model, tmp_path / "repos" / f"{family}-{fmt}", format=fmt)
+    out = tmp_path / "ids.pt"
+    with FakeHub(repos) as url:
+        env = {**os.environ, "HF_ENDPOINT": url, "HF_HUB_CACHE": str(tmp_path / "cache")}
+        args = [sys.executable, "-c", HUB_CODE, json.dumps(TEXTS), json.dumps(list(repos)), str(out)]
+        result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = torch.load(out, weights_only=True)
+    for repo, ids in expected.items():
+        assert torch.equal(got[repo][0], ids), f"{repo}: get_tokenizer(model)"
+        assert torch.equal(got[repo][1], ids), f"{repo}: get_tokenizer('hf-hub:{repo}')"

@@ -417,7 +417,7 @@ def read_config(
     for config_name in (native.CONFIG_NAME, openclip.CONFIG_NAME, hf.CONFIG_NAME):
         path = download_optional(repo, config_name, revision=revision, cache=cache_dir)
         if path is not None:
-            return _config_in_dir(path.parent)
+            return _hub_tokenizer(_config_in_dir(path.parent), path.parent, repo)
     raise CheckpointError(
         f"hub model {repo}: none of {native.CONFIG_NAME}, {openclip.CONFIG_NAME} or config.json could be found "
         f"({offline_note() or 'not a CLIP repository, or offline without a cached copy'})"
@@ -511,6 +511,17 @@ def _entry_preprocess(entry: PretrainedWeights, base: CLIPConfig) -> PreprocessC
     )
 
 
+def _hub_tokenizer(config: CLIPConfig, snapshot: Path, repo: str) -> CLIPConfig:
+    """A hub config whose tokenizer is "." (the files pushed beside it, native.THIS_FOLDER) names the repository
+    instead of the snapshot folder, which holds only what was downloaded: get_tokenizer fetches the tokenizer files
+    from `repo` through weights/hub.py (cache, HF_HUB_OFFLINE respected)."""
+    name = config.text.hf_tokenizer_name
+    fetched = any((snapshot / f).is_file() for f in ("tokenizer.json", "spiece.model"))  # a load that fetched them
+    if name is None or name != str(snapshot.resolve()) or fetched:
+        return config
+    return config.replace(text=dataclasses.replace(config.text, hf_tokenizer_name=repo))
+
+
 def _read_hub_repo(repo: str, arch, allow_unsafe_pickle, cache_dir, revision):
     """A hub repository in any of the three folder layouts, fetched file by file."""
     for config_name, weight_names in (
@@ -526,7 +537,8 @@ def _read_hub_repo(repo: str, arch, allow_unsafe_pickle, cache_dir, revision):
             download_optional(repo, hf_processor.PREPROCESSOR_NAME, revision=revision, cache=cache_dir)
         if weights.parent != config_path.parent:  # pragma: no cover - huggingface_hub keeps one snapshot folder
             raise CheckpointError(f"hub model {repo}: config and weights landed in different snapshot folders")
-        return _read_dir(config_path.parent, arch, allow_unsafe_pickle)
+        config, state_dict, source = _read_dir(config_path.parent, arch, allow_unsafe_pickle)
+        return _hub_tokenizer(config, config_path.parent, repo), state_dict, source
     raise CheckpointError(
         f"hub model {repo}: none of {native.CONFIG_NAME}, {openclip.CONFIG_NAME} or config.json could be found "
         f"({offline_note() or 'not a CLIP repository, or offline without a cached copy'})"
