@@ -51,7 +51,8 @@ def get_tokenizer(
     NLLB's encoder reads it first; default the tokenizer's `src_lang`, else "eng_Latn" (what open_clip gives).
     """
     config = _config(name_or_model, cache_dir)
-    if (config.text.hf_tokenizer_name or "").startswith("."):  # readers resolve it; never the working directory
+    relative = config.text.hf_tokenizer_name or ""
+    if relative == "." or relative.startswith("./"):  # readers resolve these against their folder; never the cwd
         raise ValueError(
             f"text.hf_tokenizer_name is {config.text.hf_tokenizer_name!r}: relative to the checkpoint folder it was "
             "written in; load the model from that folder (or pass 'local-dir:FOLDER') to use its tokenizer"

@@ -169,6 +169,20 @@ def test_convert_carries_the_tokenizer(tmp_path):
     assert torch.equal(clipforge.get_tokenizer(clipforge.load_model(str(out)))(TEXTS), expected)
 
 
+@pytest.mark.parametrize("family", ["siglip2", "xlmr", "chinese_clip"])
+def test_a_folder_read_by_a_relative_path_records_an_absolute_one(tmp_path, monkeypatch, family):
+    """load_model(".") inside the folder: the recorded tokenizer folder is absolute, so the copy still happens."""
+    source = SOURCES[family](tmp_path / "src")
+    monkeypatch.chdir(source)
+    model = clipforge.load_model(".")
+    assert model.config.text.hf_tokenizer_name == str(source.resolve())
+    expected = clipforge.get_tokenizer(model)(TEXTS)
+    out = clipforge.save_model(model, tmp_path / "out")
+    monkeypatch.chdir(tmp_path)
+    shutil.rmtree(source)
+    assert torch.equal(clipforge.get_tokenizer(clipforge.load_model(str(out)))(TEXTS), expected)
+
+
 def test_hub_ids_stay_and_nothing_is_copied(tmp_path):
     """A hub tokenizer reference ("facebook/xlm-v-base") is written unchanged and no files appear."""
     model = clipforge.create_model("tiny-metaclip2")

@@ -186,7 +186,7 @@ def _tokenizer_settings(folder: Path, text: TextConfig, positions: int) -> TextC
             limit = data.get("model_max_length") if isinstance(data, dict) else None
             if type(limit) is int and 2 <= limit < length:  # transformers writes a huge sentinel when unset
                 length = limit
-    return dataclasses.replace(text, hf_tokenizer_name=str(folder), context_length=length)
+    return dataclasses.replace(text, hf_tokenizer_name=str(folder.resolve()), context_length=length)
 
 
 def with_folder_tokenizer(folder: Path, cfg: CLIPConfig) -> CLIPConfig:

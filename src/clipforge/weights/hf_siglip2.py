@@ -198,7 +198,7 @@ def read_hf_siglip2_dir(
     if any((folder / name).is_file() for name in ("tokenizer.json", "spiece.model")):
         # the folder's own (Gemma) tokenizer becomes the model's: get_tokenizer(model) reads it, and a Siglip2Model
         # folder written from this model carries a copy of it (write_hf_siglip2_dir)
-        cfg = cfg.replace(text=dataclasses.replace(cfg.text, hf_tokenizer_name=str(folder)))
+        cfg = cfg.replace(text=dataclasses.replace(cfg.text, hf_tokenizer_name=str(folder.resolve())))
     return cfg, hf_siglip2_to_clipforge(read_hf_state_dict(folder, allow_unsafe_pickle=allow_unsafe_pickle), cfg)
 
 

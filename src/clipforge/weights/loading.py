@@ -370,7 +370,7 @@ def _openclip_json_config(path: Path) -> CLIPConfig:
             hf_text, _ = openclip_hftext.find_hf_text_config(data, path.parent)
         config = openclip.config_from_openclip(model_cfg, preprocess_cfg, hf_text)
         if config.text.is_hf and openclip_hftext.has_tokenizer(path.parent):  # open_clip's hub folders carry it
-            config = config.replace(text=dataclasses.replace(config.text, hf_tokenizer_name=str(path.parent)))
+            config = config.replace(text=dataclasses.replace(config.text, hf_tokenizer_name=str(path.parent.resolve())))
         return native.resolve_tokenizer(config, path.parent)  # "." (native.THIS_FOLDER): this folder's files
 
 
