@@ -10,7 +10,6 @@ empty, only emoji, only whitespace: always a (N, context) int64 row of valid ids
 from __future__ import annotations
 
 import os
-import threading
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ import torch
 from clipforge.text import hf_tokenizer, sentencepiece
 from clipforge.text.hf_tokenizer import HFTokenizer
 from clipforge.text.sentencepiece import SentencePieceTokenizer, TokenizerJsonTokenizer, load_siglip_tokenizer
+from support.finishes import finishes
 from support.hf_text import make_hf_text_folder
 
 pytest.importorskip("tokenizers")
@@ -60,24 +60,6 @@ def gemma_dir(tmp_path_factory):
     return folder
 
 
-def _finishes(fn, seconds: float = 10.0):
-    """Run `fn` in a thread; the exception it raised (None if none). Fails the test if it is still running."""
-    result: list = []
-
-    def target():
-        try:
-            fn()
-            result.append(None)
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
-            result.append(exc)
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"still running after {seconds} s (blocked on a FIFO or reading a device?)"
-    return result[0]
-
-
 def _copy_without(src, dst, name):
     dst.mkdir()
     for f in src.iterdir():
@@ -97,7 +79,7 @@ KINDS = [  # (fixture, file name, constructor)
 def test_fifo_tokenizer_file_is_refused_without_blocking(request, tmp_path, fixture, name, make):
     target = _copy_without(request.getfixturevalue(fixture), tmp_path / "f", name)
     os.mkfifo(target)
-    exc = _finishes(lambda: make(target.parent))
+    exc = finishes(lambda: make(target.parent))
     assert isinstance(exc, OSError) and "FIFO" in str(exc) and name in str(exc)
 
 
@@ -105,7 +87,7 @@ def test_fifo_tokenizer_file_is_refused_without_blocking(request, tmp_path, fixt
 def test_symlink_to_dev_zero_is_refused(request, tmp_path, fixture, name, make):
     target = _copy_without(request.getfixturevalue(fixture), tmp_path / "z", name)
     target.symlink_to("/dev/zero")
-    exc = _finishes(lambda: make(target.parent))
+    exc = finishes(lambda: make(target.parent))
     assert isinstance(exc, OSError) and "device" in str(exc) and name in str(exc)
 
 
@@ -117,7 +99,7 @@ def test_file_over_the_cap_is_refused_before_reading(request, tmp_path, fixture,
     target = _copy_without(request.getfixturevalue(fixture), tmp_path / "big", name)
     with open(target, "wb") as f:  # sparse: 8 GiB declared, nothing written
         f.truncate(8 * 2**30)
-    exc = _finishes(lambda: make(target.parent))
+    exc = finishes(lambda: make(target.parent))
     assert isinstance(exc, OSError) and "over the limit" in str(exc) and name in str(exc)
 
 
@@ -147,5 +129,5 @@ def test_odd_texts_give_full_rows_of_valid_ids(request, fixture, name, make):
 def test_siglip_loader_names_a_fifo_spiece_model(tmp_path, spiece_dir):
     target = _copy_without(spiece_dir, tmp_path / "l", "spiece.model")
     os.mkfifo(target)
-    exc = _finishes(lambda: load_siglip_tokenizer(target.parent))
+    exc = finishes(lambda: load_siglip_tokenizer(target.parent))
     assert isinstance(exc, OSError) and "FIFO" in str(exc)

@@ -13,7 +13,6 @@ import json
 import os
 import pickle
 import shutil
-import threading
 import time
 import tracemalloc
 import zipfile
@@ -29,6 +28,7 @@ from clipforge.models.registry import get_model_config
 from clipforge.weights.bigvision import read_npz_arrays
 from clipforge.weights.formats import CheckpointError, UnsafeCheckpointError, read_tensors
 from clipforge.weights.loading import read_config
+from support.finishes import finishes
 
 transformers = pytest.importorskip("transformers")
 
@@ -68,24 +68,6 @@ def _variant(folders, tmp_path, family: str, edit) -> os.PathLike:
     edit(config)
     (folder / "config.json").write_text(json.dumps(config))
     return folder
-
-
-def _finishes(fn, seconds: float):
-    """The exception `fn` raised (None if none); fails the test when it runs longer than `seconds`."""
-    result: list = []
-
-    def target():
-        try:
-            fn()
-            result.append(None)
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
-            result.append(exc)
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"still running after {seconds} s"
-    return result[0]
 
 
 # ------------------------------------------------------------------------------------------------ big_vision .npz
@@ -163,7 +145,7 @@ def test_npz_with_absurd_block_index_fails_on_the_layer_limit(tmp_path):
               "params/img/pos_embedding": np.zeros((1, 16, 64), np.float32),
               "params/img/Transformer/encoderblock_1000000/LayerNorm_0/scale": np.ones(64, np.float32)}
     np.savez(path, **arrays)
-    exc = _finishes(lambda: clipforge.load_model(path), 20)
+    exc = finishes(lambda: clipforge.load_model(path), 20)
     assert isinstance(exc, CheckpointError) and str(path) in str(exc)
 
 
@@ -190,7 +172,7 @@ ABSURD = [  # (family, section, field, value, what the message must say)
 def test_absurd_config_sizes_fail_fast_naming_the_field(folders, tmp_path, family, section, field, value, message):
     folder = _variant(folders, tmp_path, family, lambda c: c[section].__setitem__(field, value))
     start = time.perf_counter()
-    exc = _finishes(lambda: clipforge.load_model(folder), 30)
+    exc = finishes(lambda: clipforge.load_model(folder), 30)
     elapsed = time.perf_counter() - start
     assert isinstance(exc, CheckpointError), exc
     assert str(folder) in str(exc)
@@ -312,7 +294,7 @@ def test_fifo_config_json_never_blocks_the_config_reader(folders, tmp_path):
     shutil.copytree(folders / "siglip", folder)
     (folder / "config.json").unlink()
     os.mkfifo(folder / "config.json")
-    exc = _finishes(lambda: read_config(folder), 10)
+    exc = finishes(lambda: read_config(folder), 10)
     assert isinstance(exc, CheckpointError) and "FIFO" in str(exc) and "config.json" in str(exc)
 
 
@@ -321,7 +303,7 @@ def test_huge_config_json_is_refused_before_reading(folders, tmp_path):
     shutil.copytree(folders / "siglip", folder)
     with open(folder / "config.json", "wb") as f:  # sparse: 4 GiB declared
         f.truncate(4 * 2**30)
-    exc = _finishes(lambda: read_config(folder), 10)
+    exc = finishes(lambda: read_config(folder), 10)
     assert isinstance(exc, CheckpointError) and "over the limit" in str(exc)
 
 
@@ -341,7 +323,7 @@ def test_fifo_config_of_an_openclip_or_clipforge_folder_never_blocks(tmp_path, n
     folder = tmp_path / "cfg"
     folder.mkdir()
     os.mkfifo(folder / name)
-    exc = _finishes(lambda: read_config(folder), 10)
+    exc = finishes(lambda: read_config(folder), 10)
     assert isinstance(exc, CheckpointError) and "FIFO" in str(exc) and name in str(exc)
-    exc = _finishes(lambda: clipforge.load_model(folder), 10)
+    exc = finishes(lambda: clipforge.load_model(folder), 10)
     assert isinstance(exc, CheckpointError) and str(folder) in str(exc)

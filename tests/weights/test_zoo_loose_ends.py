@@ -20,7 +20,6 @@ import importlib.util
 import json
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,7 @@ from clipforge.weights import hf, hf_altclip, hf_chinese_clip, hf_siglip, hf_sig
 from clipforge.weights.bigvision import read_big_vision_npz  # noqa: E402
 from clipforge.weights.formats import CheckpointError, UnsafeCheckpointError  # noqa: E402
 from clipforge.weights.loading import build_model  # noqa: E402
+from support.finishes import finishes  # noqa: E402
 from support.tolerance import assert_close_rel  # noqa: E402
 
 VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=16,
@@ -73,25 +73,6 @@ def _copy(folders: Path, tmp_path: Path, family: str) -> Path:
     folder = tmp_path / family
     shutil.copytree(folders / family, folder)
     return folder
-
-
-def _finishes(fn, seconds: float = 10):
-    """The exception `fn` raised (None if none); fails the test when it runs longer than `seconds` (a FIFO read
-    blocks until a writer opens the pipe: the bug this file guards against)."""
-    result: list = []
-
-    def target():
-        try:
-            fn()
-            result.append(None)
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
-            result.append(exc)
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"still running after {seconds} s (a blocking read?)"
-    return result[0]
 
 
 # ------------------------------------------------------------------------------------ 1. allow_unsafe_pickle
@@ -197,7 +178,7 @@ FIFO_CASES = [  # (family folder, what is made a FIFO and read, the file the err
 @pytest.mark.parametrize("family,read,name", FIFO_CASES, ids=[f"{c[0]}-{c[1].__name__[1:]}" for c in FIFO_CASES])
 def test_fifo_second_config_is_a_checkpoint_error_naming_it(folders, tmp_path, family, read, name):
     folder = _copy(folders, tmp_path, family)
-    exc = _finishes(lambda: read(folder))
+    exc = finishes(lambda: read(folder))
     assert isinstance(exc, CheckpointError), repr(exc)
     assert "FIFO" in str(exc) and str(folder / name) in str(exc), str(exc)
     assert "not valid JSON" not in str(exc)  # said as what it is, not as a parse error

@@ -500,6 +500,21 @@ def read_hf_config(config_path: Path) -> CLIPConfig:
         return config_from_hf(hf_config)
 
 
+def write_weights_and_config(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], hf_config: dict) -> Path:
+    """Write model.safetensors then config.json (with the weights' dtype when they share one) into `path`.
+
+    Every transformers folder writer ends this way; each file goes to a temporary name and is renamed into place,
+    weights first, so an interrupted write leaves no partial file and never a config without its weights.
+    """
+    dtypes = {t.dtype for t in tensors.values()}
+    if len(dtypes) == 1:
+        hf_config["dtype"] = str(dtypes.pop()).removeprefix("torch.")
+    folder = Path(path)
+    atomic_save_safetensors(dict(tensors), folder / SAFE_WEIGHTS_NAME, metadata={"format": "pt"})
+    atomic_write_bytes(folder / CONFIG_NAME, (json.dumps(hf_config, indent=2, sort_keys=True) + "\n").encode())
+    return folder
+
+
 def write_hf_dir(model: CLIP | tuple[CLIPConfig, Mapping[str, torch.Tensor]], path: str | os.PathLike) -> Path:
     """Write config.json + model.safetensors that `transformers.CLIPModel.from_pretrained(path)` loads.
 
@@ -519,10 +534,5 @@ def write_hf_dir(model: CLIP | tuple[CLIPConfig, Mapping[str, torch.Tensor]], pa
         return write_hf_text_tower_dir((cfg, sd), path)
     hf_config = config_to_hf(cfg)
     tensors = clipforge_to_hf(sd, cfg)
-    dtypes = {t.dtype for t in tensors.values()}
-    if len(dtypes) == 1:
-        hf_config["dtype"] = str(dtypes.pop()).removeprefix("torch.")
-    folder = Path(path)
-    atomic_save_safetensors(tensors, folder / SAFE_WEIGHTS_NAME, metadata={"format": "pt"})
-    atomic_write_bytes(folder / CONFIG_NAME, (json.dumps(hf_config, indent=2, sort_keys=True) + "\n").encode())
+    folder = write_weights_and_config(path, tensors, hf_config)
     return folder

@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 
-from ..atomic import atomic_write_bytes
 from ..models.clip import CLIP
 from ..models.config import CLIPConfig, ConfigError, PreprocessConfig, TextConfig, VisionConfig
 from .formats import CheckpointError, reading_config
@@ -36,7 +35,6 @@ from .hf import (
     _QKV,
     _SCALAR,
     CONFIG_NAME,
-    SAFE_WEIGHTS_NAME,
     _mlp_ratio,
     _number,
     _square,
@@ -44,9 +42,10 @@ from .hf import (
     plan_to_clipforge,
     plan_to_hf,
     read_hf_state_dict,
+    write_weights_and_config,
 )
 from .hf_processor import PREPROCESSOR_NAME, read_preprocessor_config
-from .native import atomic_save_safetensors, config_text
+from .native import config_text
 
 MODEL_TYPE = "siglip"
 
@@ -354,11 +353,6 @@ def write_hf_siglip_dir(model: CLIP | tuple[CLIPConfig, Mapping[str, torch.Tenso
     cfg, sd = (model.config, model.state_dict()) if isinstance(model, CLIP) else model
     hf_config = config_to_hf_siglip(cfg)
     tensors = clipforge_to_hf_siglip(sd, cfg)
-    dtypes = {t.dtype for t in tensors.values()}
-    if len(dtypes) == 1:
-        hf_config["dtype"] = str(dtypes.pop()).removeprefix("torch.")
-    folder = Path(path)
-    atomic_save_safetensors(tensors, folder / SAFE_WEIGHTS_NAME, metadata={"format": "pt"})
-    atomic_write_bytes(folder / CONFIG_NAME, (json.dumps(hf_config, indent=2, sort_keys=True) + "\n").encode())
+    folder = write_weights_and_config(path, tensors, hf_config)
     carry_tokenizer(cfg.text, folder)
     return folder

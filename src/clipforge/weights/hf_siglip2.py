@@ -45,7 +45,7 @@ from ..models.clip import CLIP
 from ..models.config import CLIPConfig, ConfigError, PreprocessConfig
 from ..safeio import read_text_file
 from .formats import CheckpointError, reading_config
-from .hf import CONFIG_NAME, SAFE_WEIGHTS_NAME, _number, _sub_config, read_hf_state_dict
+from .hf import CONFIG_NAME, _number, _sub_config, read_hf_state_dict, write_weights_and_config
 from .hf_chinese_clip import copy_tokenizer_files
 from .hf_processor import PIL_RESAMPLE, PREPROCESSOR_NAME, _interpolation
 from .hf_siglip import (
@@ -57,7 +57,7 @@ from .hf_siglip import (
     hf_siglip_to_clipforge,
     is_siglip,
 )
-from .native import atomic_save_safetensors, config_text
+from .native import config_text
 
 MODEL_TYPE = "siglip2"
 # What transformers' GemmaTokenizer(Fast) saves beside a Siglip2Model (spiece.model: a SentencePiece-only folder).
@@ -284,12 +284,7 @@ def write_hf_siglip2_dir(model: CLIP | tuple[CLIPConfig, Mapping[str, torch.Tens
     cfg, sd = (model.config, model.state_dict()) if isinstance(model, CLIP) else model
     hf_config = config_to_hf_siglip2(cfg)
     tensors = clipforge_to_hf_siglip2(sd, cfg)
-    dtypes = {t.dtype for t in tensors.values()}
-    if len(dtypes) == 1:
-        hf_config["dtype"] = str(dtypes.pop()).removeprefix("torch.")
-    folder = Path(path)
-    atomic_save_safetensors(tensors, folder / SAFE_WEIGHTS_NAME, metadata={"format": "pt"})
-    atomic_write_bytes(folder / CONFIG_NAME, (json.dumps(hf_config, indent=2, sort_keys=True) + "\n").encode())
+    folder = write_weights_and_config(path, tensors, hf_config)
     processor = json.dumps(preprocessor_to_hf_siglip2(cfg), indent=2, sort_keys=True) + "\n"
     atomic_write_bytes(folder / PREPROCESSOR_NAME, processor.encode())
     copy_tokenizer_files(cfg.text, folder, SIGLIP2_TOKENIZER_FILES)
