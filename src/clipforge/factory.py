@@ -95,9 +95,10 @@ def _sentencepiece_tokenizer(
     folder, or a hub repository (the named configs': "timm/ViT-B-16-SigLIP2") whose tokenizer files are downloaded
     through huggingface_hub's cache (weights/hub.py: HF_ENDPOINT, HF_HUB_OFFLINE respected). A spiece.model is
     SigLIP's SentencePiece vocabulary; a tokenizer.json (SigLIP 2's Gemma vocabulary) is framed by its own
-    post-processor, truncated and right-padded, as open_clip's HFTokenizer does.
+    post-processor, truncated and right-padded, as transformers' AutoTokenizer and open_clip's HFTokenizer do
+    (text/hf_tokenizer.py `gemma_tokenizer`: the same reader as `local-dir:` names, so both give the same ids).
     """
-    from .text.hf_tokenizer import HFTokenizer
+    from .text.hf_tokenizer import gemma_tokenizer
     from .text.sentencepiece import SentencePieceTokenizer, find_spiece_model
 
     length = context_length or config.text.context_length
@@ -118,8 +119,8 @@ def _sentencepiece_tokenizer(
         source = os.fspath(download_tokenizer(source, what=what, cache=cache_dir))
     if find_spiece_model(source) is not None:
         return SentencePieceTokenizer(source, length)
-    if os.path.isfile(os.path.join(source, "tokenizer.json")):
-        return HFTokenizer(source, length, clean="canonicalize")
+    if os.path.isfile(os.path.join(source, "tokenizer.json")):  # the reader `local-dir:` names use too
+        return gemma_tokenizer(source, length)
     raise ValueError(
         f"this model's tokenizer folder {source!r} holds neither spiece.model (SigLIP) nor tokenizer.json "
         "(SigLIP 2); point text.hf_tokenizer_name at the checkpoint folder or hub repository that has one"

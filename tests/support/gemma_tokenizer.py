@@ -31,10 +31,19 @@ EXTRA = [
     "Tom &amp; Jerry: a \"cartoon\" (1940)!", "مرحبا، كيف حالك؟", "नमस्ते! आप कैसे हैं?", "你好，世界！🌍",
 ]
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+# The folder layouts a SigLIP 2 tokenizer comes in (make_gemma_folder's `variant`):
+#   "stock": Gemma's own files: a post-processor prepending <bos>, no add_*_token flags in tokenizer_config.json;
+#   "siglip2": the real timm/ViT-*-SigLIP2* and google/siglip2-* files, written by GemmaTokenizerFast(
+#       add_bos_token=False, add_eos_token=True).save_pretrained: post-processor `$A <eos>` and both flags;
+#   "flags-only": the flags of "siglip2" over the stock <bos> post-processor (transformers follows the file);
+#   "json-only": tokenizer.json alone (stock post-processor), no tokenizer_config.json / special_tokens_map.json.
+VARIANTS = ("stock", "siglip2", "flags-only", "json-only")
 
 
-def make_gemma_folder(folder: Path) -> Path:
+def make_gemma_folder(folder: Path, variant: str = "stock") -> Path:
     """Write tokenizer.json + tokenizer_config.json (+ special_tokens_map.json) into `folder`; return it."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -45,10 +54,19 @@ def make_gemma_folder(folder: Path) -> Path:
     byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
     trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=SPECIALS + byte_tokens, show_progress=False)
     tok.train_from_iterator([t.lower() for t in CORPUS] * 20, trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    if variant == "siglip2":
+        tok.post_processor = processors.TemplateProcessing(
+            single="$A:0 <eos>:0", pair="$A:0 <eos>:0 $B:1 <eos>:1", special_tokens=[("<eos>", 1)]
+        )
+    else:
+        tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
     tok.save(str(folder / "tokenizer.json"))
+    if variant == "json-only":
+        return folder
     special = {"pad_token": "<pad>", "eos_token": "<eos>", "bos_token": "<bos>", "unk_token": "<unk>"}
     config = {"tokenizer_class": "GemmaTokenizer", "padding_side": "right", "model_max_length": 64, **special}
+    if variant in ("siglip2", "flags-only"):
+        config.update(add_bos_token=False, add_eos_token=True)
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     (folder / "special_tokens_map.json").write_text(json.dumps(special))
     return folder

@@ -11,6 +11,7 @@ import json
 import pytest
 import torch
 
+from clipforge.text.hf_tokenizer import HFTokenizer
 from clipforge.text.sentencepiece import TokenizerJsonTokenizer, load_siglip_tokenizer
 
 tokenizers = pytest.importorskip("tokenizers")
@@ -92,8 +93,8 @@ def test_framing_and_decode(json_dir):
 def test_config_renames_tokens_and_loader_picks_json(json_dir, tmp_path):
     (tmp_path / "tokenizer.json").write_bytes((json_dir / "tokenizer.json").read_bytes())
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"pad_token": {"content": "<eos>"}}))
-    tok = load_siglip_tokenizer(tmp_path, context_length=8)
-    assert isinstance(tok, TokenizerJsonTokenizer) and tok.pad_token_id == 1
+    tok = load_siglip_tokenizer(tmp_path, context_length=8)  # text/hf_tokenizer.py gemma_tokenizer: the file's framing
+    assert isinstance(tok, HFTokenizer) and tok.pad_token_id == 1
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
     with pytest.raises(ValueError, match="eos_token '</s>' is not in this tokenizer's vocabulary"):
         TokenizerJsonTokenizer(tmp_path)

@@ -165,10 +165,15 @@ def test_get_tokenizer_reads_the_folders_tokenizer_json(hf_dir, tmp_path):
     vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, **{c: 4 + i for i, c in enumerate("abcdefghij▁")}}
     tok = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tok.normalizer = tokenizers.normalizers.Replace(" ", "▁")
+    # The real google/siglip2-* files: post-processor `$A <eos>`, right padding (the ids follow the files).
+    tok.post_processor = tokenizers.processors.TemplateProcessing(single="$A <eos>", special_tokens=[("<eos>", 1)])
     tok.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"padding_side": "right", "pad_token": "<pad>"}))
     tokenizer = clipforge.get_tokenizer(f"local-dir:{tmp_path}")
-    ids = tokenizer(["A CAB"])  # (1, CONTEXT): lowercased, end token, <pad>
+    ids = tokenizer(["A CAB"])  # (1, CONTEXT): lowercased (Siglip2Tokenizer), end token, <pad>
     assert ids.tolist() == [[4, 14, 6, 4, 5, 1] + [0] * (CONTEXT - 6)]
+    auto = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    assert ids.tolist() == auto(["A CAB"], padding="max_length", max_length=CONTEXT).input_ids
     model = clipforge.load_model(str(tmp_path)).eval()
     with torch.no_grad():
         assert model.encode_text(ids).shape == (1, 64)

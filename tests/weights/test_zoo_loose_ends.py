@@ -229,7 +229,11 @@ def test_siglip2_folder_is_written_with_the_tokenizer_it_was_read_with(folders, 
     ids = clipforge.get_tokenizer(f"local-dir:{source}")(texts)
     assert torch.equal(clipforge.get_tokenizer(f"local-dir:{out}")(texts), ids)
     assert torch.equal(clipforge.get_tokenizer(model)(texts), ids)  # the model knows its tokenizer now
-    assert ids[0, :7].tolist() == expected[0] + [0] == [4, 14, 6, 4, 5, 1, 0]  # "a▁cab", </s>, then <pad>
+    # "a▁cab", </s>, padded with <pad> on the side transformers pads this folder on: no padding_side in
+    # tokenizer_config.json, so Siglip2Tokenizer's default, the left (text/hf_tokenizer.py gemma_tokenizer).
+    assert ids[0, -7:].tolist() == [0] + expected[0] == [0, 4, 14, 6, 4, 5, 1]
+    padded = transformers.AutoTokenizer.from_pretrained(source)(texts, padding="max_length", max_length=ids.shape[1])
+    assert ids.tolist() == padded["input_ids"]
     reread = clipforge.load_model(out)  # and the written folder reads back with the same weights
     for key, value in model.state_dict().items():
         assert torch.equal(reread.state_dict()[key], value), key

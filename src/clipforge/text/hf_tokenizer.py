@@ -56,6 +56,8 @@ CLEANERS = {
     "whitespace": clean_whitespace,
     "canonicalize": lambda text: canonicalize_text(_basic_clean(text)),
     "lower": lambda text: clean_whitespace(text).lower(),
+    # transformers' Siglip2Processor cleans nothing (its tokenizer lowercases): the text goes to the tokenizer as is.
+    "none": lambda text: text,
 }
 NLLB_DEFAULT_LANGUAGE = "eng_Latn"  # transformers' NllbTokenizer default src_lang
 
@@ -103,6 +105,62 @@ def _nllb_post_processor(tokenizer, folder: Path, config: dict[str, Any], langua
     return language, processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
 
 
+def is_transformers_siglip2_folder(folder: Path, config: dict[str, Any] | None = None) -> bool:
+    """Whether transformers' AutoTokenizer reads `folder` as a `Siglip2Tokenizer` (which lowercases every text).
+
+    It does for a transformers SigLIP 2 checkpoint (config.json's model_type "siglip2": transformers 5 maps that
+    model type to Siglip2Tokenizer whatever class tokenizer_config.json names) or a tokenizer_config.json naming
+    Siglip2Tokenizer; open_clip's SigLIP 2 folders (timm/ViT-*-SigLIP2*) name GemmaTokenizer and have no such
+    config.json, so they are read as Gemma's tokenizer (no lowercasing: open_clip's cleaning lowercases)."""
+    config = _tokenizer_config(folder) if config is None else config
+    if str(config.get("tokenizer_class", "")).startswith("Siglip2"):
+        return True
+    path = folder / "config.json"
+    if not path.is_file():
+        return False
+    try:
+        model = json.loads(read_text_file(path, what="config.json"))
+    except ValueError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); fix or delete the file") from exc
+    return isinstance(model, dict) and model.get("model_type") == "siglip2"
+
+
+def gemma_tokenizer(folder: str | os.PathLike, context_length: int = 64) -> HFTokenizer:
+    """The tokenizer of a folder holding a Gemma-vocabulary `tokenizer.json` (SigLIP 2), as its references read it.
+
+    Every clipforge path to such a folder comes here, so they all give the same ids. The framing is the FILE's:
+    the tokenizer.json post-processor (`$A <eos>` in the real timm/google repositories), which is what
+    transformers' AutoTokenizer applies -- transformers 5 drops tokenizer_config.json's add_bos_token /
+    add_eos_token when a tokenizer.json is present -- and so what open_clip's HFTokenizer gives. The cleaning is
+    the model's: a transformers SigLIP 2 folder is lowercased by its Siglip2Tokenizer and nothing else (the
+    Siglip2Processor cleans nothing), any other folder takes open_clip's SigLIP 2 cleaning ("canonicalize").
+    Rows are truncated keeping the framing, right-padded with the pad token (`<pad>` when none is named).
+    """
+    folder = Path(folder)
+    config = _tokenizer_config(folder)
+    siglip2 = is_transformers_siglip2_folder(folder, config)
+    clean = "none" if siglip2 else "canonicalize"
+    return HFTokenizer(folder, context_length, clean=clean, padding_side=_padding_side(folder, config, siglip2))
+
+
+def _padding_side(folder: Path, config: dict[str, Any], siglip2: bool) -> str:
+    """The side AutoTokenizer pads a Gemma folder on: tokenizer_config.json's padding_side, else the tokenizer.json
+    padding direction, else the class default -- "left" for GemmaTokenizer / Siglip2Tokenizer, "right" for the
+    generic backend a bare tokenizer.json gets. The real SigLIP 2 repositories say "right"."""
+    side = config.get("padding_side")
+    if side in ("left", "right"):
+        return side
+    path = folder / "tokenizer.json"
+    try:
+        padding = json.loads(read_text_file(path, MAX_TOKENIZER_FILE_BYTES, "tokenizer.json")).get("padding")
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a readable tokenizers file ({exc})") from exc
+    if isinstance(padding, dict) and padding.get("direction") in ("Left", "Right"):
+        return padding["direction"].lower()
+    gemma = str(config.get("tokenizer_class", "")).startswith("Gemma")
+    return "left" if siglip2 or gemma else "right"
+
+
 def _pad_token(folder: Path, vocab: dict[str, int]) -> tuple[str, int]:
     """The pad token of a tokenizer folder: tokenizer_config.json / special_tokens_map.json, else <pad> or [PAD]."""
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
@@ -138,6 +196,8 @@ class HFTokenizer:
             "canonicalize" (lowercased, punctuation removed: ViT-L-14-worldwide) or "lower".
         language: NLLB only: the language code each text is framed with (e.g. "fra_Latn"); default the
             tokenizer's `src_lang`, else "eng_Latn".
+        padding_side: "right" (open_clip's towers) or "left"; tokenizer.json folders only (`gemma_tokenizer`
+            passes the side transformers would pad a SigLIP 2 folder on).
 
     Attributes:
         pad_token_id: the id rows are padded with (the text tower's attention mask is `ids != pad_token_id`).
@@ -147,6 +207,7 @@ class HFTokenizer:
 
     clean: str = "whitespace"  # class defaults: what an instance set up without __init__ (a subclass) gets
     language: str | None = None
+    padding_side: str = "right"
 
     def __init__(
         self,
@@ -156,8 +217,12 @@ class HFTokenizer:
         cache_dir: str | None = None,
         clean: str = "whitespace",
         language: str | None = None,
+        padding_side: str = "right",
     ) -> None:
         self.source = os.fspath(source)
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        self.padding_side = padding_side
         self.context_length = _check_context_length(context_length)
         if clean not in CLEANERS:
             raise ValueError(f"clean must be one of {sorted(CLEANERS)}, got {clean!r}")
@@ -180,6 +245,12 @@ class HFTokenizer:
             config = _tokenizer_config(folder)
             if str(config.get("tokenizer_class", "")).startswith("Nllb"):
                 self.language, tokenizer.post_processor = _nllb_post_processor(tokenizer, folder, config, language)
+                text = tokenizer.to_str()
+            elif is_transformers_siglip2_folder(folder, config):  # lowercase first, as transformers' Siglip2Tokenizer
+                from tokenizers import normalizers
+
+                steps = [normalizers.Lowercase()] + ([tokenizer.normalizer] if tokenizer.normalizer else [])
+                tokenizer.normalizer = normalizers.Sequence(steps)
                 text = tokenizer.to_str()
             self._json = text
             self._fast = {}  # context length -> a Tokenizer set to truncate and pad to it (never mutated after)
@@ -246,7 +317,9 @@ class HFTokenizer:
 
             tokenizer = Tokenizer.from_str(self._json)
             tokenizer.enable_truncation(max_length=length)
-            tokenizer.enable_padding(length=length, pad_id=self.pad_token_id, pad_token=self._pad_token)
+            tokenizer.enable_padding(
+                length=length, pad_id=self.pad_token_id, pad_token=self._pad_token, direction=self.padding_side
+            )
             self._fast[length] = tokenizer
         return tokenizer
 

@@ -182,6 +182,9 @@ class TokenizerJsonTokenizer:
       - rows are right-padded to `context_length` (64 for SigLIP 2) with the pad token (`<pad>`): the text tower
         pools the last position, so the padding must be exactly this.
     `tokenizer_config.json` beside the file may rename the pad / end tokens, as transformers reads it.
+    These are the ids of the real SigLIP 2 files (whose post-processor is `$A <eos>`) through transformers'
+    Siglip2Tokenizer; for a file whose post-processor frames otherwise, `clipforge.get_tokenizer` and
+    `load_siglip_tokenizer` follow the file (text/hf_tokenizer.py `gemma_tokenizer`), this class does not.
 
     Args:
         source: a folder holding `tokenizer.json` (and optionally `tokenizer_config.json`), or the file itself.
@@ -258,14 +261,20 @@ class TokenizerJsonTokenizer:
         return self._tok.decode([int(i) for i in ids if int(i) not in drop], skip_special_tokens=False)
 
 
-def load_siglip_tokenizer(
-    source: str | os.PathLike, context_length: int = 64
-) -> SentencePieceTokenizer | TokenizerJsonTokenizer:
-    """The SigLIP-family tokenizer of a checkpoint folder: `spiece.model` (SigLIP) else `tokenizer.json` (SigLIP 2)."""
+def load_siglip_tokenizer(source: str | os.PathLike, context_length: int = 64):
+    """The SigLIP-family tokenizer of a checkpoint folder: `spiece.model` (SigLIP) else `tokenizer.json` (SigLIP 2).
+
+    A tokenizer.json folder is read by text/hf_tokenizer.py `gemma_tokenizer`, the one reader every clipforge path
+    to a SigLIP 2 folder shares: framed by the file's own post-processor as transformers' AutoTokenizer and
+    open_clip frame it (not TokenizerJsonTokenizer's fixed framing, which equals it only when the file says
+    `$A <eos>`)."""
     if find_spiece_model(source) is not None:
         return SentencePieceTokenizer(source, context_length)
     if find_tokenizer_json(source) is not None:
-        return TokenizerJsonTokenizer(source, context_length)
+        from .hf_tokenizer import gemma_tokenizer  # hf_tokenizer imports this module
+
+        folder = Path(source)
+        return gemma_tokenizer(folder.parent if folder.is_file() else folder, context_length)
     raise FileNotFoundError(
         f"{os.fspath(source)}: neither {SPIECE_NAME} (SigLIP) nor {TOKENIZER_JSON_NAME} (SigLIP 2) is there; pass "
         "the checkpoint folder that holds its tokenizer"
