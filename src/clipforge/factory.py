@@ -113,10 +113,13 @@ def _sentencepiece_tokenizer(
                 f"this model's tokenizer is {source!r}, which is neither a local folder nor a hub repository id "
                 "(org/name); set text.hf_tokenizer_name to the folder holding its spiece.model or tokenizer.json"
             )
-        from .weights.hub import download_tokenizer
+        from .weights.hub import TOKENIZER_SIDE_FILES, download_tokenizer
 
         what = f"tokenizer {source!r} (text.hf_tokenizer_name)"
-        source = os.fspath(download_tokenizer(source, what=what, cache=cache_dir))
+        # config.json too: a transformers Siglip2Model repository (google/siglip2-*) is read as AutoTokenizer
+        # reads it (Siglip2Tokenizer: lowercased, not canonicalised), which its model_type tells.
+        side = (*TOKENIZER_SIDE_FILES, "config.json")
+        source = os.fspath(download_tokenizer(source, what=what, cache=cache_dir, side_files=side))
     if find_spiece_model(source) is not None:
         return SentencePieceTokenizer(source, length)
     if os.path.isfile(os.path.join(source, "tokenizer.json")):  # the reader `local-dir:` names use too

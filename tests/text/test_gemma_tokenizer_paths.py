@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -128,3 +131,34 @@ def test_bare_transformers_folder_pads_on_the_left_as_autotokenizer(folders):
     folder, config = folders["json-only", "transformers"]
     row = clipforge.get_tokenizer(config, context_length=16)(["a cat"])[0].tolist()
     assert row[0] == PAD and row[-1] != PAD
+
+
+HUB_TOKENIZE = """
+import dataclasses, json, sys, torch, clipforge
+from clipforge.models.registry import get_model_config
+config = get_model_config("tiny-siglip2")
+config = config.replace(text=dataclasses.replace(config.text, hf_tokenizer_name=sys.argv[1]))
+torch.save(clipforge.get_tokenizer(config)(json.load(open(sys.argv[2], encoding="utf-8"))), sys.argv[3])
+"""
+
+
+def test_hub_repository_is_read_as_its_folder(folders, tmp_path):
+    """A hub repository named by text.hf_tokenizer_name gives the ids of its files read locally: a google/siglip2-*
+    style repository (config.json model_type "siglip2") is lowercased only, a timm one canonicalised."""
+    from support.hubserver import FakeHub
+
+    repos = {"google/siglip2-tiny": folders["siglip2", "transformers"][0]}
+    repos["timm/ViT-tiny-SigLIP2"] = folders["siglip2", "open_clip"][0]
+    (tmp_path / "texts.json").write_text(json.dumps(TEXTS), encoding="utf-8")
+    with FakeHub(repos) as url:
+        for repo, folder in repos.items():
+            out = tmp_path / f"{repo.replace('/', '-')}.pt"
+            env = {**os.environ, "HF_ENDPOINT": url, "HF_HUB_CACHE": str(tmp_path / "cache")}
+            env["HF_HUB_DISABLE_TELEMETRY"] = "1"
+            result = subprocess.run(
+                [sys.executable, "-c", HUB_TOKENIZE, repo, str(tmp_path / "texts.json"), str(out)],
+                env=env, capture_output=True, text=True, timeout=120,
+            )
+            assert result.returncode == 0, result.stderr[-3000:]
+            kind = "transformers" if repo.startswith("google/") else "open_clip"
+            assert torch.load(out, weights_only=True).tolist() == _auto_ids(folder, kind, 64).tolist(), repo
