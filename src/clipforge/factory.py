@@ -69,8 +69,14 @@ def get_tokenizer(
         from .text.sentencepiece import find_spiece_model, find_tokenizer_json, load_siglip_tokenizer
 
         folder = name_or_model[len(LOCAL_DIR_PREFIX) :]  # a SigLIP / SigLIP 2 folder with its own tokenizer
-        if find_spiece_model(folder) is not None or find_tokenizer_json(folder) is not None:
-            return load_siglip_tokenizer(folder, context_length or config.text.context_length)
+        length = context_length or config.text.context_length
+        tokenizer_json = find_tokenizer_json(folder) if find_spiece_model(folder) is None else None
+        if tokenizer_json is not None:
+            from .text.hf_tokenizer import gemma_tokenizer  # SigLIP 2: cleaned as the folder's model config says
+
+            return gemma_tokenizer(tokenizer_json.parent, length, clean=_gemma_clean(config))
+        if find_spiece_model(folder) is not None:
+            return load_siglip_tokenizer(folder, length)
     if config.text.hf_tokenizer_name and config.text.causal_mask:  # MetaCLIP 2: CLIP's tower, an HF vocabulary
         folder = name_or_model[len(LOCAL_DIR_PREFIX) :] if local else None
         if folder is not None and os.path.isfile(os.path.join(folder, "tokenizer.json")):  # the checkpoint's own
@@ -97,6 +103,9 @@ def _sentencepiece_tokenizer(
     SigLIP's SentencePiece vocabulary; a tokenizer.json (SigLIP 2's Gemma vocabulary) is framed by its own
     post-processor, truncated and right-padded, as transformers' AutoTokenizer and open_clip's HFTokenizer do
     (text/hf_tokenizer.py `gemma_tokenizer`: the same reader as `local-dir:` names, so both give the same ids).
+    Its cleaning is the model config's `text.tokenizer_clean` ("lowercase_only" for a model read from a transformers
+    Siglip2Model, kept through every save); the default "whitespace" means "the family's": the tokenizer folder
+    tells (a transformers SigLIP 2 folder lowercases only, any other canonicalises, as open_clip's configs ask).
     """
     from .text.hf_tokenizer import gemma_tokenizer
     from .text.sentencepiece import SentencePieceTokenizer, find_spiece_model
@@ -123,11 +132,18 @@ def _sentencepiece_tokenizer(
     if find_spiece_model(source) is not None:
         return SentencePieceTokenizer(source, length)
     if os.path.isfile(os.path.join(source, "tokenizer.json")):  # the reader `local-dir:` names use too
-        return gemma_tokenizer(source, length)
+        return gemma_tokenizer(source, length, clean=_gemma_clean(config))
     raise ValueError(
         f"this model's tokenizer folder {source!r} holds neither spiece.model (SigLIP) nor tokenizer.json "
         "(SigLIP 2); point text.hf_tokenizer_name at the checkpoint folder or hub repository that has one"
     )
+
+
+def _gemma_clean(config: CLIPConfig) -> str | None:
+    """The cleaning a SigLIP 2 (Gemma tokenizer.json) model config asks for; None ("whitespace", the default: no
+    cleaning recorded) lets gemma_tokenizer take the folder's (transformers Siglip2 folder or open_clip's)."""
+    clean = config.text.tokenizer_clean
+    return None if clean == "whitespace" else clean
 
 
 def _hf_tokenizer(config: CLIPConfig, context_length: int | None, cache_dir: str | None, language: str | None = None):

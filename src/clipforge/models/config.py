@@ -307,7 +307,9 @@ class TextConfig:
             LayerNorm, Linear with bias to hf_config["project_dim"], bias-free Linear; models/hf_text.py).
         tokenizer_clean: how texts are cleaned before a Hugging Face tokenizer (open_clip's tokenizer_kwargs.clean):
             "whitespace" (ftfy, HTML unescape, whitespace collapsed), "canonicalize" (also lowercased, punctuation
-            removed: ViT-L-14-worldwide's mT5 vocabulary) or "lower".
+            removed: ViT-L-14-worldwide's mT5 vocabulary, open_clip's SigLIP 2), "lower" (whitespace + str.lower)
+            or "lowercase_only" (transformers' Siglip2Tokenizer: a tokenizers `Lowercase` normaliser step and no
+            other cleaning; not open_clip's "lower", which also fixes text and collapses whitespace).
     """
 
     context_length: int = 77
@@ -336,7 +338,9 @@ class TextConfig:
         _check_types(self, "text")
         _check_choice("text.hf_pooler_type", self.hf_pooler_type, HF_POOLERS)
         _check_choice("text.hf_proj_type", self.hf_proj_type, ("mlp", "linear", "none", "altclip"))
-        _check_choice("text.tokenizer_clean", self.tokenizer_clean, ("whitespace", "canonicalize", "lower"))
+        _check_choice(
+            "text.tokenizer_clean", self.tokenizer_clean, ("whitespace", "canonicalize", "lower", "lowercase_only")
+        )
         _check(
             self.hf_config is None or isinstance(self.hf_config.get("model_type"), str),
             "text.hf_config needs a \"model_type\" (e.g. \"xlm-roberta\"), as in the model's config.json",

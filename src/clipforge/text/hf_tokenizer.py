@@ -56,9 +56,13 @@ CLEANERS = {
     "whitespace": clean_whitespace,
     "canonicalize": lambda text: canonicalize_text(_basic_clean(text)),
     "lower": lambda text: clean_whitespace(text).lower(),
-    # transformers' Siglip2Processor cleans nothing (its tokenizer lowercases): the text goes to the tokenizer as is.
-    "none": lambda text: text,
+    # transformers' Siglip2Processor cleans nothing and its Siglip2Tokenizer lowercases: the text as is here;
+    # HFTokenizer puts a tokenizers `Lowercase` step first in the tokenizer.json normaliser (a final capital sigma
+    # gives "σ" there, where str.lower gives "ς").
+    "lowercase_only": lambda text: text,
 }
+# The cleanings a Gemma (SigLIP 2) tokenizer.json is read with: open_clip's configs' and transformers' Siglip2's.
+GEMMA_CLEANINGS = ("canonicalize", "lowercase_only", "lower", "whitespace")
 NLLB_DEFAULT_LANGUAGE = "eng_Latn"  # transformers' NllbTokenizer default src_lang
 
 
@@ -125,21 +129,29 @@ def is_transformers_siglip2_folder(folder: Path, config: dict[str, Any] | None =
     return isinstance(model, dict) and model.get("model_type") == "siglip2"
 
 
-def gemma_tokenizer(folder: str | os.PathLike, context_length: int = 64) -> HFTokenizer:
+def gemma_tokenizer(folder: str | os.PathLike, context_length: int = 64, clean: str | None = None) -> HFTokenizer:
     """The tokenizer of a folder holding a Gemma-vocabulary `tokenizer.json` (SigLIP 2), as its references read it.
 
     Every clipforge path to such a folder comes here, so they all give the same ids. The framing is the FILE's:
     the tokenizer.json post-processor (`$A <eos>` in the real timm/google repositories), which is what
     transformers' AutoTokenizer applies -- transformers 5 drops tokenizer_config.json's add_bos_token /
     add_eos_token when a tokenizer.json is present -- and so what open_clip's HFTokenizer gives. The cleaning is
-    the model's: a transformers SigLIP 2 folder is lowercased by its Siglip2Tokenizer and nothing else (the
-    Siglip2Processor cleans nothing), any other folder takes open_clip's SigLIP 2 cleaning ("canonicalize").
-    Rows are truncated keeping the framing, right-padded with the pad token (`<pad>` when none is named).
+    the model's: `clean` when the caller has a model config saying it (`text.tokenizer_clean`, so a folder
+    written from a Siglip2Model keeps "lowercase_only" after a save in any format); with `clean=None` (a bare
+    folder, no model config) the folder tells: a transformers SigLIP 2 folder is lowercased by its Siglip2Tokenizer
+    and nothing else ("lowercase_only": the Siglip2Processor cleans nothing), any other folder takes open_clip's
+    SigLIP 2 cleaning ("canonicalize"). Rows are truncated keeping the framing, padded with the pad token (`<pad>`
+    when none is named) on the side AutoTokenizer pads.
     """
     folder = Path(folder)
     config = _tokenizer_config(folder)
-    siglip2 = is_transformers_siglip2_folder(folder, config)
-    clean = "none" if siglip2 else "canonicalize"
+    if clean is None:
+        clean = "lowercase_only" if is_transformers_siglip2_folder(folder, config) else "canonicalize"
+    elif clean not in GEMMA_CLEANINGS:
+        raise ValueError(
+            f"text.tokenizer_clean must be one of {GEMMA_CLEANINGS} for a SigLIP 2 tokenizer, got {clean!r}"
+        )
+    siglip2 = clean == "lowercase_only"  # read as transformers' Siglip2Tokenizer (its padding-side default too)
     return HFTokenizer(folder, context_length, clean=clean, padding_side=_padding_side(folder, config, siglip2))
 
 
@@ -193,7 +205,8 @@ class HFTokenizer:
         context_length: ids per row, special tokens included (open_clip uses 77 for its HF-text models).
         cache_dir: AutoTokenizer's download cache (hub names only).
         clean: text cleaning before tokenization, open_clip's choices: "whitespace" (its HF default),
-            "canonicalize" (lowercased, punctuation removed: ViT-L-14-worldwide) or "lower".
+            "canonicalize" (lowercased, punctuation removed: ViT-L-14-worldwide) or "lower"; and "lowercase_only",
+            transformers' Siglip2Tokenizer (tokenizer.json folders: a `Lowercase` normaliser step, no other cleaning).
         language: NLLB only: the language code each text is framed with (e.g. "fra_Latn"); default the
             tokenizer's `src_lang`, else "eng_Latn".
         padding_side: "right" (open_clip's towers) or "left"; tokenizer.json folders only (`gemma_tokenizer`
@@ -246,7 +259,7 @@ class HFTokenizer:
             if str(config.get("tokenizer_class", "")).startswith("Nllb"):
                 self.language, tokenizer.post_processor = _nllb_post_processor(tokenizer, folder, config, language)
                 text = tokenizer.to_str()
-            elif is_transformers_siglip2_folder(folder, config):  # lowercase first, as transformers' Siglip2Tokenizer
+            elif clean == "lowercase_only":  # lowercase first, as transformers' Siglip2Tokenizer
                 from tokenizers import normalizers
 
                 steps = [normalizers.Lowercase()] + ([tokenizer.normalizer] if tokenizer.normalizer else [])
@@ -257,6 +270,11 @@ class HFTokenizer:
             self._fast_vocab = tokenizer
             self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         else:
+            if clean == "lowercase_only":
+                raise ValueError(
+                    f"{self.source!r} holds no tokenizer.json: clean='lowercase_only' (transformers' Siglip2Tokenizer) "
+                    "lowercases in the tokenizer.json normaliser; point at the folder with the model's tokenizer.json"
+                )
             try:
                 from transformers import AutoTokenizer
             except ImportError as exc:  # pragma: no cover - the test environment has transformers

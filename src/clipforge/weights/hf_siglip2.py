@@ -87,7 +87,10 @@ def _grid(vc: Mapping[str, Any]) -> tuple[int, int]:
 def config_from_hf_siglip2(hf_config: Mapping[str, Any]) -> CLIPConfig:
     """Translate a transformers `Siglip2Model` config.json (as a dict) into a fixed-resolution SigLIP `CLIPConfig`.
 
-    The image side is grid * patch_size (e.g. 16 x 16 patches of 16 pixels: 256); the text tower is SigLIP's.
+    The image side is grid * patch_size (e.g. 16 x 16 patches of 16 pixels: 256); the text tower is SigLIP's. The
+    text cleaning is transformers' for this model type (`text.tokenizer_clean` "lowercase_only": AutoTokenizer reads
+    a siglip2 folder as Siglip2Tokenizer, which lowercases and cleans nothing else), recorded in the config so a
+    copy saved in clipforge or open_clip format tokenizes as the original folder does.
     """
     if hf_config.get("model_type") != MODEL_TYPE:
         raise ConfigError(f"config.json has model_type={hf_config.get('model_type')!r}; this reader takes 'siglip2'")
@@ -99,7 +102,8 @@ def config_from_hf_siglip2(hf_config: Mapping[str, Any]) -> CLIPConfig:
                                                                                                       "text_config")}
     siglip.pop("vision_config_dict", None)
     siglip.pop("text_config_dict", None)
-    return config_from_hf_siglip(siglip)
+    cfg = config_from_hf_siglip(siglip)
+    return cfg.replace(text=dataclasses.replace(cfg.text, tokenizer_clean="lowercase_only"))
 
 
 def _preprocess(folder: Path, cfg: CLIPConfig) -> PreprocessConfig:
@@ -280,6 +284,12 @@ def write_hf_siglip2_dir(model: CLIP | tuple[CLIPConfig, Mapping[str, torch.Tens
     Every file goes to a temporary name and is renamed into place, weights first, so an interrupted write leaves
     no partial file. A model Siglip2Model cannot express is refused (ConfigError naming what) before anything is
     written.
+
+    Text cleaning is the target format's: transformers reads a Siglip2Model folder's tokenizer as Siglip2Tokenizer,
+    which lowercases and cleans nothing else, and the format has no field for another cleaning. A model whose
+    `text.tokenizer_clean` is "canonicalize" (open_clip's SigLIP 2: punctuation removed too) is still written, but
+    transformers -- and clipforge reading the written folder back ("lowercase_only") -- tokenizes punctuated texts
+    differently from the source model; keep such a model in clipforge or open_clip format for exact ids.
     """
     cfg, sd = (model.config, model.state_dict()) if isinstance(model, CLIP) else model
     hf_config = config_to_hf_siglip2(cfg)

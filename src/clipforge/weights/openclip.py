@@ -217,8 +217,10 @@ def config_from_openclip(
     if hf_text:
         text = openclip_hftext.text_config_from_openclip(t, hf_text_config)
     clean = dict(t.get("tokenizer_kwargs") or {}).get("clean", "whitespace")
-    if clean != "whitespace" and not siglip:  # an HF vocabulary's cleaning (ViT-L-14-worldwide: canonicalize)
-        text = dataclasses.replace(text, tokenizer_clean=clean)  # SigLIP's tokenizer canonicalises by itself
+    # An HF vocabulary's cleaning (ViT-L-14-worldwide: canonicalize). SigLIP's "canonicalize" is its family default
+    # (left "whitespace" = the tokenizer folder's own); another (a SigLIP 2 written with "lower") is recorded.
+    if clean != "whitespace" and not (siglip and clean == "canonicalize"):
+        text = dataclasses.replace(text, tokenizer_clean=clean)
     pre = dict(preprocess_cfg or {})
     _check_preprocess_size(pre.get("size", image_size), image_size)
     preprocess = PreprocessConfig(
@@ -252,6 +254,28 @@ def _check_preprocess_size(size: Any, image_size: int) -> None:
             UserWarning,
             stacklevel=3,
         )
+
+
+def _openclip_clean(clean: str) -> str:
+    """open_clip's tokenizer_kwargs.clean for a clipforge `text.tokenizer_clean`.
+
+    open_clip has no "lowercase_only" (transformers' Siglip2Tokenizer: lowercased, nothing else; its get_clean_fn
+    asserts on unknown names, so writing it would make open_clip's get_tokenizer fail on the folder). Its nearest is
+    "lower" (ftfy, HTML unescape, whitespace collapsed, str.lower): the same ids on ordinary text, different ones on
+    runs of whitespace, HTML entities, text ftfy repairs or a final capital sigma. The folder is written with
+    "lower" -- what open_clip and clipforge then both read it with -- and a warning says so."""
+    if clean != "lowercase_only":
+        return clean
+    warnings.warn(
+        "open_clip format has no text cleaning for this model's transformers Siglip2Tokenizer (lowercase only); "
+        "the folder is written with open_clip's nearest, tokenizer_kwargs clean='lower' (also ftfy, HTML unescape "
+        "and whitespace collapsing), so open_clip and clipforge reading it give different ids from the source on "
+        "texts with repeated whitespace, HTML entities or a final capital sigma; save in clipforge format "
+        "(or as a transformers Siglip2Model folder) to keep the exact tokenization",
+        UserWarning,
+        stacklevel=3,
+    )
+    return "lower"
 
 
 def config_to_openclip(config: CLIPConfig) -> dict[str, Any]:
@@ -327,7 +351,7 @@ def config_to_openclip(config: CLIPConfig) -> dict[str, Any]:
             model_cfg["quick_gelu"] = True
         model_cfg.update(text_cfg=openclip_hftext.text_cfg_to_openclip(t), custom_text=True)
     if t.tokenizer_clean != "whitespace":  # open_clip's get_tokenizer passes tokenizer_kwargs to its HFTokenizer
-        model_cfg["text_cfg"]["tokenizer_kwargs"] = {"clean": t.tokenizer_clean}
+        model_cfg["text_cfg"]["tokenizer_kwargs"] = {"clean": _openclip_clean(t.tokenizer_clean)}
     p = config.preprocess
     preprocess_cfg = {  # open_clip's PreprocessCfg fields, as its hub configs write them
         "size": v.image_size,
