@@ -82,6 +82,17 @@ def test_siglip2_folder_saved_in_clipforge_format_keeps_lowercase_only(tmp_path)
     assert sniffed.tolist() != want[:1].tolist()
 
 
+def test_convert_keeps_lowercase_only(tmp_path):
+    """clipforge.convert (what `clipforge convert` runs) from a Siglip2Model folder to clipforge format."""
+    source = clipforge.save_model(_tiny_siglip2(), tmp_path / "src", format="hf")
+    make_gemma_folder(source, "siglip2")
+    want = _auto_ids(source)
+    moved = _move(clipforge.convert(str(source), tmp_path / "out"), tmp_path)
+    shutil.rmtree(source)
+    got = clipforge.get_tokenizer(clipforge.load_model(str(moved)), context_length=LENGTH)(TEXTS)
+    assert got.tolist() == want.tolist()
+
+
 def test_open_clip_style_folder_keeps_canonicalize(tmp_path):
     """A SigLIP 2 tokenizer folder with no transformers config.json (open_clip's timm/* layout): canonicalised
     before and after a clipforge save, as open_clip's HFTokenizer(clean="canonicalize") reads the original."""
