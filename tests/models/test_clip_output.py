@@ -158,23 +158,36 @@ def test_pytree_and_copy_keep_the_type():
     assert type(again) is CLIPOutput and list(again.keys()) == list(out.keys()) and len(again) == 4
 
 
+def _ddp_step_with_unused_parameter_search() -> None:
+    """One DDP forward/backward of a tiny SigLIP; every DDP object dies when this returns (see the test)."""
+    torch.manual_seed(0)
+    model = clipforge.create_model("tiny-siglip").train()
+    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    images, tokens = _inputs(model, batch=3)
+    out = ddp(images, tokens)
+    assert type(out) is CLIPOutput and len(out) == 4
+    image_features, text_features, logit_scale, logit_bias = out
+    logits = logit_scale * image_features @ text_features.T + logit_bias  # (3, 3)
+    logits.logsumexp(-1).mean().backward()
+    assert model.logit_bias.grad is not None and model.visual.conv1.weight.grad.abs().sum() > 0
+
+
 def test_ddp_with_unused_parameter_search_keeps_the_output(tmp_path):
-    """find_unused_parameters makes DDP flatten and rebuild the output with pytree; gradients still flow."""
+    """find_unused_parameters makes DDP flatten and rebuild the output with pytree; gradients still flow.
+
+    The DDP model lives in a helper so that its Reducer is freed while the process group is still up: freeing a
+    Reducer after `destroy_process_group` joins the gloo group's worker threads in its destructor, which can
+    deadlock (seen once in CI: the test process hung in ~ProcessGroupGloo).
+    """
+    import gc
+
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
-        torch.manual_seed(0)
-        model = clipforge.create_model("tiny-siglip").train()
-        ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
-        images, tokens = _inputs(model, batch=3)
-        out = ddp(images, tokens)
-        assert type(out) is CLIPOutput and len(out) == 4
-        image_features, text_features, logit_scale, logit_bias = out
-        logits = logit_scale * image_features @ text_features.T + logit_bias  # (3, 3)
-        logits.logsumexp(-1).mean().backward()
-        assert model.logit_bias.grad is not None and model.visual.conv1.weight.grad.abs().sum() > 0
+        _ddp_step_with_unused_parameter_search()
     finally:
+        gc.collect()
         dist.destroy_process_group()
 
 
