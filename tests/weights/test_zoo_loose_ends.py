@@ -291,3 +291,24 @@ def test_npz_image_size_that_does_not_fit_the_grid_is_refused(npz_path, size, me
     with pytest.raises(CheckpointError, match=message) as info:
         read_big_vision_npz(npz_path, image_size=size)
     assert str(npz_path) in str(info.value)
+
+
+# ------------------------------------------------------------------ config files that are JSON but not an object
+def _config_readers():
+    from clipforge.weights import hf, hf_altclip, hf_chinese_clip, hf_siglip, hf_siglip2, loading
+
+    return {
+        "clip": lambda folder: hf.read_hf_config(folder / "config.json"),
+        "siglip": lambda folder: hf_siglip.read_hf_siglip_config(folder / "config.json"),
+        "siglip2": lambda folder: hf_siglip2.read_hf_siglip2_config(folder / "config.json"),
+        "altclip": lambda folder: hf_altclip.read_hf_altclip_dir(folder),
+        "chinese_clip": lambda folder: hf_chinese_clip.read_hf_chinese_clip_dir(folder),
+        "openclip": lambda folder: loading._openclip_json_config(folder / "config.json"),
+    }
+
+
+@pytest.mark.parametrize("reader", ["clip", "siglip", "siglip2", "altclip", "chinese_clip", "openclip"])
+def test_config_json_that_is_not_an_object_is_refused_naming_the_file(reader, tmp_path):
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match=r"config\.json.*JSON object"):
+        _config_readers()[reader](tmp_path)

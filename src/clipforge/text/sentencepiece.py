@@ -72,13 +72,18 @@ def _special_tokens(folder: Path, defaults: dict[str, str] = SPIECE_DEFAULTS) ->
     return tokens
 
 
+def _find_file(source: str | os.PathLike, name: str, suffix: str) -> Path | None:
+    """`source` itself when it is a file ending in `suffix`, else the folder's `name`; None when there is none."""
+    path = Path(source)
+    if path.is_file() and path.name.endswith(suffix):
+        return path
+    candidate = path / name
+    return candidate if candidate.exists() else None  # a FIFO or device: refused when read
+
+
 def find_spiece_model(source: str | os.PathLike) -> Path | None:
     """The `spiece.model` of a folder (or the file itself), None when there is none."""
-    path = Path(source)
-    if path.is_file() and path.name.endswith(".model"):
-        return path
-    candidate = path / SPIECE_NAME
-    return candidate if candidate.exists() else None  # a FIFO or device: refused when read
+    return _find_file(source, SPIECE_NAME, ".model")
 
 
 class SentencePieceTokenizer:
@@ -161,11 +166,7 @@ MAX_TOKENIZER_JSON_BYTES = 256 * 2**20  # Gemma's 256k-piece tokenizer.json (Sig
 
 def find_tokenizer_json(source: str | os.PathLike) -> Path | None:
     """The `tokenizer.json` of a folder (or the file itself), None when there is none."""
-    path = Path(source)
-    if path.is_file() and path.name.endswith(".json"):
-        return path
-    candidate = path / TOKENIZER_JSON_NAME
-    return candidate if candidate.exists() else None  # a FIFO or device: refused when read
+    return _find_file(source, TOKENIZER_JSON_NAME, ".json")
 
 
 class TokenizerJsonTokenizer:

@@ -31,7 +31,7 @@ from ..models.config import CLIPConfig, ConfigError, TextConfig, VisionConfig
 from ..safeio import read_text_file
 from .formats import CheckpointError, raise_on_mismatch, read_tensors, reading_config
 from .hf_processor import read_preprocessor_config
-from .native import atomic_save_safetensors
+from .native import atomic_save_safetensors, json_object
 
 CONFIG_NAME = "config.json"
 SAFE_WEIGHTS_NAME = "model.safetensors"
@@ -474,13 +474,7 @@ def read_hf_dir(
 def read_hf_config(config_path: Path) -> CLIPConfig:
     """The clipforge config of a transformers config.json; a CheckpointConfigError names the file and field."""
     with reading_config(config_path):
-        try:  # a FIFO, a device or a huge file is refused, naming it, before anything is read
-            text = read_text_file(config_path, what="config.json")
-        except OSError as exc:
-            raise CheckpointError(str(exc)) from exc
-        hf_config = json.loads(text)
-        if not isinstance(hf_config, dict):
-            raise ConfigError(f"expected a JSON object, got a {type(hf_config).__name__}")
+        hf_config = json_object(config_path)  # a FIFO, a device or a huge file is refused, naming it, unread
         if hf_config.get("model_type") == "siglip2":
             from . import hf_siglip2
 

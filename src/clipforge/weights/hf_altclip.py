@@ -20,20 +20,16 @@ written `encoder.layer.N`, as transformers' save_pretrained writes them.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..models.config import CLIPConfig, ConfigError, TextConfig
 from . import hf
-from .formats import CheckpointError, reading_config
-from .hf_chinese_clip import encoder_fields, hf_two_tower_to_clipforge, read_hf_text_tower_dir, two_tower_config
-from .native import config_text
+from .hf_chinese_clip import encoder_fields, hf_two_tower_to_clipforge, read_two_tower_dir, two_tower_config
 
 MODEL_TYPE = "altclip"
 
@@ -108,13 +104,7 @@ def read_hf_altclip_dir(
     """Read a transformers `AltCLIPModel` folder -> (config, clipforge state dict) for `CLIP.load_state_dict`.
 
     `allow_unsafe_pickle` is the opt-in for a trusted `pytorch_model.bin` that `weights_only` refuses."""
-    folder = Path(path)
-    config_path = folder / hf.CONFIG_NAME
-    if not config_path.exists():  # present but not a regular file (a FIFO): refused by the safe read, naming it
-        raise CheckpointError(f"no {hf.CONFIG_NAME} in {folder}: a transformers AltCLIPModel folder needs one")
-    with reading_config(config_path):
-        cfg = config_from_hf_altclip(json.loads(config_text(config_path)))
-    return read_hf_text_tower_dir(folder, cfg, allow_unsafe_pickle=allow_unsafe_pickle)
+    return read_two_tower_dir(path, config_from_hf_altclip, "AltCLIPModel", allow_unsafe_pickle)
 
 
 # ---------------------------------------------------------------------------------------------- writing

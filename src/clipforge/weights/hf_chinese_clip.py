@@ -30,7 +30,7 @@ from ..models.config import CLIPConfig, ConfigError, TextConfig
 from . import hf
 from .formats import CheckpointError, raise_on_mismatch, reading_config
 from .hf_processor import read_preprocessor_config
-from .native import config_text
+from .native import config_text, json_object
 
 MODEL_TYPE = "chinese_clip"
 
@@ -226,12 +226,23 @@ def read_hf_chinese_clip_dir(
     """Read a transformers `ChineseCLIPModel` folder -> (config, clipforge state dict) for `CLIP.load_state_dict`.
 
     `allow_unsafe_pickle` is the opt-in for a trusted `pytorch_model.bin` that `weights_only` refuses."""
+    return read_two_tower_dir(path, config_from_hf_chinese_clip, "ChineseCLIPModel", allow_unsafe_pickle)
+
+
+def read_two_tower_dir(
+    path: str | os.PathLike,
+    config_from: Callable[[dict], CLIPConfig],
+    class_name: str,
+    allow_unsafe_pickle: bool = False,
+) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
+    """A transformers CLIP-ViT + HF-text-encoder folder (AltCLIPModel, ChineseCLIPModel) -> (config, state dict):
+    its config.json through `config_from`, then the weights through `read_hf_text_tower_dir`."""
     folder = Path(path)
     config_path = folder / hf.CONFIG_NAME
     if not config_path.exists():  # present but not a regular file (a FIFO): refused by the safe read, naming it
-        raise CheckpointError(f"no {hf.CONFIG_NAME} in {folder}: a transformers ChineseCLIPModel folder needs one")
+        raise CheckpointError(f"no {hf.CONFIG_NAME} in {folder}: a transformers {class_name} folder needs one")
     with reading_config(config_path):
-        cfg = config_from_hf_chinese_clip(json.loads(config_text(config_path)))
+        cfg = config_from(json_object(config_path))
     return read_hf_text_tower_dir(folder, cfg, allow_unsafe_pickle=allow_unsafe_pickle)
 
 

@@ -18,7 +18,6 @@ hf_siglip2.py (into this module's config and key map), not by this reader (see `
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -45,7 +44,7 @@ from .hf import (
     write_weights_and_config,
 )
 from .hf_processor import PREPROCESSOR_NAME, read_preprocessor_config
-from .native import config_text
+from .native import json_object
 
 MODEL_TYPE = "siglip"
 
@@ -313,10 +312,7 @@ def clipforge_to_hf_siglip(sd: Mapping[str, torch.Tensor], cfg: CLIPConfig) -> d
 def read_hf_siglip_config(config_path: Path) -> CLIPConfig:
     """The clipforge config of a SiglipModel config.json; a CheckpointConfigError names the file and field."""
     with reading_config(config_path):
-        hf_config = json.loads(config_text(config_path))  # safeio: a FIFO / device / huge file is refused, named
-        if not isinstance(hf_config, dict):
-            raise ConfigError(f"expected a JSON object, got a {type(hf_config).__name__}")
-        return config_from_hf_siglip(hf_config)
+        return config_from_hf_siglip(json_object(config_path))  # a FIFO / device / huge file is refused, named
 
 
 def read_hf_siglip_dir(

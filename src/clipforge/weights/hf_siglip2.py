@@ -57,7 +57,7 @@ from .hf_siglip import (
     hf_siglip_to_clipforge,
     is_siglip,
 )
-from .native import config_text
+from .native import json_object
 
 MODEL_TYPE = "siglip2"
 # What transformers' GemmaTokenizer(Fast) saves beside a Siglip2Model (spiece.model: a SentencePiece-only folder).
@@ -113,9 +113,7 @@ def _preprocess(folder: Path, cfg: CLIPConfig) -> PreprocessConfig:
     if not path.exists():  # one that is there but no regular file (a FIFO) is refused by config_text, naming it
         return base
     with reading_config(path):
-        data = json.loads(config_text(path))
-        if not isinstance(data, dict):
-            raise ConfigError(f"expected a JSON object, got a {type(data).__name__}")
+        data = json_object(path)
         grid = cfg.vision.image_size // cfg.vision.patch_size
         max_patches = _number(data, "max_num_patches", PROCESSOR_DEFAULTS, PREPROCESSOR_NAME)
         patch = _number(data, "patch_size", PROCESSOR_DEFAULTS, PREPROCESSOR_NAME)
@@ -180,10 +178,7 @@ def is_siglip2_folder(folder: str | os.PathLike) -> bool:
 def read_hf_siglip2_config(config_path: Path) -> CLIPConfig:
     """The clipforge config of a Siglip2Model config.json; a CheckpointConfigError names the file and field."""
     with reading_config(config_path):
-        hf_config = json.loads(read_text_file(config_path, what=CONFIG_NAME))
-        if not isinstance(hf_config, dict):
-            raise ConfigError(f"expected a JSON object, got a {type(hf_config).__name__}")
-        return config_from_hf_siglip2(hf_config)
+        return config_from_hf_siglip2(json_object(config_path))
 
 
 def read_hf_siglip2_dir(

@@ -353,9 +353,7 @@ def _read_dir(folder: Path, arch: str | None, allow_unsafe_pickle: bool):
 
 def _openclip_json_config(path: Path) -> CLIPConfig:
     with reading_config(path):
-        data = json.loads(native.config_text(path))
-        if not isinstance(data, dict):
-            raise ConfigError(f"expected a JSON object, got a {type(data).__name__}")
+        data = native.json_object(path)
         model_cfg, preprocess_cfg = data.get("model_cfg", data), data.get("preprocess_cfg")
         families.refuse_openclip_config(model_cfg, str(path))  # CoCa, MobileCLIP
         for name, section in (("model_cfg", model_cfg), ("model_cfg.vision_cfg", model_cfg.get("vision_cfg", {}))):

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from ..atomic import atomic_write_bytes
-from ..models.config import CLIPConfig, TextConfig
+from ..models.config import CLIPConfig, ConfigError, TextConfig
 from ..safeio import read_text_file
 from .formats import CheckpointError
 
@@ -114,6 +114,15 @@ def config_text(path: Path) -> str:
         return read_text_file(path, what=path.name)
     except OSError as exc:
         raise CheckpointError(str(exc)) from exc
+
+
+def json_object(path: Path) -> dict:
+    """A checkpoint's JSON config file (read as `config_text` does) parsed into a dict; anything but a JSON object
+    is a ConfigError. Call it inside `formats.reading_config(path)`, which names the file in the error."""
+    data = json.loads(config_text(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a JSON object, got a {type(data).__name__}")
+    return data
 
 
 def read_native_dir(folder: str | Path) -> tuple[CLIPConfig, Path]:
